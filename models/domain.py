@@ -1,0 +1,430 @@
+"""The business rules of gift certificates: statuses, the state machine, money, and the
+certificate aggregate. Pure: standard library only, no I/O, no clock (``now`` is passed in).
+
+Both the HTTP API and the actors reach these rules through ``models.services``; nothing else
+decides whether a transition or an amount is allowed. Methods change the aggregate and record
+what happened (``events`` for the stream and the audit, ``ledger`` for the balance ledger);
+the unit of work persists both in the same transaction as the change.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+# ---- errors ------------------------------------------------------------------------------
+
+#: Every error code the service answers with, and its HTTP status (contract section 3).
+ERROR_STATUS: dict[str, int] = {
+    "VALIDATION_ERROR": 422,
+    "BAD_REQUEST": 400,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "CHANNEL_FORBIDDEN": 403,
+    "CVC_MISMATCH": 403,
+    "NOT_FOUND": 404,
+    "CERTIFICATE_NOT_FOUND": 404,
+    "AUTHORIZATION_NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "POOL_EMPTY": 409,
+    "INVALID_STATE": 409,
+    "NOT_REDEEMABLE": 409,
+    "INSUFFICIENT_FUNDS": 409,
+    "CVC_ALREADY_DISCLOSED": 409,
+    "AUTHORIZATION_NOT_ACTIVE": 409,
+    "AUTHORIZATION_EXPIRED": 409,
+    "NOMINAL_MISMATCH": 409,
+    "ALREADY_RESERVED": 409,
+    "IDEMPOTENCY_IN_PROGRESS": 409,
+    "CURRENCY_MISMATCH": 422,
+    "AMOUNT_EXCEEDS_HOLD": 422,
+    "IDEMPOTENCY_KEY_REUSED": 422,
+    "RATE_LIMITED": 429,
+}
+
+
+class DomainError(Exception):
+    """A refused operation: ``code`` is the contract's error code (see :data:`ERROR_STATUS`)."""
+
+    def __init__(self, code: str, message: str, **details):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @property
+    def http_status(self) -> int:
+        return ERROR_STATUS.get(self.code, 409)
+
+
+# ---- money -------------------------------------------------------------------------------
+
+#: The contract's money format: a string with two decimals, at most 12 integer digits.
+MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})\.[0-9]{2}$"
+_MONEY_RE = re.compile(MONEY_PATTERN)
+#: ISO 4217 alphabetic code.
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+#: A certificate code, as printed on the card.
+CODE_PATTERN = r"^[A-Z0-9-]{6,32}$"
+_CODE_RE = re.compile(CODE_PATTERN)
+ZERO = Decimal("0.00")
+
+
+def parse_money(value: object, name: str = "amount") -> Decimal:
+    """Parse the contract's money string (``"1500.00"``) exactly; floats are refused."""
+    if not isinstance(value, str) or not _MONEY_RE.match(value):
+        raise DomainError("VALIDATION_ERROR", f"{name} must be a string like \"1500.00\"",
+                          field=name)
+    try:
+        return Decimal(value)
+    except InvalidOperation:  # pragma: no cover - the pattern already excludes it
+        raise DomainError("VALIDATION_ERROR", f"{name} is not a number", field=name) from None
+
+
+def positive_money(value: object, name: str = "amount") -> Decimal:
+    amount = parse_money(value, name)
+    if amount <= 0:
+        raise DomainError("VALIDATION_ERROR", f"{name} must be greater than 0.00", field=name)
+    return amount
+
+
+def fmt_money(value: Decimal | None) -> str | None:
+    """Format an amount as the contract's money string (``None`` stays ``None``)."""
+    return None if value is None else f"{Decimal(value):.2f}"
+
+
+def valid_code(code: object) -> bool:
+    return isinstance(code, str) and bool(_CODE_RE.match(code))
+
+
+# ---- statuses and the state machine -------------------------------------------------------
+
+class Status(str, enum.Enum):
+    AVAILABLE = "AVAILABLE"
+    RESERVED = "RESERVED"
+    ISSUED = "ISSUED"
+    PARTIALLY_REDEEMED = "PARTIALLY_REDEEMED"
+    REDEEMED = "REDEEMED"
+    REFUND_PENDING = "REFUND_PENDING"
+    REFUND_PENDING_DETAILS = "REFUND_PENDING_DETAILS"
+    REFUNDED = "REFUNDED"
+    LOCKED = "LOCKED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = Status
+#: Statuses a sold certificate works in (lock and cancel apply to these).
+WORKING = frozenset({S.ISSUED, S.PARTIALLY_REDEEMED, S.REDEEMED})
+#: Statuses that can be redeemed or authorized.
+REDEEMABLE = frozenset({S.ISSUED, S.PARTIALLY_REDEEMED})
+#: Statuses no operation leaves.
+TERMINAL = frozenset({S.REFUNDED, S.CANCELLED, S.EXPIRED})
+
+#: The transition table: action -> statuses it may start from. Where an action's target
+#: depends on the balance, the aggregate computes it (see ``Certificate._spent_status``).
+ALLOWED_FROM: dict[str, frozenset[Status]] = {
+    "reserve": frozenset({S.AVAILABLE}),
+    "release": frozenset({S.RESERVED}),
+    "issue": frozenset({S.RESERVED}),
+    "authorize": REDEEMABLE,
+    "capture": REDEEMABLE,
+    "redeem": REDEEMABLE,
+    "refund_credit": frozenset({S.PARTIALLY_REDEEMED, S.REDEEMED}),
+    "refund_request": REDEEMABLE,
+    "refund_details": frozenset({S.REFUND_PENDING}),
+    "refund_confirm": frozenset({S.REFUND_PENDING, S.REFUND_PENDING_DETAILS}),
+    "lock": WORKING,
+    "unlock": frozenset({S.LOCKED}),
+    "cancel": WORKING | {S.LOCKED},
+    "expire": REDEEMABLE,
+    "notify": WORKING,
+}
+
+CHANNELS = ("ONLINE_STORE", "POS")
+SYSTEM = "SYSTEM"
+KINDS = ("ELECTRONIC", "PHYSICAL")
+
+
+# ---- what the aggregate records ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    """A change to publish on GiftCertificates.Stream and write to the audit trail."""
+
+    type: str
+    status: str
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A balance movement: positive credits, negative debits."""
+
+    kind: str  # ISSUE | REDEEM | REFUND_CREDIT | PURCHASE_REFUND
+    amount: Decimal
+    balance_after: Decimal
+    authorization_id: str | None = None
+
+
+@dataclass
+class Hold:
+    """A two-phase authorization hold on part of a certificate's balance."""
+
+    id: str
+    amount: Decimal
+    expires_at: datetime
+    status: str = "ACTIVE"  # ACTIVE | CAPTURED | VOIDED | EXPIRED
+    captured_amount: Decimal = ZERO
+
+
+# ---- the aggregate ----------------------------------------------------------------------
+
+@dataclass
+class Certificate:
+    """One gift certificate and the rules that change it.
+
+    ``held`` is the sum of the certificate's active holds; ``available`` never goes below
+    zero and ``balance`` never below zero nor above ``nominal``.
+    """
+
+    code: str
+    status: Status
+    currency: str
+    open_value: bool
+    nominal: Decimal | None = None
+    balance: Decimal = ZERO
+    held: Decimal = ZERO
+    status_before_lock: Status | None = None
+    lock_reason: str | None = None
+    expires_at: datetime | None = None
+    cvc_failed_attempts: int = 0
+    events: list[Event] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+
+    # -- derived
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.held
+
+    def _require(self, action: str, code: str = "INVALID_STATE") -> None:
+        if self.status not in ALLOWED_FROM[action]:
+            raise DomainError(code, f"cannot {action.replace('_', ' ')} a certificate in status "
+                              f"{self.status.value}", status=self.status.value, action=action)
+
+    def _require_currency(self, currency: str | None) -> None:
+        if currency is not None and currency != self.currency:
+            raise DomainError("CURRENCY_MISMATCH",
+                              f"certificate is in {self.currency}, not {currency}",
+                              expected=self.currency, got=currency)
+
+    def ensure_usable(self, now: datetime) -> None:
+        self._require("redeem", "NOT_REDEEMABLE")
+        if self.expires_at is not None and self.expires_at <= now:
+            raise DomainError("NOT_REDEEMABLE", "certificate has expired", status="EXPIRED")
+
+    def _spent_status(self) -> Status:
+        if self.balance == 0:
+            return S.REDEEMED
+        if self.nominal is not None and self.balance >= self.nominal:
+            return S.ISSUED
+        return S.PARTIALLY_REDEEMED
+
+    def _record(self, event_type: str, status: str | None = None, **payload) -> None:
+        self.events.append(Event(event_type, status or self.status.value, payload))
+
+    def _move(self, kind: str, amount: Decimal, authorization_id: str | None = None) -> None:
+        new_balance = self.balance + amount
+        if new_balance < 0:  # the last line of defence; callers check first
+            raise DomainError("INSUFFICIENT_FUNDS", "balance would go below zero")
+        if self.nominal is not None and new_balance > self.nominal:
+            raise DomainError("INVALID_STATE", "balance would exceed the nominal")
+        self.balance = new_balance
+        self.ledger.append(LedgerEntry(kind, amount, new_balance, authorization_id))
+
+    # -- pool: reserve, release, issue
+    def reserve(self, nominal: Decimal, currency: str | None = None) -> None:
+        """Reserve for an order line; an open-value code takes the requested nominal."""
+        self._require("reserve", "ALREADY_RESERVED")
+        self._require_currency(currency)
+        if nominal <= 0:
+            raise DomainError("VALIDATION_ERROR", "nominal must be greater than 0.00", field="nominal")
+        if self.open_value:
+            self.nominal = nominal
+        elif self.nominal != nominal:
+            raise DomainError("NOMINAL_MISMATCH",
+                              f"certificate has nominal {fmt_money(self.nominal)}, not {fmt_money(nominal)}",
+                              nominal=fmt_money(self.nominal))
+        self.status = S.RESERVED
+        self._record("reserve")
+
+    def release(self, reason: str) -> None:
+        """Give a reservation back to the pool (cancelled order or expired reservation)."""
+        self._require("release")
+        self.status = S.AVAILABLE
+        if self.open_value:
+            self.nominal = None
+        self._record("release", reason=reason)
+
+    def issue(self, expires_at: datetime | None) -> None:
+        """Sell: the order is paid in full. Balance becomes the nominal."""
+        self._require("issue")
+        assert self.nominal is not None
+        self.status = S.ISSUED
+        self.expires_at = expires_at
+        self._move("ISSUE", self.nominal)
+        self._record("issue")
+
+    # -- holds
+    def authorize(self, hold: Hold, now: datetime, currency: str | None = None) -> None:
+        """Place a hold of ``hold.amount`` on the available balance."""
+        self.ensure_usable(now)
+        self._require_currency(currency)
+        if hold.amount <= 0:
+            raise DomainError("VALIDATION_ERROR", "amount must be greater than 0.00", field="amount")
+        if hold.amount > self.available:
+            raise DomainError("INSUFFICIENT_FUNDS", "not enough available balance",
+                              available=fmt_money(self.available), requested=fmt_money(hold.amount))
+        self.held += hold.amount
+        self._record("authorization.created", authorizationId=hold.id, amount=fmt_money(hold.amount))
+
+    def capture(self, hold: Hold, now: datetime, amount: Decimal | None = None) -> Decimal:
+        """Debit up to the held amount (default all) and release the rest. Returns the debit."""
+        if hold.status != "ACTIVE":
+            raise DomainError("AUTHORIZATION_NOT_ACTIVE", f"authorization is {hold.status}",
+                              authorizationStatus=hold.status)
+        if hold.expires_at <= now:
+            raise DomainError("AUTHORIZATION_EXPIRED", "authorization has expired")
+        amount = hold.amount if amount is None else amount
+        if amount <= 0:
+            raise DomainError("VALIDATION_ERROR", "amount must be greater than 0.00", field="amount")
+        if amount > hold.amount:
+            raise DomainError("AMOUNT_EXCEEDS_HOLD", "capture exceeds the held amount",
+                              held=fmt_money(hold.amount))
+        self._require("capture", "NOT_REDEEMABLE")
+        self.held -= hold.amount
+        hold.status, hold.captured_amount = "CAPTURED", amount
+        self._move("REDEEM", -amount, hold.id)
+        self.status = self._spent_status()
+        self._record("authorization.captured", authorizationId=hold.id, amount=fmt_money(amount),
+                     released=fmt_money(hold.amount - amount))
+        return amount
+
+    def end_hold(self, hold: Hold, status: str) -> None:
+        """Void (``VOIDED``) or expire (``EXPIRED``) an active hold, releasing its amount."""
+        if hold.status != "ACTIVE":
+            raise DomainError("AUTHORIZATION_NOT_ACTIVE", f"authorization is {hold.status}",
+                              authorizationStatus=hold.status)
+        hold.status = status
+        self.held -= hold.amount
+        event = "authorization.voided" if status == "VOIDED" else "authorization.expired"
+        self._record(event, authorizationId=hold.id, amount=fmt_money(hold.amount))
+
+    # -- redemption and refunds
+    def redeem(self, amount: Decimal, now: datetime, currency: str | None = None) -> None:
+        """Debit without a hold (a tender confirmed by Payments)."""
+        self.ensure_usable(now)
+        self._require_currency(currency)
+        if amount <= 0:
+            raise DomainError("VALIDATION_ERROR", "amount must be greater than 0.00", field="amount")
+        if amount > self.available:
+            raise DomainError("INSUFFICIENT_FUNDS", "not enough available balance",
+                              available=fmt_money(self.available), requested=fmt_money(amount))
+        self._move("REDEEM", -amount)
+        self.status = self._spent_status()
+        self._record("redeem.full" if self.status == S.REDEEMED else "redeem.partial",
+                     amount=fmt_money(amount))
+
+    def refund_credit(self, amount: Decimal, currency: str | None = None) -> Decimal:
+        """Credit a refund back onto the certificate, never above the nominal. Returns the credit."""
+        self._require("refund_credit")
+        self._require_currency(currency)
+        assert self.nominal is not None
+        credit = min(amount, self.nominal - self.balance)
+        if credit <= 0:
+            raise DomainError("INVALID_STATE", "nothing to refund onto the certificate")
+        self._move("REFUND_CREDIT", credit)
+        self.status = self._spent_status()
+        self._record("refund", amount=fmt_money(credit), requested=fmt_money(amount))
+        return credit
+
+    def request_purchase_refund(self, requested: Decimal) -> Decimal:
+        """The buyer returns the certificate: it can no longer be used. Returns the refundable sum."""
+        if self.status == S.REDEEMED:
+            raise DomainError("INVALID_STATE", "a fully redeemed certificate cannot be refunded",
+                              status=self.status.value)
+        self._require("refund_request")
+        if self.held > 0:
+            raise DomainError("INVALID_STATE", "certificate has active authorizations",
+                              held=fmt_money(self.held))
+        refundable = min(self.balance, requested)
+        self.status = S.REFUND_PENDING
+        self._record("refund", refundableAmount=fmt_money(refundable))
+        return refundable
+
+    def refund_needs_details(self, reason: str | None) -> None:
+        self._require("refund_details")
+        self.status = S.REFUND_PENDING_DETAILS
+        self._record("refund.pendingDetails", reason=reason)
+
+    def confirm_purchase_refund(self) -> Decimal:
+        """Payments gave the buyer's money back: the balance goes to 0.00. Returns the debit."""
+        self._require("refund_confirm")
+        refunded = self.balance
+        if refunded > 0:
+            self._move("PURCHASE_REFUND", -refunded)
+        self.status = S.REFUNDED
+        self._record("refund", amount=fmt_money(refunded))
+        return refunded
+
+    # -- support actions and time
+    def lock(self, reason: str) -> None:
+        self._require("lock")
+        self.status_before_lock, self.status, self.lock_reason = self.status, S.LOCKED, reason
+        self._record("lock", reason=reason)
+
+    def unlock(self) -> None:
+        self._require("unlock")
+        assert self.status_before_lock is not None
+        self.status, self.status_before_lock, self.lock_reason = self.status_before_lock, None, None
+        self.cvc_failed_attempts = 0
+        self._record("unlock")
+
+    def cancel(self, reason: str) -> None:
+        """Annul (terminal). The caller ends the active holds first."""
+        self._require("cancel")
+        if self.held > 0:
+            raise DomainError("INVALID_STATE", "certificate has active authorizations")
+        self.status, self.status_before_lock, self.lock_reason = S.CANCELLED, None, None
+        self._record("cancel", reason=reason)
+
+    def expire(self, now: datetime) -> None:
+        self._require("expire")
+        if self.expires_at is None or self.expires_at > now:
+            raise DomainError("INVALID_STATE", "certificate has not expired")
+        if self.held > 0:
+            raise DomainError("INVALID_STATE", "certificate has active authorizations")
+        self.status = S.EXPIRED
+        self._record("expire")
+
+    def check_cvc(self, matches: bool, max_attempts: int) -> None:
+        """Count a CVC check. The ``max_attempts``-th wrong one in a row locks the certificate.
+
+        Raises CVC_MISMATCH for a wrong CVC; the caller commits the count (and the lock) anyway.
+        """
+        if matches:
+            self.cvc_failed_attempts = 0
+            return
+        self.cvc_failed_attempts += 1
+        if self.cvc_failed_attempts >= max_attempts and self.status in WORKING:
+            self.lock("CVC_ATTEMPTS")
+            self.events.append(Event("alert", "ALERT", {
+                "code": "CVC_ATTEMPTS",
+                "message": f"{self.cvc_failed_attempts} wrong CVC attempts in a row: certificate locked",
+                "certificateCode": self.code}))

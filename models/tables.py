@@ -1,0 +1,215 @@
+"""Peewee tables. The schema itself is created by the migrations in ``models/migrations``;
+these classes only map it (``Meta.table_name`` matches the SQL)."""
+from __future__ import annotations
+
+from peewee import (BigAutoField, BigIntegerField, BooleanField, CharField, DecimalField,
+                    ForeignKeyField, IntegerField, Model, TextField, UUIDField, CompositeKey)
+from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
+
+from models.db import db
+
+
+def Money(**kw):  # noqa: N802 - a field factory, named like a field
+    return DecimalField(max_digits=14, decimal_places=2, auto_round=False, **kw)
+
+
+class Base(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class CertificateBatch(Base):
+    batch_id = TextField(primary_key=True)
+    kind = TextField()
+    currency = CharField(max_length=3)
+    loaded_by = TextField()
+    accepted = IntegerField(default=0)
+    rejected = IntegerField(default=0)
+    created_at = DateTimeTZField()
+    updated_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "certificate_batch"
+
+
+class GiftCertificate(Base):
+    id = BigAutoField()
+    code = TextField(unique=True)
+    batch = ForeignKeyField(CertificateBatch, column_name="batch_id", field="batch_id")
+    kind = TextField()
+    currency = CharField(max_length=3)
+    open_value = BooleanField()
+    nominal = Money(null=True)
+    remaining_balance = Money(default=0)
+    status = TextField()
+    status_before_lock = TextField(null=True)
+    lock_reason = TextField(null=True)
+    cancel_reason = TextField(null=True)
+    channel = TextField(null=True)
+    order_id = TextField(null=True)
+    line_id = TextField(null=True)
+    reserved_at = DateTimeTZField(null=True)
+    reserved_until = DateTimeTZField(null=True)
+    issued_at = DateTimeTZField(null=True)
+    batch_expires_at = DateTimeTZField(null=True)
+    expires_at = DateTimeTZField(null=True)
+    cvc_hash = TextField(null=True)
+    cvc_encrypted = TextField(null=True)
+    cvc_failed_attempts = IntegerField(default=0)
+    cvc_disclosable = BooleanField(default=False)
+    notification_status = TextField(null=True)
+    notification_channel = TextField(null=True)
+    stream_sequence = IntegerField(default=0)
+    created_at = DateTimeTZField()
+    updated_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "gift_certificate"
+
+
+class AuthorizationHold(Base):
+    id = TextField(primary_key=True)
+    certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", backref="holds")
+    channel = TextField()
+    client_id = TextField()
+    order_id = TextField()
+    amount = Money()
+    captured_amount = Money(default=0)
+    currency = CharField(max_length=3)
+    status = TextField()
+    expires_at = DateTimeTZField()
+    confirmed_by = TextField(null=True)
+    created_at = DateTimeTZField()
+    updated_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "authorization_hold"
+
+
+class Operation(Base):
+    id = BigAutoField()
+    certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", backref="operations")
+    kind = TextField()
+    amount = Money()
+    balance_after = Money()
+    currency = CharField(max_length=3)
+    authorization = ForeignKeyField(AuthorizationHold, column_name="authorization_id", null=True)
+    order_id = TextField(null=True)
+    channel = TextField(null=True)
+    op_key = TextField(unique=True)
+    causation_id = TextField(null=True)
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "gift_certificate_operation"
+
+
+class AuditLog(Base):
+    id = BigAutoField()
+    certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", null=True)
+    code = TextField(null=True)
+    action = TextField()
+    actor = TextField()
+    channel = TextField(null=True)
+    request_id = TextField(null=True)
+    correlation_id = TextField(null=True)
+    before = BinaryJSONField(null=True)
+    after = BinaryJSONField(null=True)
+    details = BinaryJSONField(null=True)
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "audit_log"
+
+
+class OutboxEvent(Base):
+    id = BigAutoField()
+    event_id = UUIDField(unique=True)
+    message_key = TextField()
+    event_type = TextField()
+    channel = TextField()
+    certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", null=True)
+    sequence = IntegerField(null=True)
+    envelope = BinaryJSONField()
+    created_at = DateTimeTZField()
+    published_at = DateTimeTZField(null=True)
+
+    class Meta:
+        table_name = "outbox_event"
+
+
+class InboxMessage(Base):
+    id = BigAutoField()
+    event_id = TextField(unique=True)
+    topic = TextField()
+    partition = IntegerField()
+    offset = BigIntegerField()
+    message_key = TextField(null=True)
+    payload = BinaryJSONField()
+    status = TextField(default="PENDING")
+    attempts = IntegerField(default=0)
+    last_error = TextField(null=True)
+    received_at = DateTimeTZField()
+    processed_at = DateTimeTZField(null=True)
+
+    class Meta:
+        table_name = "inbox_message"
+
+
+class SalesOrder(Base):
+    order_id = TextField(primary_key=True)
+    channel = TextField()
+    currency = CharField(max_length=3)
+    total = Money()
+    status = TextField()
+    lines = BinaryJSONField(default=list)
+    tenders = BinaryJSONField(default=list)
+    customer = BinaryJSONField(null=True)
+    last_event_id = TextField(null=True)
+    paid_at = DateTimeTZField(null=True)
+    created_at = DateTimeTZField()
+    updated_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "sales_order"
+
+
+class OrderPayment(Base):
+    id = BigAutoField()
+    event_id = TextField(unique=True)
+    order_id = TextField()
+    payment_id = TextField()
+    event_type = TextField()
+    channel = TextField()
+    amount = Money()
+    currency = CharField(max_length=3)
+    method = TextField()
+    gc_code = TextField(null=True)
+    gc_operation = TextField(null=True)
+    gc_amount = Money(null=True)
+    payload = BinaryJSONField()
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "order_payment"
+
+
+class IdempotencyKey(Base):
+    client_id = TextField()
+    key = TextField()
+    method = TextField()
+    path = TextField()
+    request_hash = TextField()
+    status = TextField()
+    response_status = IntegerField(null=True)
+    response_body = BinaryJSONField(null=True)
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "idempotency_key"
+        primary_key = CompositeKey("client_id", "key")
+
+
+ALL_TABLES = (CertificateBatch, GiftCertificate, AuthorizationHold, Operation, AuditLog,
+              OutboxEvent, InboxMessage, SalesOrder, OrderPayment, IdempotencyKey)

@@ -1,0 +1,134 @@
+"""Test harness: real PostgreSQL, Redis and Kafka (Tansu) for every test run.
+
+With none of DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP_SERVERS set, the controller process
+starts the embedded servers once (free ports, a temp dir) and the xdist workers inherit their
+URLs. With the URLs set (system PostgreSQL, apt redis-server, a real Kafka) those are used.
+Either way each worker gets a fresh database, its own Redis database number and its own topic
+names, so tests in parallel never see each other's data; the database is dropped at the end.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+ROOT = Path(__file__).resolve().parents[1]
+_STACK = None
+_TMP = None
+RUN_ID = os.environ.setdefault("GCP_TEST_RUN", uuid.uuid4().hex[:8])
+
+
+def pytest_configure(config):
+    global _STACK, _TMP
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller already set the URLs
+    if any(os.environ.get(v) for v in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")):
+        missing = [v for v in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS") if not os.environ.get(v)]
+        if missing:
+            raise pytest.UsageError(f"set all of the server URLs or none; missing: {', '.join(missing)}")
+        return
+    from devstack import EmbeddedStack
+
+    _TMP = Path(tempfile.mkdtemp(prefix="gcp-test-"))
+    os.environ["GCP_PG_FAST"] = "1"  # fsync off: a throwaway cluster
+    _STACK = EmbeddedStack(_TMP, database="postgres")
+    os.environ.update(_STACK.start())
+
+
+def pytest_unconfigure(config):
+    if _STACK is not None:
+        _STACK.stop()
+        shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def _worker_index() -> int:
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+def _admin_dsn(url: str) -> str:
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path="/postgres"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack():
+    """A fresh database, Redis db and topic set for this worker; yields the environment."""
+    import psycopg2
+    import redis
+
+    worker = _worker_index()
+    base_url = os.environ["DATABASE_URL"]
+    dbname = f"gcp_test_{RUN_ID}_{worker}"
+    admin = psycopg2.connect(_admin_dsn(base_url))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
+        cur.execute(f'CREATE DATABASE "{dbname}"')
+    db_url = urlunparse(urlparse(base_url)._replace(path=f"/{dbname}"))
+
+    redis_parts = urlparse(os.environ["REDIS_URL"])
+    redis_url = urlunparse(redis_parts._replace(path=f"/{1 + worker % 15}"))
+    redis.Redis.from_url(redis_url).flushdb()
+
+    suffix = f".t{RUN_ID}{worker}"
+    env = {
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "TOPIC_SALES_ORDER": "All_SalesOrder" + suffix,
+        "TOPIC_PAYMENTS": "All_Payments" + suffix,
+        "TOPIC_CLIENTS": "All_Clients" + suffix,
+        "TOPIC_STREAM": "GiftCertificates.Stream" + suffix,
+        "TOPIC_DLQ": "GiftCertificates.DLQ" + suffix,
+        "TOPIC_PARTITIONS": "3",
+        "KAFKA_CONSUMER_GROUP": "gcp-pump" + suffix,
+        "JWT_SECRET": "test-secret",
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT": "100000/second",
+    }
+    os.environ.update(env)
+    from config import reset_settings
+    from models import cache
+    from models.db import close_db, init_db, migrate
+
+    reset_settings()
+    cache.reset()
+    init_db(db_url)
+    migrate()
+    yield dict(os.environ)
+    close_db()
+    from models.db import db
+
+    if db.obj is not None:
+        db.obj.close_all()
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
+    admin.close()
+
+
+@pytest.fixture
+def clean_db(stack):
+    """Empty every table (for tests that count rows or need an empty pool)."""
+    from models.db import db
+    from models.tables import ALL_TABLES
+
+    names = ", ".join(t._meta.table_name for t in ALL_TABLES)
+    with db.connection_context():
+        db.execute_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    from models import cache
+
+    cache.client().flushdb()
+    yield
+
+
+def unique_code(prefix: str = "T") -> str:
+    return (prefix + uuid.uuid4().hex[:14]).upper()
