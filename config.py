@@ -11,7 +11,7 @@ from pathlib import Path
 #: Root of the project checkout (where app.py lives).
 ROOT = Path(__file__).resolve().parent
 #: Where the embedded servers keep their data and `make run` writes stack.env.
-LOCAL_DIR = ROOT / ".local"
+LOCAL_DIR = Path(os.environ.get("GCP_LOCAL_DIR") or ROOT / ".local")
 #: The URLs that select external servers; with none set, the embedded stack is used.
 URL_VARS = ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")
 

@@ -31,6 +31,8 @@ log = logging.getLogger("gcp.services")
 UNSEQUENCED = frozenset({"issue.blocked", "error", "alert"})
 #: PostgreSQL channel the outbox relay listens on.
 OUTBOX_CHANNEL = "gcp_outbox"
+#: PostgreSQL channel notified when a batch adds certificates (blocked paid orders wait on it).
+POOL_CHANNEL = "gcp_pool_refilled"
 
 
 def utcnow() -> dt.datetime:
@@ -345,6 +347,8 @@ def load_batch(cmd: LoadBatch, ctx: Context) -> BatchResult:
             already += len(fresh) - accepted  # lost a race with a concurrent load of the same codes
         elif cmd.dry_run:
             accepted = len(fresh)
+        if accepted and not cmd.dry_run:
+            db.execute_sql("SELECT pg_notify(%s, %s)", (POOL_CHANNEL, cmd.batch_id))
         if not cmd.dry_run:
             (CertificateBatch.update(accepted=CertificateBatch.accepted + accepted,
                                      rejected=CertificateBatch.rejected + len(rejected),

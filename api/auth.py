@@ -1,0 +1,108 @@
+"""Bearer JWT authentication and scope/channel authorization.
+
+Development: HS256 with ``JWT_SECRET``. Production: RS256 (or any asymmetric algorithm in
+``JWT_ALGORITHMS``) with keys from ``JWKS_URL``, checking ``JWT_ISSUER`` and ``JWT_AUDIENCE``.
+The token carries ``sub`` (client id), ``scope`` (space separated) and, for channels, ``channel``.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import jwt
+from flask import g, request
+
+from api.errors import ApiError
+from config import get_settings
+
+SCOPES = ("certificates:reserve", "certificates:read", "certificates:redeem", "certificates:cvc",
+          "certificates:admin", "batches:write")
+_jwks_client: jwt.PyJWKClient | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    client_id: str
+    scopes: frozenset[str]
+    channel: str | None
+
+
+def issue_token(client_id: str, scopes: str | list[str], channel: str | None = None,
+                ttl_seconds: int = 3600) -> str:
+    """A signed development token (HS256 with JWT_SECRET); `python app.py token` prints one."""
+    s = get_settings()
+    now = int(time.time())
+    claims = {"sub": client_id, "scope": scopes if isinstance(scopes, str) else " ".join(scopes),
+              "iat": now, "exp": now + ttl_seconds}
+    if channel:
+        claims["channel"] = channel
+    if s.jwt_issuer:
+        claims["iss"] = s.jwt_issuer
+    if s.jwt_audience:
+        claims["aud"] = s.jwt_audience
+    return jwt.encode(claims, s.jwt_secret, algorithm="HS256")
+
+
+def _signing_key(token: str):
+    global _jwks_client
+    s = get_settings()
+    if s.jwks_url:
+        if _jwks_client is None:
+            _jwks_client = jwt.PyJWKClient(s.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        return _jwks_client.get_signing_key_from_jwt(token).key
+    return s.jwt_secret
+
+
+def decode(token: str) -> Principal:
+    s = get_settings()
+    try:
+        claims = jwt.decode(
+            token, _signing_key(token), algorithms=list(s.jwt_algorithms),
+            audience=s.jwt_audience, issuer=s.jwt_issuer,
+            options={"require": ["sub", "exp"], "verify_aud": bool(s.jwt_audience)}, leeway=30)
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise ApiError(401, "UNAUTHORIZED", f"invalid token: {exc}",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+    scope = claims.get("scope") or ""
+    scopes = frozenset(scope.split() if isinstance(scope, str) else scope)
+    channel = claims.get("channel")
+    return Principal(str(claims["sub"]), scopes, channel if isinstance(channel, str) else None)
+
+
+def current_principal() -> Principal:
+    """The caller of this request (401 without a valid bearer token)."""
+    principal = g.get("principal")
+    if principal is not None:
+        return principal
+    header = request.headers.get("Authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "UNAUTHORIZED", "missing bearer token",
+                       headers={"WWW-Authenticate": "Bearer"})
+    g.principal = decode(token.strip())
+    return g.principal
+
+
+def require(*scopes: str):
+    """Decorator: the caller needs one of ``scopes`` (403 ``FORBIDDEN`` otherwise)."""
+    def wrap(view):
+        @functools.wraps(view)
+        def inner(*args, **kwargs):
+            principal = current_principal()
+            if not principal.scopes.intersection(scopes):
+                raise ApiError(403, "FORBIDDEN", f"requires scope {' or '.join(scopes)}",
+                               required=list(scopes))
+            return view(*args, **kwargs)
+        inner._required_scopes = scopes
+        return inner
+    return wrap
+
+
+def check_channel(channel: str | None) -> None:
+    """A channel token may act only for its own channel (403 ``CHANNEL_FORBIDDEN``)."""
+    principal = current_principal()
+    if principal.channel and channel and principal.channel != channel:
+        raise ApiError(403, "CHANNEL_FORBIDDEN",
+                       f"token of channel {principal.channel} cannot act for {channel}",
+                       tokenChannel=principal.channel, channel=channel)

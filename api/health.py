@@ -1,0 +1,80 @@
+"""Liveness, readiness (PostgreSQL, Redis, Kafka) and Prometheus metrics. No auth."""
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from config import get_settings
+from observability import metrics_payload
+
+blp = Blueprint("health", __name__, description="Health checks and metrics")
+_admin = None
+_admin_lock = threading.Lock()
+
+
+def check_postgres() -> None:
+    from models.db import db
+
+    with db.connection_context():
+        db.execute_sql("SELECT 1")
+
+
+def check_redis() -> None:
+    from models import cache
+
+    cache.client().ping()
+
+
+def check_kafka(timeout: float = 2.0) -> None:
+    global _admin
+    from confluent_kafka.admin import AdminClient
+
+    with _admin_lock:
+        if _admin is None:
+            _admin = AdminClient({"bootstrap.servers": get_settings().kafka_bootstrap_servers,
+                                  "socket.timeout.ms": 2000})
+    md = _admin.list_topics(timeout=timeout)
+    if not md.brokers:
+        raise RuntimeError("no broker in metadata")
+
+
+CHECKS = (("postgres", check_postgres), ("redis", check_redis), ("kafka", check_kafka))
+
+
+@blp.route("/health/live")
+class Live(MethodView):
+    def get(self):
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+
+@blp.route("/health/ready")
+class Ready(MethodView):
+    def get(self):
+        """Readiness: PostgreSQL, Redis and Kafka answer (503 names the failing part)."""
+        checks, ok = {}, True
+        for name, check in CHECKS:
+            started = time.perf_counter()
+            try:
+                check()
+                checks[name] = {"status": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
+            except Exception as exc:  # a health check reports, it does not raise
+                ok = False
+                checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        failing = [n for n, c in checks.items() if c["status"] != "ok"]
+        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        if failing:
+            body["failing"] = failing
+        return body, 200 if ok else 503
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    def get(self):
+        """Prometheus metrics (text format)."""
+        data, content_type = metrics_payload()
+        return Response(data, content_type=content_type)

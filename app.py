@@ -1,0 +1,318 @@
+"""GCP, the Gift Certificate Processing service: the web app factory and the operator CLI.
+
+    python app.py migrate                      apply pending database migrations
+    python app.py topics                       create the contract's Kafka topics (idempotent)
+    python app.py token --client ID --scope "S1 S2" [--channel POS]
+    python app.py run                          what `make run` does: servers, migrate, topics, Procfile
+    python app.py dlq list | dlq replay [--id ...]
+
+Gunicorn serves ``app:create_app()``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+from flask import Flask, g, request, send_from_directory
+
+import config
+from config import get_settings
+
+log = logging.getLogger("gcp.app")
+
+
+# ---- web app ---------------------------------------------------------------------------------
+
+def create_app(settings: config.Settings | None = None) -> Flask:
+    """Build the Flask app. No I/O here: connections open on first use."""
+    from flask_limiter import Limiter
+    from flask_smorest import Api
+
+    import api as api_pkg
+    from api import errors
+    from models.db import close_db, db, init_db
+    from observability import HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, request_id_var, setup_logging
+
+    settings = settings or get_settings()
+    setup_logging()
+    app = Flask("gcp")
+    app.config.update(
+        API_TITLE="GCP: Gift Certificate Processing",
+        API_VERSION="1.0.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Synchronous channel API of the gift certificate service. "
+                                    "See the integration contract for the Kafka side."},
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+            "security": [{"bearerAuth": []}],
+        },
+    )
+    if settings.database_url:
+        init_db(settings.database_url)
+
+    class GcpApi(Api):
+        ERROR_SCHEMA = errors.ErrorSchema
+
+        def handle_http_exception(self, error):
+            return errors.handle_http_exception(error)
+
+    api = GcpApi(app)
+    errors.register(app)
+    api_pkg.register_blueprints(api)
+
+    swagger_assets = Path(__import__("flask_swagger_ui").__file__).parent / "dist"
+
+    @app.get("/docs/assets/<path:filename>")
+    def swagger_asset(filename):
+        return send_from_directory(swagger_assets, filename, max_age=3600)
+
+    def rate_key() -> str:
+        from api.auth import current_principal
+
+        try:
+            return "client:" + current_principal().client_id
+        except Exception:  # no or bad token: 401 comes from the view; limit by address meanwhile
+            return "addr:" + (request.remote_addr or "?")
+
+    limiter = Limiter(rate_key, app=app, default_limits=[settings.rate_limit],
+                      storage_uri=settings.redis_url or "memory://", headers_enabled=True,
+                      strategy="moving-window", swallow_errors=True,
+                      storage_options={"socket_timeout": 2})
+    for endpoint in ("health.Live", "health.Ready", "health.Metrics", "api-docs.openapi_json",
+                     "api-docs.openapi_swagger_ui", "swagger_asset"):
+        view = app.view_functions.get(endpoint)
+        if view is not None:
+            limiter.exempt(view)
+    app.extensions["gcp_limiter"] = limiter
+
+    access = logging.getLogger("gcp.access")
+
+    @app.before_request
+    def start_request():
+        g.started = time.perf_counter()
+        g.request_id = (request.headers.get("X-Request-ID") or "")[:64] or "req-" + uuid.uuid4().hex[:16]
+        g.token_rid = request_id_var.set(g.request_id)
+        g.token_cid = correlation_id_var.set(request.headers.get("X-Correlation-ID"))
+
+    @app.after_request
+    def finish_request(response):
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+        principal = g.get("principal")
+        access.info("request", extra={
+            "client": principal.client_id if principal else None, "method": request.method,
+            "route": route, "status": response.status_code, "durationMs": round(elapsed * 1000, 2)})
+        return response
+
+    @app.teardown_request
+    def end_request(exc):
+        close_db()
+        for name, var in (("token_rid", request_id_var), ("token_cid", correlation_id_var)):
+            token = g.pop(name, None)
+            if token is not None:
+                var.reset(token)
+
+    return app
+
+
+# ---- operator CLI ------------------------------------------------------------------------------
+
+@click.group()
+def cli():
+    """GCP operator commands."""
+    config.load_stack_env()
+    from observability import setup_logging
+
+    setup_logging(json_format=False)
+
+
+@cli.command()
+def migrate():
+    """Apply pending database migrations (safe to run twice)."""
+    from models.db import init_db, migrate as run_migrations
+
+    url = get_settings().database_url
+    if not url:
+        raise click.ClickException("DATABASE_URL is not set (or run `make run` for the embedded stack)")
+    init_db(url)
+    applied = run_migrations()
+    click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@cli.command()
+def topics():
+    """Create the contract's Kafka topics that are missing (existing ones are kept as they are)."""
+    from workers.kafka import ensure_topics
+
+    for name, (partitions, created) in ensure_topics().items():
+        click.echo(f"{name}: {partitions} partitions{' (created)' if created else ''}")
+
+
+@cli.command()
+@click.option("--client", "client_id", required=True, help="client id (the token's sub)")
+@click.option("--scope", required=True, help='space-separated scopes, e.g. "certificates:read"')
+@click.option("--channel", type=click.Choice(["ONLINE_STORE", "POS"]), default=None)
+@click.option("--ttl", default=3600 * 24, show_default=True, help="lifetime in seconds")
+def token(client_id, scope, channel, ttl):
+    """Print a signed development token (HS256 with JWT_SECRET)."""
+    from api.auth import SCOPES, issue_token
+
+    unknown = [s for s in scope.split() if s not in SCOPES]
+    if unknown:
+        raise click.ClickException(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    click.echo(issue_token(client_id, scope, channel, ttl))
+
+
+@cli.group()
+def dlq():
+    """Inspect and replay GiftCertificates.DLQ."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=50, show_default=True)
+def dlq_list(limit):
+    """Show what is in the DLQ and why."""
+    from workers import dlq as dlq_tools
+
+    dlq_tools.list_command(limit)
+
+
+@dlq.command("replay")
+@click.option("--id", "ids", multiple=True, help="DLQ entry id(s) to replay (default: all)")
+def dlq_replay(ids):
+    """Send DLQ messages back through the pump once their cause is fixed."""
+    from workers import dlq as dlq_tools
+
+    dlq_tools.replay_command(list(ids))
+
+
+@cli.command()
+@click.option("--no-procs", is_flag=True, help="start the servers and prepare, but no Procfile processes")
+def run(no_procs):
+    """Start everything in the foreground until Ctrl-C (what `make run` does)."""
+    from devstack import EmbeddedStack, StackError, port_in_use
+
+    settings = get_settings()
+    stack = None
+    env = dict(os.environ)
+    if settings.embedded:
+        stack = EmbeddedStack(config.LOCAL_DIR)
+        click.echo("No DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP_SERVERS: starting embedded servers "
+                   f"under {config.LOCAL_DIR} ...")
+        try:
+            env.update(stack.start())
+        except StackError as exc:
+            raise click.ClickException(str(exc))
+        (config.LOCAL_DIR / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in stack.env().items()))
+    elif not (settings.database_url and settings.redis_url and settings.kafka_bootstrap_servers):
+        raise click.ClickException("set all three of DATABASE_URL, REDIS_URL, KAFKA_BOOTSTRAP_SERVERS, or none")
+    os.environ.update(env)
+    config.reset_settings()
+    settings = get_settings()
+    try:
+        if port_in_use(settings.port, "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host):
+            raise click.ClickException(f"port {settings.port} is already in use: stop what uses it "
+                                       f"or set PORT to a free one (e.g. PORT=8081 make run)")
+        _prepare(stack is not None)
+        click.echo(f"GCP is starting on http://127.0.0.1:{settings.port}  (docs: /docs, "
+                   f"ready: /health/ready)\n  DATABASE_URL={settings.database_url}\n"
+                   f"  REDIS_URL={settings.redis_url}\n  KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}")
+        if not no_procs:
+            _run_procfile(env, settings)
+    finally:
+        if stack is not None:
+            click.echo("stopping embedded servers ...")
+            stack.stop()
+            (config.LOCAL_DIR / "stack.env").unlink(missing_ok=True)
+
+
+def _prepare(embedded: bool) -> None:
+    from models.db import init_db, migrate as run_migrations
+    from workers.kafka import ensure_topics
+
+    init_db(get_settings().database_url)
+    applied = run_migrations()
+    if applied:
+        click.echo(f"migrations applied: {', '.join(applied)}")
+    ensure_topics()
+    if embedded:
+        seeded = seed_demo_batch()
+        if seeded:
+            click.echo(f"empty database: loaded demo batch with {seeded} certificates")
+
+
+def seed_demo_batch() -> int:
+    """On an empty database, load a small demo pool so the service is usable at once."""
+    import secrets
+    from decimal import Decimal
+
+    from models import services as svc
+    from models.db import db
+    from models.tables import GiftCertificate
+
+    with db.connection_context():
+        if GiftCertificate.select().exists():
+            return 0
+        items = []
+        for nominal, count in (("500.00", 50), ("1000.00", 100), ("1500.00", 50), (None, 50)):
+            for _ in range(count):
+                items.append({"code": "DEMO" + "".join(secrets.choice("0123456789") for _ in range(12)),
+                              "nominal": Decimal(nominal) if nominal else None})
+        result = svc.handle(svc.LoadBatch("demo-1", "ELECTRONIC", get_settings().default_currency,
+                                          tuple(items)), svc.Context(actor="demo-seed"))
+        return result.accepted
+
+
+def _run_procfile(env: dict, settings) -> None:
+    prom = config.LOCAL_DIR / "prometheus"
+    if prom.exists():
+        for f in prom.glob("*.db"):
+            f.unlink()
+    prom.mkdir(parents=True, exist_ok=True)
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(prom), "PYTHONUNBUFFERED": "1",
+           "HOST": os.environ.get("HOST", "127.0.0.1")}
+    honcho = [sys.executable, "-m", "honcho", "start", "-f", str(config.ROOT / "Procfile"),
+              "-d", str(config.ROOT), "--port", str(settings.port)]
+    proc = subprocess.Popen(honcho, env=env, start_new_session=True)
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+if __name__ == "__main__":
+    cli()

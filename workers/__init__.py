@@ -1,0 +1,1 @@
+"""Long-running non-HTTP processes: the Kafka pump, the outbox relay, the scheduler."""

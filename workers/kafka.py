@@ -1,0 +1,109 @@
+"""Kafka clients with the settings that matter here, and topic creation.
+
+librdkafka's defaults are wrong for a low-latency service: a new consumer group waits about
+``session.timeout.ms``/2 for its assignment and a fetch sleeps up to ``fetch.wait.max.ms``,
+so both are set explicitly; producers are idempotent with ``acks=all``.
+"""
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from config import get_settings
+
+log = logging.getLogger("gcp.kafka")
+
+
+def _bootstrap() -> str:
+    servers = get_settings().kafka_bootstrap_servers
+    if not servers:
+        raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    return servers
+
+
+def producer_config(**overrides) -> dict:
+    conf = {
+        "bootstrap.servers": _bootstrap(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "max.in.flight.requests.per.connection": 5,
+        "message.send.max.retries": 2147483647,
+        "delivery.timeout.ms": 120000,
+        "socket.keepalive.enable": True,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(group_id: str, **overrides) -> dict:
+    conf = {
+        "bootstrap.servers": _bootstrap(),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1500,
+        "fetch.wait.max.ms": 20,
+        "fetch.min.bytes": 1,
+        "socket.keepalive.enable": True,
+        "isolation.level": "read_committed",
+    }
+    conf.update(overrides)
+    return conf
+
+
+def producer(**overrides) -> Producer:
+    return Producer(producer_config(**overrides))
+
+
+def consumer(group_id: str, **overrides) -> Consumer:
+    return Consumer(consumer_config(group_id, **overrides))
+
+
+def admin() -> AdminClient:
+    return AdminClient({"bootstrap.servers": _bootstrap()})
+
+
+def contract_topics() -> list[str]:
+    s = get_settings()
+    return [s.topic_sales_order, s.topic_payments, s.topic_clients, s.topic_stream, s.topic_dlq]
+
+
+def ensure_topics(timeout: float = 15.0) -> dict[str, tuple[int, bool]]:
+    """Create the contract's missing topics with ``TOPIC_PARTITIONS`` partitions.
+
+    Topics that exist (made by the platform team) keep their partition counts. Returns
+    ``{topic: (partitions, created)}`` and asserts every topic exists afterwards.
+    """
+    client = admin()
+    wanted = contract_topics()
+    existing = client.list_topics(timeout=timeout).topics
+    missing = [t for t in wanted if t not in existing]
+    created = set()
+    if missing:
+        partitions = get_settings().topic_partitions
+        futures = client.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
+            operation_timeout=timeout, request_timeout=timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                created.add(name)
+            except Exception as exc:  # created concurrently by another process is fine
+                if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                    raise
+    topics = client.list_topics(timeout=timeout).topics
+    result = {}
+    for name in wanted:
+        meta = topics.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RuntimeError(f"topic {name} is missing after creation: {meta and meta.error}")
+        result[name] = (len(meta.partitions), name in created)
+        if name in created and len(meta.partitions) != get_settings().topic_partitions:
+            raise RuntimeError(f"topic {name} has {len(meta.partitions)} partitions, "
+                               f"expected {get_settings().topic_partitions}")
+    return result
