@@ -37,7 +37,7 @@ class Settings:
     port: int = 8080
 
     # Auth: HS256 with a shared secret in development, RS256 through JWKS in production.
-    jwt_secret: str = "dev-only-change-me"
+    jwt_secret: str = "dev-only-secret-change-me-in-production-0123"
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwks_url: str | None = None
     jwt_issuer: str | None = None

@@ -90,7 +90,7 @@ def stack():
         "TOPIC_DLQ": "GiftCertificates.DLQ" + suffix,
         "TOPIC_PARTITIONS": "3",
         "KAFKA_CONSUMER_GROUP": "gcp-pump" + suffix,
-        "JWT_SECRET": "test-secret",
+        "JWT_SECRET": "test-secret-for-the-gcp-suite-0123456789",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT": "100000/second",
     }

@@ -1,0 +1,95 @@
+"""`make run` on the embedded default: ready within 60 s, Ctrl-C leaves nothing behind,
+and a second run finds its data again."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+import requests
+
+from devstack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("make-run")]
+SERVER_VARS = ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")
+
+
+def start(local: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items()
+           if k not in SERVER_VARS and not k.startswith(("TOPIC_", "KAFKA_", "PYTEST", "COV_", "GCP_PG"))}
+    env.update(GCP_LOCAL_DIR=str(local), PORT=str(port), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING")
+    log = open(local.parent / f"run-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert proc.poll() is None, "make run exited early"
+        try:
+            resp = requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+            if resp.status_code == 200:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"/health/ready not 200 within {timeout}s")
+
+
+def processes_of(local: Path, port: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            env = p.info["environ"] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if str(local) in cmd or env.get("GCP_LOCAL_DIR") == str(local) or f":{port}" in cmd:
+            found.append(p)
+    return found
+
+
+def ctrl_c(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    proc.wait(60)
+
+
+def count_certificates(local: Path) -> int:
+    env = dict(line.split("=", 1) for line in (local / "stack.env").read_text().split())
+    with psycopg2.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM gift_certificate")
+        return cur.fetchone()[0]
+
+
+def test_make_run_comes_up_stops_cleanly_and_keeps_its_data(tmp_path):
+    local, port = tmp_path / "local", free_port()
+    # given a fresh machine: no server URL set, no data
+    proc = start(local, port)
+    try:
+        # when make run starts, then the service is ready within 60 s, with the demo pool loaded
+        elapsed = wait_ready(port, proc)
+        first_count = count_certificates(local)
+        assert first_count > 0
+        live = processes_of(local, port)
+        assert len(live) >= 5, [p.info["cmdline"] for p in live]
+    finally:
+        ctrl_c(proc)
+    # then Ctrl-C leaves no process behind
+    deadline = time.monotonic() + 20
+    while processes_of(local, port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(local, port) == []
+    assert not (local / "stack.env").exists()
+    # when it runs again, then it finds its data (no second demo batch)
+    proc = start(local, port)
+    try:
+        wait_ready(port, proc)
+        assert count_certificates(local) == first_count
+    finally:
+        ctrl_c(proc)
+    print(f"ready after {elapsed:.1f}s")
