@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import config
 from config import get_settings
 
 log = logging.getLogger("gcp.app")
+#: A client's X-Request-ID is kept only when it is a plain token (it goes into the audit trail).
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 # ---- web app ---------------------------------------------------------------------------------
@@ -101,12 +104,15 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     access = logging.getLogger("gcp.access")
 
-    @app.before_request
     def start_request():
         g.started = time.perf_counter()
-        g.request_id = (request.headers.get("X-Request-ID") or "")[:64] or "req-" + uuid.uuid4().hex[:16]
+        given = request.headers.get("X-Request-ID") or ""
+        g.request_id = given if _REQUEST_ID_RE.match(given) else "req-" + uuid.uuid4().hex[:16]
         g.token_rid = request_id_var.set(g.request_id)
         g.token_cid = correlation_id_var.set(request.headers.get("X-Correlation-ID"))
+
+    # first of all hooks, before the rate limiter's: a 429 gets a request id and a duration too
+    app.before_request_funcs.setdefault(None, []).insert(0, start_request)
 
     @app.after_request
     def finish_request(response):
@@ -287,6 +293,7 @@ def _run_procfile(env: dict, settings) -> None:
             f.unlink()
     prom.mkdir(parents=True, exist_ok=True)
     env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(prom), "PYTHONUNBUFFERED": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
            "HOST": os.environ.get("HOST", "127.0.0.1")}
     honcho = [sys.executable, "-m", "honcho", "start", "-f", str(config.ROOT / "Procfile"),
               "-d", str(config.ROOT), "--port", str(settings.port)]

@@ -73,6 +73,9 @@ class Settings:
     actor_max_backoff_ms: int = 5_000
     worker_timeout_ms: int = 50
     sms_max_retries: int = 5
+    sms_gateway_url: str | None = None
+    inbox_sweep_after_ms: int = 30_000
+    scheduler_interval_ms: int = 1_000
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -127,6 +130,9 @@ def load_settings() -> Settings:
         actor_max_backoff_ms=_int("ACTOR_MAX_BACKOFF_MS", 5_000),
         worker_timeout_ms=_int("WORKER_TIMEOUT_MS", 50),
         sms_max_retries=_int("SMS_MAX_RETRIES", 5),
+        sms_gateway_url=_str("SMS_GATEWAY_URL"),
+        inbox_sweep_after_ms=_int("INBOX_SWEEP_AFTER_MS", 30_000),
+        scheduler_interval_ms=_int("SCHEDULER_INTERVAL_MS", 1_000),
         log_level=_str("LOG_LEVEL", "INFO"),
         log_json=_str("LOG_FORMAT", "json") == "json",
     )

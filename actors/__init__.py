@@ -4,3 +4,4 @@ The broker is configured first (``actors.broker``), then every actor module is i
 ``dramatiq actors`` (the Procfile's worker) finds them all.
 """
 from actors.broker import broker  # noqa: F401  (must come before the actor modules)
+from actors import inbox, sms  # noqa: F401,E402

@@ -6,6 +6,9 @@ import importlib
 #: Every blueprint module, registered in this order (each defines ``blp``).
 BLUEPRINT_MODULES = (
     "api.health",
+    "api.certificates",
+    "api.authorizations",
+    "api.batches",
 )
 
 

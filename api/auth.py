@@ -99,6 +99,16 @@ def require(*scopes: str):
     return wrap
 
 
+def service_context(channel: str | None = None, order_id: str | None = None):
+    """The use-case :class:`~models.services.Context` of this request: who, for which channel,
+    the request id (the stream's ``causationId``) and the order it concerns."""
+    from models.services import Context
+
+    principal = current_principal()
+    return Context(actor=principal.client_id, channel=channel or principal.channel,
+                   request_id=g.get("request_id"), correlation_id=order_id)
+
+
 def check_channel(channel: str | None) -> None:
     """A channel token may act only for its own channel (403 ``CHANNEL_FORBIDDEN``)."""
     principal = current_principal()

@@ -5,10 +5,11 @@ HTTP errors from Flask, and anything unexpected (a 500 with no internals in the 
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import marshmallow as ma
-from flask import jsonify
+from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models.domain import DomainError
@@ -87,7 +88,67 @@ def handle_unexpected(error: Exception):
     return error_response(500, "INTERNAL_ERROR", "internal error")
 
 
+#: Deepest JSON nesting a request body may have (the API's bodies are flat objects).
+MAX_JSON_DEPTH = 32
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bad_json_text(doc) -> str | None:
+    """Why a parsed body cannot be stored as it is (NUL, unpaired surrogate, too deep), or None."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "text must not contain the NUL character"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "text must not contain unpaired UTF-16 surrogates"
+    return None
+
+
+def check_request_body() -> None:
+    """Before any view: a mutating call's body, if any, is a JSON object in UTF-8.
+
+    Oversized bodies are 413 (MAX_BODY_BYTES), other content types 415, undecodable bytes or
+    malformed JSON 400, anything but an object (or text PostgreSQL cannot hold) 422.
+    """
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    data = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    if not data.strip():
+        return
+    if not request.is_json:
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "the body must be application/json",
+                       contentType=request.mimetype or None)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "BAD_REQUEST", "the body is not valid UTF-8") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, "VALIDATION_ERROR", "the body must be a JSON object")
+    problem = _bad_json_text(doc)
+    if problem:
+        raise ApiError(422, "VALIDATION_ERROR", problem)
+
+
 def register(app) -> None:
+    app.before_request(check_request_body)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(DomainError, handle_domain_error)
     app.register_error_handler(ApiError, handle_api_error)

@@ -43,13 +43,14 @@ ERROR_STATUS: dict[str, int] = {
     "AMOUNT_EXCEEDS_HOLD": 422,
     "IDEMPOTENCY_KEY_REUSED": 422,
     "RATE_LIMITED": 429,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
 }
 
 
 class DomainError(Exception):
     """A refused operation: ``code`` is the contract's error code (see :data:`ERROR_STATUS`)."""
 
-    def __init__(self, code: str, message: str, **details):
+    def __init__(self, code: str, message: str, /, **details):  # details may hold a "code"
         super().__init__(message)
         self.code = code
         self.message = message
@@ -98,6 +99,21 @@ def fmt_money(value: Decimal | None) -> str | None:
 
 def valid_code(code: object) -> bool:
     return isinstance(code, str) and bool(_CODE_RE.match(code))
+
+
+def loadable_expiry(expires_at: datetime | None, now: datetime) -> bool:
+    """A code goes into the pool with no ``expiresAt`` or one still ahead, never already expired."""
+    return expires_at is None or expires_at > now
+
+
+def reservation_lapsed(reserved_until: datetime | None, now: datetime, payment_seen: bool) -> bool:
+    """A reservation goes back to the pool once its time is up, never after a payment was seen."""
+    return reserved_until is not None and reserved_until <= now and not payment_seen
+
+
+def hold_overdue(hold: "Hold", now: datetime) -> bool:
+    """An active hold past its ``expires_at`` no longer reserves money: it is to be expired."""
+    return hold.status == "ACTIVE" and hold.expires_at <= now
 
 
 # ---- statuses and the state machine -------------------------------------------------------
@@ -294,8 +310,10 @@ class Certificate:
         self.held += hold.amount
         self._record("authorization.created", authorizationId=hold.id, amount=fmt_money(hold.amount))
 
-    def capture(self, hold: Hold, now: datetime, amount: Decimal | None = None) -> Decimal:
+    def capture(self, hold: Hold, now: datetime, amount: Decimal | None = None,
+                currency: str | None = None) -> Decimal:
         """Debit up to the held amount (default all) and release the rest. Returns the debit."""
+        self._require_currency(currency)
         if hold.status != "ACTIVE":
             raise DomainError("AUTHORIZATION_NOT_ACTIVE", f"authorization is {hold.status}",
                               authorizationStatus=hold.status)

@@ -7,6 +7,8 @@ stream events (outbox) together; the outbox relay is woken by ``NOTIFY`` at comm
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import json
@@ -22,9 +24,10 @@ from config import get_settings
 from models import cache, cvc as cvc_secret
 from models.db import db
 from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
-                           fmt_money, positive_money, valid_code, ZERO)
+                           fmt_money, hold_overdue, positive_money, reservation_lapsed,
+                           valid_code, ZERO)
 from models.tables import (AuditLog, AuthorizationHold, CertificateBatch, GiftCertificate,
-                           Operation, OutboxEvent)
+                           Operation, OrderPayment, OutboxEvent)
 
 log = logging.getLogger("gcp.services")
 #: Events that are not about one certificate's life and carry no ``sequence``.
@@ -107,6 +110,31 @@ def to_domain(row: GiftCertificate, held: Decimal | None = None) -> Certificate:
         cvc_failed_attempts=row.cvc_failed_attempts)
 
 
+#: Codes to invalidate when the enclosing :func:`transaction` ends (None outside one).
+_PENDING_INVALIDATION: contextvars.ContextVar[set | None] = contextvars.ContextVar(
+    "gcp_pending_invalidation", default=None)
+
+
+@contextlib.contextmanager
+def transaction():
+    """An outer transaction around use cases plus the caller's own writes (e.g. the HTTP
+    idempotency record), so both commit together; the units of work inside become savepoints
+    and their cache invalidation waits until this transaction has ended (the outermost one,
+    when nested)."""
+    if _PENDING_INVALIDATION.get() is not None:  # nested: the outermost one invalidates
+        with db.atomic():
+            yield
+        return
+    pending: set[str] = set()
+    token = _PENDING_INVALIDATION.set(pending)
+    try:
+        with db.atomic():
+            yield
+    finally:
+        _PENDING_INVALIDATION.reset(token)
+        cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
+
+
 class UnitOfWork:
     """One transaction: state changes, ledger, audit and outbox commit together or not at all.
 
@@ -150,7 +178,11 @@ class UnitOfWork:
             raise
         finally:
             if committed:
-                cache.invalidate(self.touched)
+                pending = _PENDING_INVALIDATION.get()
+                if pending is not None:  # inside an outer transaction(): wait for its commit
+                    pending.update(self.touched)
+                else:
+                    cache.invalidate(self.touched)
         return False
 
     # -- loading
@@ -190,8 +222,12 @@ class UnitOfWork:
         cert.events.clear()
 
     def op_key(self, kind: str, code: str, entry) -> str:
-        """A ledger row's identity: the same cause applies the same movement once, ever."""
-        cause = self.ctx.cause or uuid.uuid4().hex
+        """A ledger row's identity: the same input event applies the same movement once, ever.
+
+        Only a causing *event* id makes it deterministic; HTTP retries are deduplicated by the
+        Idempotency-Key instead (a client-chosen request id must never collide two operations).
+        """
+        cause = self.ctx.causation_id or uuid.uuid4().hex
         ref = entry.authorization_id or ""
         return f"{kind}:{code}:{cause}:{ref}"
 
@@ -304,78 +340,8 @@ class BatchResult:
     created: bool
 
 
-@handler(LoadBatch)
-def load_batch(cmd: LoadBatch, ctx: Context) -> BatchResult:
-    """Add codes to the pool as AVAILABLE in one transaction; the same codes again add nothing."""
-    def body(uow: UnitOfWork) -> BatchResult:
-        batch = CertificateBatch.get_or_none(CertificateBatch.batch_id == cmd.batch_id)
-        created = batch is None
-        if batch is None:
-            batch = CertificateBatch(batch_id=cmd.batch_id, kind=cmd.kind, currency=cmd.currency,
-                                     loaded_by=ctx.actor, created_at=uow.now, updated_at=uow.now)
-            if not cmd.dry_run:
-                batch.save(force_insert=True)
-        elif batch.kind != cmd.kind or batch.currency.strip() != cmd.currency:
-            raise DomainError("VALIDATION_ERROR", "batch exists with another kind or currency",
-                              kind=batch.kind, currency=batch.currency.strip())
-        rejected, rows, seen = [], [], set()
-        for item in cmd.certificates:
-            code = item["code"]
-            if code in seen:
-                rejected.append({"code": code, "reason": "DUPLICATE_IN_BATCH"})
-                continue
-            seen.add(code)
-            rows.append(item)
-        existing = {}
-        codes = [r["code"] for r in rows]
-        for i in range(0, len(codes), 5000):
-            for c in (GiftCertificate.select(GiftCertificate.code, GiftCertificate.batch)
-                      .where(GiftCertificate.code.in_(codes[i:i + 5000])).tuples()):
-                existing[c[0]] = c[1]
-        fresh, already = [], 0
-        for item in rows:
-            owner = existing.get(item["code"])
-            if owner is None:
-                fresh.append(item)
-            elif owner == cmd.batch_id:
-                already += 1
-            else:
-                rejected.append({"code": item["code"], "reason": "DUPLICATE_CODE"})
-        accepted = 0
-        if fresh and not cmd.dry_run:
-            accepted = _insert_codes(cmd, fresh, uow.now)
-            already += len(fresh) - accepted  # lost a race with a concurrent load of the same codes
-        elif cmd.dry_run:
-            accepted = len(fresh)
-        if accepted and not cmd.dry_run:
-            db.execute_sql("SELECT pg_notify(%s, %s)", (POOL_CHANNEL, cmd.batch_id))
-        if not cmd.dry_run:
-            (CertificateBatch.update(accepted=CertificateBatch.accepted + accepted,
-                                     rejected=CertificateBatch.rejected + len(rejected),
-                                     updated_at=uow.now)
-             .where(CertificateBatch.batch_id == cmd.batch_id).execute())
-            uow.audit("batch.load", None, code=None, details={
-                "batchId": cmd.batch_id, "accepted": accepted, "alreadyLoaded": already,
-                "rejected": len(rejected)})
-        return BatchResult(cmd.batch_id, accepted, already, rejected, created or accepted > 0)
-    return _run(ctx, body)
-
-
-def _insert_codes(cmd: LoadBatch, items: list[dict], now: dt.datetime) -> int:
-    """Bulk insert; ``ON CONFLICT DO NOTHING`` keeps a concurrent duplicate from failing the chunk."""
-    inserted = 0
-    for i in range(0, len(items), 2000):
-        chunk = items[i:i + 2000]
-        rows = [{
-            "code": it["code"], "batch": cmd.batch_id, "kind": cmd.kind, "currency": cmd.currency,
-            "open_value": it.get("nominal") is None, "nominal": it.get("nominal"),
-            "remaining_balance": ZERO, "status": Status.AVAILABLE.value,
-            "batch_expires_at": it.get("expiresAt"), "created_at": now, "updated_at": now,
-        } for it in chunk]
-        cursor = (GiftCertificate.insert_many(rows).on_conflict_ignore()
-                  .returning(GiftCertificate.id).execute())
-        inserted += len(list(cursor))
-    return inserted
+# The LoadBatch handler, the low-water alert and the pool gauge live in models/batches.py
+# (imported at the end of this module, which registers the handler).
 
 
 # -- reservation ---------------------------------------------------------------------------
@@ -452,6 +418,7 @@ def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict:
     until = uow.now + dt.timedelta(seconds=get_settings().reservation_ttl_seconds)
     uow.save(row, cert, before, channel=cmd.channel, order_id=cmd.order_id, line_id=cmd.line_id,
              reserved_at=uow.now, reserved_until=until)
+    _pool.check_low_water(uow, row)  # one `alert` when this takes the pool below the low-water mark
     return _reservation_view(row)
 
 
@@ -474,6 +441,44 @@ def release(cmd: Release, ctx: Context) -> dict:
         before = snapshot(row)
         cert = to_domain(row, ZERO)
         cert.release(cmd.reason)
+        uow.save(row, cert, before, channel=None, order_id=None, line_id=None, reserved_at=None,
+                 reserved_until=None)
+        return snapshot(row)
+    return _run(ctx, body)
+
+
+@dataclass(frozen=True)
+class ExpireReservation:
+    """The scheduler's call for a reservation past ``reservedUntil``."""
+    code: str
+
+
+def payment_seen(order_id: str | None) -> bool:
+    """Payments reported money for this order (the rule: ``correlation.payment_seen``)."""
+    from models import correlation  # pure rules of the order correlation
+
+    if not order_id:
+        return False
+    rows = (OrderPayment.select(OrderPayment.event_id, OrderPayment.payment_id, OrderPayment.event_type,
+                                OrderPayment.amount, OrderPayment.currency)
+            .where(OrderPayment.order_id == order_id).tuples())
+    return correlation.payment_seen([correlation.Payment(*r) for r in rows])
+
+
+@handler(ExpireReservation)
+def expire_reservation(cmd: ExpireReservation, ctx: Context) -> dict | None:
+    """Give a lapsed reservation back to the pool, unless a payment was seen (then keep it for
+    the issue). Returns the released certificate, or None when it stays as it is."""
+    def body(uow: UnitOfWork) -> dict | None:
+        row = uow.lock_certificate(cmd.code)
+        if row.status != Status.RESERVED.value:
+            return None
+        if not reservation_lapsed(row.reserved_until, uow.now, payment_seen(row.order_id)):
+            return None
+        uow.ctx = dataclasses.replace(uow.ctx, correlation_id=uow.ctx.correlation_id or row.order_id)
+        before = snapshot(row)
+        cert = to_domain(row, ZERO)
+        cert.release("RESERVATION_EXPIRED")
         uow.save(row, cert, before, channel=None, order_id=None, line_id=None, reserved_at=None,
                  reserved_until=None)
         return snapshot(row)
@@ -551,9 +556,16 @@ def authorize(cmd: Authorize, ctx: Context) -> dict:
             uow.save(row, cert, before)
             raise Deferred(DomainError("CVC_MISMATCH", "CVC does not match",
                                        attemptsLeft=max(settings.cvc_max_attempts - cert.cvc_failed_attempts, 0)))
+        expire_overdue_holds(uow, row, cert)
         hold = Hold("auth-" + uuid.uuid4().hex, cmd.amount,
                     uow.now + dt.timedelta(seconds=settings.hold_ttl_seconds))
-        cert.authorize(hold, uow.now, cmd.currency)
+        try:
+            cert.authorize(hold, uow.now, cmd.currency)
+        except DomainError as refused:  # the right CVC still ends a run of wrong ones
+            if cert.events or row.cvc_failed_attempts != cert.cvc_failed_attempts:
+                uow.save(row, cert, before)
+                raise Deferred(refused) from None
+            raise
         AuthorizationHold.create(
             id=hold.id, certificate=row.id, channel=cmd.channel, client_id=ctx.actor,
             order_id=cmd.order_id, amount=hold.amount, currency=row.currency, status="ACTIVE",
@@ -570,6 +582,7 @@ class Capture:
     authorization_id: str
     amount: Decimal | None = None
     channel: str | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -597,7 +610,7 @@ def capture(cmd: Capture, ctx: Context) -> dict:
         before = snapshot(row)
         cert = to_domain(row)
         hold = _to_hold(hold_row)
-        captured = cert.capture(hold, uow.now, cmd.amount)
+        captured = cert.capture(hold, uow.now, cmd.amount, cmd.currency)
         hold_row.status, hold_row.captured_amount, hold_row.updated_at = hold.status, captured, uow.now
         hold_row.save()
         uow.save(row, cert, before)
@@ -632,6 +645,20 @@ def _with_correlation(ctx: Context, authorization_id: str) -> Context:
     order = (AuthorizationHold.select(AuthorizationHold.order_id)
              .where(AuthorizationHold.id == authorization_id).scalar())
     return dataclasses.replace(ctx, correlation_id=order) if order else ctx
+
+
+def expire_overdue_holds(uow: UnitOfWork, row: GiftCertificate, cert: Certificate) -> None:
+    """Expire a locked certificate's holds past ``expires_at`` (the scheduler may be behind)."""
+    holds = (AuthorizationHold.select().where((AuthorizationHold.certificate == row.id)
+                                             & (AuthorizationHold.status == "ACTIVE")
+                                             & (AuthorizationHold.expires_at <= uow.now))
+             .order_by(AuthorizationHold.id).for_update())
+    for hold_row in holds:
+        hold = _to_hold(hold_row)
+        if hold_overdue(hold, uow.now):
+            cert.end_hold(hold, "EXPIRED")
+            hold_row.status, hold_row.updated_at = hold.status, uow.now
+            hold_row.save()
 
 
 def end_active_holds(uow: UnitOfWork, row: GiftCertificate, cert: Certificate) -> None:
@@ -920,3 +947,7 @@ def pool_summary() -> dict:
     by = [{"nominal": fmt_money(n), "currency": c.strip(), "kind": k, "available": cnt}
           for n, c, k, cnt in rows]
     return {"available": sum(b["available"] for b in by), "byNominal": by}
+
+
+# The batch use case registers its handler with the registry above (it imports this module).
+from models import batches as _pool  # noqa: E402,F401

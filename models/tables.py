@@ -152,6 +152,8 @@ class InboxMessage(Base):
     last_error = TextField(null=True)
     received_at = DateTimeTZField()
     processed_at = DateTimeTZField(null=True)
+    dispatched_at = DateTimeTZField(null=True)
+    dead_lettered_at = DateTimeTZField(null=True)
 
     class Meta:
         table_name = "inbox_message"
@@ -168,6 +170,9 @@ class SalesOrder(Base):
     customer = BinaryJSONField(null=True)
     last_event_id = TextField(null=True)
     paid_at = DateTimeTZField(null=True)
+    snapshot_at = DateTimeTZField(null=True)
+    cancelled_event_id = TextField(null=True)
+    refunds = BinaryJSONField(default=list)
     created_at = DateTimeTZField()
     updated_at = DateTimeTZField()
 
@@ -189,6 +194,7 @@ class OrderPayment(Base):
     gc_operation = TextField(null=True)
     gc_amount = Money(null=True)
     payload = BinaryJSONField()
+    occurred_at = DateTimeTZField(null=True)
     created_at = DateTimeTZField()
 
     class Meta:
@@ -211,5 +217,97 @@ class IdempotencyKey(Base):
         primary_key = CompositeKey("client_id", "key")
 
 
+class OrderEffect(Base):
+    """A correlation decision applied to an order, once (migration 0002)."""
+    order_id = TextField()
+    effect_key = TextField()
+    outcome = TextField()
+    detail = TextField(null=True)
+    causation_id = TextField(null=True)
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "order_effect"
+        primary_key = CompositeKey("order_id", "effect_key")
+
+
+class BlockedIssue(Base):
+    """A paid order line waiting for the pool to be refilled."""
+    id = BigAutoField()
+    order_id = TextField()
+    line_id = TextField()
+    channel = TextField()
+    nominal = Money()
+    currency = CharField(max_length=3)
+    kind = TextField()
+    status = TextField()
+    code = TextField(null=True)
+    causation_id = TextField(null=True)
+    created_at = DateTimeTZField()
+    resolved_at = DateTimeTZField(null=True)
+
+    class Meta:
+        table_name = "blocked_issue"
+
+
+class ClientProfile(Base):
+    client_id = TextField(primary_key=True)
+    phone = TextField(null=True)
+    email = TextField(null=True)
+    occurred_at = DateTimeTZField()
+    updated_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "client_profile"
+
+
+class SmsMessage(Base):
+    id = BigAutoField()
+    notification_event_id = TextField(unique=True)
+    code = TextField()
+    status = TextField()
+    attempts = IntegerField(default=0)
+    last_error = TextField(null=True)
+    created_at = DateTimeTZField()
+    sent_at = DateTimeTZField(null=True)
+
+    class Meta:
+        table_name = "sms_message"
+
+
+class DlqReplay(Base):
+    dlq_id = TextField(primary_key=True)
+    source_topic = TextField()
+    event_id = TextField(null=True)
+    replayed_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "dlq_replay"
+
+
+class BatchRejection(Base):
+    """A code a batch refused, once per batch and code (migration 0003)."""
+    batch = ForeignKeyField(CertificateBatch, column_name="batch_id", field="batch_id")
+    code = TextField()
+    reason = TextField()
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "certificate_batch_rejection"
+        primary_key = CompositeKey("batch", "code")
+
+
+class PoolLowWater(Base):
+    """Whether a pool segment (currency/kind/nominal) is below the low-water mark (migration 0003)."""
+    segment = TextField(primary_key=True)
+    low = BooleanField()
+    changed_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "pool_low_water"
+
+
 ALL_TABLES = (CertificateBatch, GiftCertificate, AuthorizationHold, Operation, AuditLog,
-              OutboxEvent, InboxMessage, SalesOrder, OrderPayment, IdempotencyKey)
+              OutboxEvent, InboxMessage, SalesOrder, OrderPayment, IdempotencyKey,
+              OrderEffect, BlockedIssue, ClientProfile, SmsMessage, DlqReplay,
+              BatchRejection, PoolLowWater)

@@ -55,7 +55,10 @@ def processes_of(local: Path, port: int) -> list[psutil.Process]:
 
 
 def ctrl_c(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    try:
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    except ProcessLookupError:  # already gone
+        pass
     proc.wait(60)
 
 

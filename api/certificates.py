@@ -1,0 +1,228 @@
+"""Certificates: reservation for an order line, reads, the ledger, the audit trail, CVC
+disclosure and support actions. Each view turns its input into a command or query."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api import schemas as s
+from api.auth import check_channel, current_principal, require, service_context
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
+from config import get_settings
+from models import queries
+from models import services as svc
+from models.domain import CODE_PATTERN
+
+blp = Blueprint("certificates", __name__, description=(
+    "Gift certificates. Certificates are not personalised and can be spent in any channel, so "
+    "any holder of `certificates:read` may read any certificate's balance and ledger; a channel "
+    "token's *search* is limited to its own channel."))
+
+#: The certificate code in a path (an unknown or malformed one is 404 CERTIFICATE_NOT_FOUND).
+CODE_PARAM = {"in": "path", "name": "code", "required": True,
+              "schema": {"type": "string", "pattern": CODE_PATTERN}}
+READ = ("certificates:read", "certificates:admin")
+ADMIN = ("certificates:admin",)
+
+
+def _reserve(args: dict):
+    check_channel(args["channel"])
+    currency = args["currency"] or (None if args["code"] else get_settings().default_currency)
+    command = svc.Reserve(args["channel"], args["orderId"], args["lineId"], args["nominal"],
+                          currency, code=args["code"])
+    view, created = svc.handle(command, service_context(args["channel"], args["orderId"]))
+    return view, 201 if created else 200
+
+
+RESERVE_ERRORS = {403: ["CHANNEL_FORBIDDEN"], 404: ["CERTIFICATE_NOT_FOUND"],
+                  409: ["POOL_EMPTY", "ALREADY_RESERVED", "NOMINAL_MISMATCH",
+                        "IDEMPOTENCY_IN_PROGRESS"],
+                  422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}
+
+
+@blp.route("/certificates/next")
+class NextCertificate(MethodView):
+    @require("certificates:reserve")
+    @idempotent
+    @blp.arguments(s.ReserveRequest)
+    @blp.response(201, s.ReservationSchema, description="reserved for this order line")
+    @blp.alt_response(200, schema=s.ReservationSchema,
+                      description="this order line was reserved before: the same certificate")
+    @s.errors(blp, RESERVE_ERRORS, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args):
+        """Reserve the next certificate for an order line (scope certificates:reserve)
+
+        Takes the next AVAILABLE electronic certificate printed for `nominal` (then an
+        open-value one, which takes `nominal`), or the given `code` (a physical card scanned at
+        POS, any kind). The reservation lasts until `reservedUntil` unless the order's payment
+        is seen. A channel token may reserve only for its own `channel` (403 CHANNEL_FORBIDDEN).
+        An empty pool is 409 POOL_EMPTY and an `issue.blocked` event.
+        """
+        return _reserve(args)
+
+    @require("certificates:reserve")
+    @idempotent
+    @blp.arguments(s.ReserveQuery, location="query")
+    @blp.response(201, s.ReservationSchema, description="reserved for this order line")
+    @blp.alt_response(200, schema=s.ReservationSchema,
+                      description="this order line was reserved before: the same certificate")
+    @s.errors(blp, RESERVE_ERRORS)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], deprecated=True)
+    def get(self, args):
+        """Reserve (deprecated query-string form of POST /certificates/next)
+
+        Kept for channels built against the first draft; same rules and answers as the POST.
+        """
+        return _reserve(args)
+
+
+@blp.route("/certificates")
+class Certificates(MethodView):
+    @require(*READ)
+    @blp.arguments(s.SearchQuery, location="query")
+    @blp.response(200, s.CertificatePageSchema)
+    @s.errors(blp, {403: ["CHANNEL_FORBIDDEN"], 422: ["VALIDATION_ERROR"]})
+    def get(self, args):
+        """Search certificates, newest first, one page at a time (certificates:read or admin)
+
+        A channel token sees only its own channel's certificates (asking for another channel
+        is 403 CHANNEL_FORBIDDEN); a backend token without a channel sees all.
+        """
+        principal = current_principal()
+        channel = args["channel"]
+        if principal.channel:
+            check_channel(channel)
+            channel = principal.channel
+        return queries.search_certificates(
+            status=args["status"], channel=channel, order_id=args["orderId"],
+            issued_from=args["issuedFrom"], issued_to=args["issuedTo"], page=args["page"],
+            page_size=args["page_size"])
+
+
+@blp.route("/certificates/<code>", parameters=[CODE_PARAM])
+class Certificate(MethodView):
+    @require(*READ)
+    @blp.response(200, s.CertificateSchema)
+    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"]})
+    def get(self, code):
+        """The certificate: status, balance, available (certificates:read or admin)
+
+        Never carries the CVC. Any `certificates:read` holder may read any certificate (they
+        are not personalised and can be spent in any channel).
+        """
+        return svc.certificate_view(code)
+
+
+@blp.route("/certificates/<code>/operations", parameters=[CODE_PARAM])
+class Operations(MethodView):
+    @require(*READ)
+    @blp.arguments(s.PageQuery, location="query")
+    @blp.response(200, s.OperationPageSchema)
+    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 422: ["VALIDATION_ERROR"]})
+    def get(self, args, code):
+        """The balance ledger, oldest first (certificates:read or admin)
+
+        Its amounts add up to `remainingBalance`.
+        """
+        return queries.operations(code, args["page"], args["page_size"])
+
+
+@blp.route("/certificates/<code>/audit", parameters=[CODE_PARAM])
+class Audit(MethodView):
+    @require(*ADMIN)
+    @blp.arguments(s.PageQuery, location="query")
+    @blp.response(200, s.AuditPageSchema)
+    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 422: ["VALIDATION_ERROR"]})
+    def get(self, args, code):
+        """The audit trail, oldest first (certificates:admin)
+
+        Every change and CVC disclosure: who, what, when, request id, before and after.
+        """
+        return queries.audit_trail(code, args["page"], args["page_size"])
+
+
+@blp.route("/certificates/<code>/cvc", parameters=[CODE_PARAM])
+class Cvc(MethodView):
+    @require("certificates:cvc")
+    @blp.response(200, s.CvcSchema, headers={"Cache-Control": {"schema": {"type": "string"},
+                                                                "description": "no-store"}})
+    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 409: ["CVC_ALREADY_DISCLOSED", "INVALID_STATE"]})
+    def get(self, code):
+        """Disclose the CVC to send it to the buyer, once per notification request (certificates:cvc)
+
+        Again before a new notification request: 409 CVC_ALREADY_DISCLOSED. The disclosure is
+        in the audit trail; the CVC is never logged.
+        """
+        result = svc.handle(svc.DiscloseCvc(code), service_context())
+        return result, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _action(command):
+    return svc.handle(command, service_context())
+
+
+ACTION_ERRORS = {404: ["CERTIFICATE_NOT_FOUND"], 409: ["INVALID_STATE", "IDEMPOTENCY_IN_PROGRESS"],
+                 422: ["IDEMPOTENCY_KEY_REUSED"]}
+
+
+@blp.route("/certificates/<code>/actions/lock", parameters=[CODE_PARAM])
+class Lock(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.ReasonRequest)
+    @blp.response(200, s.CertificateSchema)
+    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, code):
+        """Lock a working certificate with a reason (certificates:admin)
+
+        Nothing can be authorized or redeemed until it is unlocked.
+        """
+        return _action(svc.Lock(code, args["reason"]))
+
+
+@blp.route("/certificates/<code>/actions/unlock", parameters=[CODE_PARAM])
+class Unlock(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.EmptyRequest, required=False)
+    @blp.response(200, s.CertificateSchema)
+    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, code):
+        """Unlock: back to the status before the lock (certificates:admin)"""
+        return _action(svc.Unlock(code))
+
+
+@blp.route("/certificates/<code>/actions/cancel", parameters=[CODE_PARAM])
+class Cancel(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.ReasonRequest)
+    @blp.response(200, s.CertificateSchema)
+    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, code):
+        """Cancel (annul) a certificate for good, with a reason (certificates:admin)
+
+        Active holds are voided first; CANCELLED is terminal.
+        """
+        return _action(svc.Cancel(code, args["reason"]))
+
+
+@blp.route("/certificates/<code>/notifications", parameters=[CODE_PARAM])
+class Notifications(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.EmptyRequest, required=False)
+    @blp.response(202, s.CertificateSchema, description="a new notification (with a new CVC) is requested")
+    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, code):
+        """Request the CVC notification again after NOTIFICATION_FAILED (certificates:admin)
+
+        A fresh CVC is generated; CRM may fetch it once through GET /certificates/{code}/cvc.
+        """
+        return _action(svc.RequestNotification(code))
+

@@ -1,0 +1,320 @@
+"""Marshmallow schemas of the HTTP API: what a request may carry and what each answer holds.
+
+Request schemas refuse unknown fields, wrong types (money is a string, never a number),
+control characters and oversized values with 422 ``VALIDATION_ERROR``; the money rule itself is
+``models.domain.parse_money``. Response schemas document every success answer exactly, so the
+OpenAPI document (and schemathesis) can check what the service sends.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import marshmallow as ma
+from marshmallow import validate
+
+from api.errors import ErrorSchema
+from models.domain import (CHANNELS, CODE_PATTERN, CURRENCY_PATTERN, KINDS, MONEY_PATTERN,
+                           DomainError, Status, parse_money, positive_money)
+
+#: Printable text without control characters (they never belong in ids or reasons).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: A CVC as presented by a buyer: digits only.
+CVC_PATTERN = r"^[0-9]{1,12}$"
+#: An authorization id as the service makes them.
+AUTHORIZATION_ID_PATTERN = r"^auth-[0-9a-f]{32}$"
+#: The Idempotency-Key header: visible ASCII, 1 to 255 characters.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+#: Largest page size for searches and listings.
+MAX_PAGE_SIZE = 100
+#: Highest page number (deeper pages: narrow the filters).
+MAX_PAGE = 10_000
+STATUSES = [s.value for s in Status]
+NOTIFICATION_STATUSES = ["NOTIFICATION_REQUESTED", "NOTIFICATION_SENT", "NOTIFICATION_FAILED"]
+
+
+class Strict(ma.Schema):
+    """Request bodies: unknown fields are refused."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+# ---- fields --------------------------------------------------------------------------------
+
+class Money(ma.fields.String):
+    """The contract's money: a string with two decimals ("1500.00"), loaded as ``Decimal``."""
+
+    def __init__(self, positive: bool = True, **kwargs):
+        meta = kwargs.pop("metadata", {})
+        meta.setdefault("pattern", MONEY_PATTERN)  # checked by parse_money on load
+        meta.setdefault("example", "1500.00")
+        meta.setdefault("description", "money: a string with two decimals" +
+                        (", greater than 0.00" if positive else ""))
+        super().__init__(metadata=meta, **kwargs)
+        self.positive = positive
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):  # a JSON number (float or int) is refused
+            raise ma.ValidationError('money must be a string like "1500.00", not a number')
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return positive_money(text, attr or "amount") if self.positive else parse_money(text, attr or "amount")
+        except DomainError as exc:
+            raise ma.ValidationError(exc.message) from None
+
+
+class UtcDateTime(ma.fields.AwareDateTime):
+    """An RFC 3339 time (UTC when no offset is given), loaded in UTC."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=dt.timezone.utc, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(dt.timezone.utc)
+        except (OverflowError, ValueError):
+            raise ma.ValidationError("time out of range") from None
+
+
+def text(max_length: int = 128, **kwargs) -> ma.fields.String:
+    """An identifier or free text: 1..max_length characters, no control characters."""
+    return ma.fields.String(validate=[validate.Length(1, max_length), validate.Regexp(TEXT_PATTERN)],
+                            **kwargs)
+
+
+def currency(**kwargs) -> ma.fields.String:
+    meta = {"example": "RUB", "description": "ISO 4217 code", **kwargs.pop("metadata", {})}
+    return ma.fields.String(validate=validate.Regexp(CURRENCY_PATTERN), metadata=meta, **kwargs)
+
+
+def code_field(**kwargs) -> ma.fields.String:
+    return ma.fields.String(validate=validate.Regexp(CODE_PATTERN), **kwargs)
+
+
+def channel_field(**kwargs) -> ma.fields.String:
+    return ma.fields.String(validate=validate.OneOf(CHANNELS), **kwargs)
+
+
+def stamp(**kwargs) -> ma.fields.String:
+    """An RFC 3339 UTC time in an answer (already formatted by the use case)."""
+    meta = {"format": "date-time", "example": "2026-11-22T10:00:00.000Z", **kwargs.pop("metadata", {})}
+    return ma.fields.String(metadata=meta, **kwargs)
+
+
+def out_money(**kwargs) -> ma.fields.String:
+    meta = {"example": "1500.00", "pattern": r"^-?[0-9]+\.[0-9]{2}$", **kwargs.pop("metadata", {})}
+    return ma.fields.String(metadata=meta, **kwargs)
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+class ReserveRequest(Strict):
+    """Reserve a certificate for an order line (the next one from the pool, or ``code``)."""
+
+    channel = channel_field(required=True)
+    orderId = text(required=True, metadata={"example": "order-42"})
+    lineId = text(required=True, metadata={"example": "1"})
+    nominal = Money(required=True)
+    currency = currency(load_default=None, metadata={
+        "description": "ISO 4217; default: the certificate's for `code`, else DEFAULT_CURRENCY (RUB)"})
+    code = code_field(load_default=None, metadata={
+        "description": "a physical card scanned at POS: reserve this code (any kind)"})
+
+
+class Query(ma.Schema):
+    """Query strings: unknown parameters are ignored, and an empty one (``?status=``) counts as
+    not given (the contract writes its filters as ``?status=&channel=...``)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    @ma.pre_load
+    def _blank_is_absent(self, data, **kwargs):
+        return {key: data[key] for key in data if data[key] != ""}
+
+
+class ReserveQuery(Query, ReserveRequest):
+    """The deprecated query-string form of the reservation."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class SearchQuery(Query):
+    status = ma.fields.String(validate=validate.OneOf(STATUSES), load_default=None)
+    channel = channel_field(load_default=None)
+    orderId = text(load_default=None)
+    issuedFrom = UtcDateTime(load_default=None, metadata={"description": "issuedAt >= this (RFC 3339)"})
+    issuedTo = UtcDateTime(load_default=None, metadata={"description": "issuedAt < this (RFC 3339)"})
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
+    page_size = ma.fields.Integer(load_default=20, validate=validate.Range(1, MAX_PAGE_SIZE))
+
+
+class PageQuery(Query):
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
+    page_size = ma.fields.Integer(load_default=MAX_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE))
+
+
+class AuthorizeRequest(Strict):
+    channel = channel_field(required=True)
+    orderId = text(required=True, metadata={"example": "order-43"})
+    amount = Money(required=True)
+    cvc = ma.fields.String(required=True, validate=validate.Regexp(CVC_PATTERN),
+                           metadata={"example": "123456", "description": "the secret printed or sent "
+                                     "with the code; 5 wrong in a row lock the certificate"})
+    currency = currency(load_default=None, metadata={"description": "default: the certificate's"})
+
+
+class CaptureRequest(Strict):
+    amount = Money(load_default=None, metadata={"description": "default: the whole hold; "
+                                                "less releases the rest"})
+    currency = currency(load_default=None, metadata={"description": "default: the certificate's"})
+
+
+class ReasonRequest(Strict):
+    reason = text(max_length=500, required=True, metadata={"example": "FRAUD_SUSPECTED"})
+
+
+class OptionalReasonRequest(Strict):
+    reason = text(max_length=500, load_default=None)
+
+
+class EmptyRequest(Strict):
+    """No fields (an empty body or ``{}``)."""
+
+
+# ---- answers ----------------------------------------------------------------------------------
+
+class ReservationSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(STATUSES),
+                              metadata={"example": "RESERVED"})
+    nominal = out_money(required=True)
+    currency = ma.fields.String(required=True)
+    reservedUntil = stamp(required=True, allow_none=True,
+                          metadata={"description": "null once the certificate was issued"})
+    channel = ma.fields.String(required=True)
+    orderId = ma.fields.String(required=True)
+    lineId = ma.fields.String(required=True)
+
+
+class CertificateSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(STATUSES))
+    kind = ma.fields.String(required=True, validate=validate.OneOf(KINDS))
+    nominal = out_money(required=True, allow_none=True)
+    remainingBalance = out_money(required=True)
+    available = out_money(required=True, metadata={"description": "remainingBalance minus active holds"})
+    currency = ma.fields.String(required=True)
+    channel = ma.fields.String(required=True, allow_none=True)
+    orderId = ma.fields.String(required=True, allow_none=True)
+    issuedAt = stamp(required=True, allow_none=True)
+    expiresAt = stamp(required=True, allow_none=True)
+    lockReason = ma.fields.String(required=True, allow_none=True)
+    notificationStatus = ma.fields.String(required=True, allow_none=True,
+                                          validate=validate.OneOf(NOTIFICATION_STATUSES))
+
+
+class CertificatePageSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(CertificateSchema), required=True)
+    page = ma.fields.Integer(required=True)
+    pageSize = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+
+
+class OperationSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    kind = ma.fields.String(required=True, metadata={
+        "description": "ISSUE, REDEEM, REFUND_CREDIT or PURCHASE_REFUND"})
+    amount = out_money(required=True, metadata={"description": "credits positive, debits negative"})
+    balanceAfter = out_money(required=True)
+    currency = ma.fields.String(required=True)
+    authorizationId = ma.fields.String(required=True, allow_none=True)
+    orderId = ma.fields.String(required=True, allow_none=True)
+    channel = ma.fields.String(required=True, allow_none=True)
+    createdAt = stamp(required=True)
+
+
+class OperationPageSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    items = ma.fields.List(ma.fields.Nested(OperationSchema), required=True)
+    page = ma.fields.Integer(required=True)
+    pageSize = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+
+
+class AuditEntrySchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    action = ma.fields.String(required=True)
+    actor = ma.fields.String(required=True)
+    channel = ma.fields.String(required=True, allow_none=True)
+    requestId = ma.fields.String(required=True, allow_none=True)
+    correlationId = ma.fields.String(required=True, allow_none=True)
+    before = ma.fields.Dict(required=True, allow_none=True)
+    after = ma.fields.Dict(required=True, allow_none=True)
+    details = ma.fields.Dict(required=True, allow_none=True)
+    at = stamp(required=True)
+
+
+class AuditPageSchema(OperationPageSchema):
+    items = ma.fields.List(ma.fields.Nested(AuditEntrySchema), required=True)
+
+
+class CvcSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    cvc = ma.fields.String(required=True, metadata={"example": "123456"})
+
+
+class AuthorizationSchema(ma.Schema):
+    authorizationId = ma.fields.String(required=True, metadata={"pattern": AUTHORIZATION_ID_PATTERN})
+    code = ma.fields.String(required=True)
+    amount = out_money(required=True)
+    currency = ma.fields.String(required=True)
+    expiresAt = stamp(required=True)
+    available = out_money(required=True)
+    status = ma.fields.String(required=True, metadata={"example": "ACTIVE"})
+
+
+class CaptureSchema(ma.Schema):
+    authorizationId = ma.fields.String(required=True)
+    code = ma.fields.String(required=True)
+    captured = out_money(required=True)
+    remainingBalance = out_money(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(STATUSES))
+    currency = ma.fields.String(required=True)
+
+
+class VoidSchema(ma.Schema):
+    authorizationId = ma.fields.String(required=True)
+    code = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, metadata={"example": "VOIDED"})
+    amount = out_money(required=True)
+    available = out_money(required=True)
+    remainingBalance = out_money(required=True)
+
+
+# ---- documented errors --------------------------------------------------------------------
+
+#: Error codes per HTTP status, for the OpenAPI descriptions.
+COMMON_ERRORS = {401: ["UNAUTHORIZED"], 403: ["FORBIDDEN"], 429: ["RATE_LIMITED"]}
+
+
+def errors(blp, spec: dict[int, list[str]], *, body: bool = False):
+    """Decorator documenting a route's error answers (always 401, 403, 429; 400/413/415/422 for
+    a route with a body) in the contract's error model."""
+    merged: dict[int, list[str]] = {k: list(v) for k, v in COMMON_ERRORS.items()}
+    if body:
+        for status, code in ((400, "BAD_REQUEST"), (413, "PAYLOAD_TOO_LARGE"),
+                             (415, "UNSUPPORTED_MEDIA_TYPE"), (422, "VALIDATION_ERROR")):
+            merged.setdefault(status, []).append(code)
+    for status, codes in spec.items():
+        merged.setdefault(status, [])
+        merged[status] += [c for c in codes if c not in merged[status]]
+
+    def decorate(func):
+        for status in sorted(merged, reverse=True):
+            func = blp.alt_response(status, schema=ErrorSchema,
+                                    description="error codes: " + ", ".join(merged[status]))(func)
+        return func
+    return decorate

@@ -1,0 +1,295 @@
+"""Input → stream latency at 100 messages/s, against a floor measured in the same run.
+
+Starts its own embedded PostgreSQL, Redis and Tansu (a temp dir), the Procfile's worker, pump
+and relay as subprocesses, and then:
+
+1. **floor**: a minimal echo in this process: consume from a topic, one PostgreSQL transaction
+   (insert + commit), produce to another topic. Latency from producing the input to reading the
+   output: two Kafka hops and one transaction, nothing of ours.
+2. **service**: a burst of sales at 100 messages/s, each an ORDER_CREATED for a reserved
+   certificate followed by its full payment. Latency from producing the payment to reading its
+   ``issue`` event on GiftCertificates.Stream: pump → inbox commit → Dramatiq (Redis) → worker →
+   correlation and issue transaction (+ NOTIFY) → relay → Kafka.
+
+Prints p50/p90/p99/max for both and their ratio. Contract: < 200 ms; goal p99 < 50 ms.
+Run: ``make bench`` or ``python -m bench.latency [messages]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 100  # messages per second
+PROCS = ("worker", "pump", "relay")
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+
+    def p(q):
+        return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] * 1000
+
+    return {"n": len(s), "p50": p(0.50), "p90": p(0.90), "p99": p(0.99), "max": s[-1] * 1000}
+
+
+def start_procs(env: dict, logdir: Path) -> dict[str, subprocess.Popen]:
+    commands = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() in PROCS:
+            commands[name.strip()] = command.strip()
+    procs = {}
+    for name, command in commands.items():
+        log = open(logdir / f"{name}.log", "ab")
+        procs[name] = subprocess.Popen(["bash", "-c", "exec " + command], cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+    return procs
+
+
+def stop_procs(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def paced(items, rate: int):
+    """Yield items at ``rate`` per second (absolute schedule: no drift)."""
+    start = time.perf_counter()
+    for i, item in enumerate(items):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield item
+
+
+def measure_floor(n: int) -> list[float]:
+    """Two Kafka hops and one PostgreSQL transaction, in the simplest possible echo."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from models.db import db
+    from workers.kafka import consumer_config, producer_config
+
+    admin = AdminClient({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
+    tin, tout = "bench.floor.in", "bench.floor.out"
+    for fut in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1) for t in (tin, tout)]).values():
+        fut.result(15)
+    with db.connection_context():
+        db.execute_sql("CREATE TABLE IF NOT EXISTS bench_floor (id text PRIMARY KEY, at timestamptz)")
+    stop = threading.Event()
+
+    def echo():
+        consumer = Consumer(consumer_config("bench-floor-echo"))
+        consumer.subscribe([tin])
+        producer = Producer(producer_config())
+        with db.connection_context():
+            while not stop.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None or msg.error():
+                    continue
+                with db.atomic():
+                    db.execute_sql("INSERT INTO bench_floor VALUES (%s, now())", (msg.value().decode(),))
+                consumer.commit(msg, asynchronous=True)
+                producer.produce(tout, key=msg.key(), value=msg.value())
+                producer.poll(0)
+        consumer.close()
+        producer.flush(5)
+
+    reader = Consumer(consumer_config("bench-floor-reader-" + uuid.uuid4().hex[:6]))
+    reader.subscribe([tout])
+    worker = threading.Thread(target=echo, daemon=True)
+    worker.start()
+    producer = Producer(producer_config())
+    sent, got = {}, {}
+
+    def read_until(ids, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline and not ids <= got.keys():
+            msg = reader.poll(0.05)
+            if msg is not None and not msg.error():
+                got.setdefault(msg.value().decode(), time.time())
+
+    # warm up (group joins, connections)
+    warm = {f"warm-{i}" for i in range(5)}
+    for w in warm:
+        producer.produce(tin, key=w, value=w)
+    producer.flush(10)
+    read_until(warm, 30)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    reading = threading.Thread(target=read_until, args=(set(ids), 30 + n / RATE))
+    reading.start()
+    for i in paced(ids, RATE):
+        sent[i] = time.time()
+        producer.produce(tin, key=i, value=i)
+        producer.poll(0)
+    producer.flush(10)
+    reading.join()
+    stop.set()
+    worker.join(10)
+    reader.close()
+    return [got[i] - sent[i] for i in ids if i in got]
+
+
+def measure_service(n: int) -> tuple[list[float], int]:
+    """A realistic burst: each sale is an ORDER_CREATED and, 10 ms later, its full payment
+    (100 messages/s = 50 sales/s). Latency from producing the payment (the message that
+    completes the order) to reading its ``issue`` event on the stream."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from config import get_settings
+    from models import services as svc
+    from models.db import db
+    from workers.kafka import consumer_config, producer_config
+
+    s = get_settings()
+    sales = n // 2 + 5
+    codes = [("B" + uuid.uuid4().hex[:14]).upper() for _ in range(sales)]
+    with db.connection_context():
+        svc.handle(svc.LoadBatch("bench-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
+                                 tuple({"code": c, "nominal": Decimal("1000.00")} for c in codes)),
+                   svc.Context(actor="bench"))
+        orders = []
+        for code in codes:
+            order_id = "bench-" + uuid.uuid4().hex[:10]
+            svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
+            orders.append((order_id, code))
+    producer = Producer(producer_config())
+    now = "2026-11-22T10:00:00Z"
+
+    def order(order_id, code):
+        return {"eventId": str(uuid.uuid4()), "eventType": "ORDER_CREATED", "occurredAt": now, "orderId": order_id,
+                "channel": "ONLINE_STORE", "currency": "RUB", "total": "1000.00",
+                "lines": [{"lineId": "1", "type": "GIFT_CERTIFICATE", "certificateCode": code, "amount": "1000.00"}]}
+
+    def payment(order_id):
+        return {"eventId": str(uuid.uuid4()), "eventType": "PAYMENT_CAPTURED", "occurredAt": now,
+                "paymentId": "p-" + order_id, "orderId": order_id, "channel": "ONLINE_STORE",
+                "amount": "1000.00", "currency": "RUB", "method": "CARD"}
+
+    reader = Consumer(consumer_config("bench-reader-" + uuid.uuid4().hex[:6]))
+    meta = reader.list_topics(s.topic_stream, timeout=10).topics[s.topic_stream]
+    ends = []
+    for p in meta.partitions:
+        _low, high = reader.get_watermark_offsets(TopicPartition(s.topic_stream, p), timeout=10)
+        ends.append(TopicPartition(s.topic_stream, p, high))
+    reader.assign(ends)
+    sent, got = {}, {}
+    wanted = {code for _o, code in orders}
+
+    def read(timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(got) < len(wanted):
+            msg = reader.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            if dict(msg.headers() or ()).get("eventType") == b"issue":
+                got.setdefault(msg.key().decode(), time.time())
+
+    reading = threading.Thread(target=read, args=(60 + n / RATE,))
+    reading.start()
+    warm, timed = orders[:5], orders[5:]
+    for order_id, code in warm:  # warm-up: connections, the consumer group, the first queries
+        producer.produce(s.topic_sales_order, key=order_id, value=json.dumps(order(order_id, code)))
+        producer.produce(s.topic_payments, key=order_id, value=json.dumps(payment(order_id)))
+    producer.flush(10)
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(c in got for _o, c in warm):
+        time.sleep(0.05)
+    steps = [(kind, o, c) for o, c in timed for kind in ("order", "payment")]
+    for kind, order_id, code in paced(steps, RATE):
+        if kind == "order":
+            producer.produce(s.topic_sales_order, key=order_id, value=json.dumps(order(order_id, code)))
+        else:
+            sent[code] = time.time()
+            producer.produce(s.topic_payments, key=order_id, value=json.dumps(payment(order_id)))
+        producer.poll(0)
+    producer.flush(10)
+    reading.join()
+    reader.close()
+    lost = sum(1 for c in sent if c not in got)
+    with db.connection_context():  # where the time goes, from the rows' own timestamps
+        inbox = db.execute_sql(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at))"
+            " FROM inbox_message WHERE topic = %s AND processed_at IS NOT NULL", (s.topic_payments,)).fetchone()[0]
+        outbox = db.execute_sql(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at))"
+            " FROM outbox_event WHERE event_type = 'issue' AND published_at IS NOT NULL").fetchone()[0]
+    STAGES.update({"inbox -> handled (p50, p99)": inbox, "outbox -> published (p50, p99)": outbox})
+    return [got[c] - sent[c] for c in sent if c in got], lost
+
+
+#: Stage timings of the last service run (seconds), printed by main().
+STAGES: dict = {}
+
+
+def main(n: int | None = None) -> dict:
+    n = n or int(os.environ.get("BENCH_MESSAGES", "1000"))
+    tmp = Path(tempfile.mkdtemp(prefix="gcp-bench-"))
+    saved = dict(os.environ)
+    procs = {}
+    try:
+        from devstack import EmbeddedStack
+
+        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            os.environ.pop(var, None)
+        os.environ["GCP_PG_FAST"] = os.environ.get("GCP_PG_FAST", "")
+        stack = EmbeddedStack(tmp, database="gcp")
+        os.environ.update(stack.start())
+        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0")
+        from config import get_settings, reset_settings
+
+        reset_settings()
+        from models.db import init_db, migrate
+        from workers.kafka import ensure_topics
+
+        init_db(get_settings().database_url)
+        migrate()
+        ensure_topics()
+        env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+                   PYTHONUNBUFFERED="1")
+        procs = start_procs(env, tmp)
+        time.sleep(2)
+        floor = percentiles(measure_floor(n))
+        service_samples, lost = measure_service(n)
+        service = percentiles(service_samples)
+        print(f"input -> stream latency at {RATE} messages/s, {n} messages (times in ms)")
+        print(f"  {'':34} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
+        for name, r in (("floor: 2 Kafka hops + 1 transaction", floor), ("service: sale paid -> issue event", service)):
+            print(f"  {name:34} {r['p50']:7.1f} {r['p90']:7.1f} {r['p99']:7.1f} {r['max']:7.1f}")
+        print(f"  ratio service/floor: p50 x{service['p50'] / floor['p50']:.1f}, p99 x{service['p99'] / floor['p99']:.1f}"
+              f"; lost {lost}; contract < 200 ms: {'met' if service['p99'] < 200 else 'NOT met'};"
+              f" goal p99 < 50 ms: {'met' if service['p99'] < 50 else 'not met'}")
+        for stage, (p50, p99) in STAGES.items():
+            print(f"  stage {stage:32} {p50 * 1000:7.1f} {p99 * 1000:7.1f}")
+        return {"floor": floor, "service": service, "lost": lost}
+    finally:
+        stop_procs(procs)
+        try:
+            stack.stop()
+        except Exception:
+            pass
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else None)

@@ -1,0 +1,522 @@
+"""Use cases of the Kafka side: the channels' orders, payments and CRM results.
+
+Each message becomes a command handled through ``models.services.handle``. A handler records
+what the message says about its order (``sales_order``, ``order_payment``), then asks the pure
+rules of :mod:`models.correlation` what is still to do and applies it through the certificate
+use cases, all under a transaction-scoped advisory lock on the ``orderId`` (so one order is
+correlated by one worker at a time, whatever the arrival order) and inside the caller's
+transaction (the actor marks its inbox row done in the same commit).
+
+Every applied decision is written to ``order_effect`` with its outcome, so a duplicate, a replay
+or a redelivery finds it done. A refused decision (the domain said no) becomes an ``error``
+event on the stream; the message itself is then handled (it is not retried).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+from models import correlation as corr
+from models import services as svc
+from models.db import db
+from models.domain import DomainError, Status, fmt_money
+from models.tables import (AuditLog, AuthorizationHold, BlockedIssue, ClientProfile,
+                           GiftCertificate, OrderEffect, SalesOrder)
+
+log = logging.getLogger("gcp.orders")
+#: Contract names of the input topics, used as ``source`` of error and alert events.
+SALES_ORDER, PAYMENTS, CLIENTS = "All_SalesOrder", "All_Payments", "All_Clients"
+#: Safety bound on re-deciding after applying effects (a chain is at most issue → request →
+#: details → confirm).
+MAX_ROUNDS = 8
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """RFC 3339 (``...Z`` or with offset) to an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _atomic():
+    """A transaction, or nothing when the caller (the actor) already holds one."""
+    return contextlib.nullcontext() if db.in_transaction() else db.atomic()
+
+
+def lock_key(key: str) -> None:
+    """A transaction-scoped advisory lock on ``key`` (released at commit or rollback)."""
+    db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("gcp-" + key,))
+
+
+def lock_order(order_id: str) -> None:
+    """Serialize everything about one order until the end of the current transaction."""
+    lock_key("order:" + order_id)
+
+
+@dataclass
+class Outcome:
+    """What handling one message did: the effects applied, in order, with their outcome."""
+    order_id: str | None = None
+    effects: list[tuple[str, str]] = field(default_factory=list)
+    note: str | None = None
+
+
+# ---- loading the order's state ------------------------------------------------------------
+
+def _line(raw: dict) -> corr.Line:
+    return corr.Line(str(raw["lineId"]), raw["type"], Decimal(raw["amount"]), raw.get("certificateCode"))
+
+
+def _tender(raw: dict) -> corr.Tender:
+    return corr.Tender(raw["type"], Decimal(raw["amount"]), raw.get("certificateCode"),
+                       raw.get("authorizationId"))
+
+
+def load_order(order_id: str) -> corr.Order | None:
+    row = SalesOrder.get_or_none(SalesOrder.order_id == order_id)
+    if row is None:
+        return None
+    refunds = tuple(
+        corr.RefundRequest(r["eventId"], parse_time(r.get("occurredAt")),
+                           tuple((str(x["lineId"]), Decimal(x["amount"])) for x in r.get("refundLines") or ()))
+        for r in row.refunds or ())
+    return corr.Order(order_id=row.order_id, channel=row.channel, currency=row.currency.strip(),
+                      total=row.total, lines=tuple(_line(x) for x in row.lines or ()),
+                      tenders=tuple(_tender(x) for x in row.tenders or ()),
+                      cancelled_by=row.cancelled_event_id, refunds=refunds)
+
+
+def load_payments(order_id: str) -> list[corr.Payment]:
+    rows = db.execute_sql(
+        "SELECT id, event_id, payment_id, event_type, amount, currency, occurred_at, gc_code, gc_operation,"
+        " gc_amount, payload->'refund', payload->>'failureReason' FROM order_payment WHERE order_id = %s"
+        " ORDER BY id", (order_id,)).fetchall()
+    out = []
+    for (seq, event_id, payment_id, event_type, amount, currency, occurred, gc_code, gc_op, gc_amount,
+         refund, failure) in rows:
+        refund = refund or {}
+        out.append(corr.Payment(
+            event_id=event_id, payment_id=payment_id, event_type=event_type, amount=amount,
+            currency=currency.strip(), occurred_at=occurred, seq=seq, gc_code=gc_code,
+            gc_operation=gc_op, gc_amount=gc_amount,
+            requisites_required=bool(refund.get("requisitesRequired")),
+            reason=refund.get("reason") or failure))
+    return out
+
+
+def load_done(order_id: str) -> dict[str, str]:
+    return dict(db.execute_sql("SELECT effect_key, outcome FROM order_effect WHERE order_id = %s",
+                               (order_id,)).fetchall())
+
+
+@dataclass(frozen=True)
+class LineCertificate:
+    code: str
+    status: str
+
+
+def certificate_for_line(order_id: str, line_id: str) -> LineCertificate | None:
+    """The certificate reserved or sold for an order line (whatever the channel)."""
+    row = db.execute_sql("SELECT code, status FROM gift_certificate WHERE order_id = %s AND line_id = %s"
+                         " LIMIT 1", (order_id, line_id)).fetchone()
+    return LineCertificate(*row) if row else None
+
+
+def issued_codes(order_id: str) -> dict[str, str]:
+    return dict(db.execute_sql("SELECT line_id, code FROM gift_certificate WHERE order_id = %s"
+                               " AND line_id IS NOT NULL", (order_id,)).fetchall())
+
+
+# ---- recording what the messages say -------------------------------------------------------
+
+def record_order_message(msg: dict, now: dt.datetime) -> None:
+    """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock).
+
+    The content (lines, tenders, total) is the latest ``ORDER_CREATED``/``ORDER_UPDATED`` by
+    ``occurredAt``; until one arrived, whatever message came first stands in. A cancellation and
+    the refunds are kept beside it, so a late ``ORDER_CREATED`` never undoes them.
+    """
+    order_id, event_type = msg["orderId"], msg["eventType"]
+    occurred = parse_time(msg.get("occurredAt"))
+    row = SalesOrder.select().where(SalesOrder.order_id == order_id).for_update().first()
+    content = dict(channel=msg["channel"], currency=msg["currency"], total=Decimal(msg["total"]),
+                   lines=msg.get("lines") or [], tenders=msg.get("tenders") or [],
+                   customer=msg.get("customer"))
+    is_snapshot = event_type in corr.SNAPSHOT_TYPES
+    if row is None:
+        row = SalesOrder(order_id=order_id, status="OPEN", created_at=now, refunds=[],
+                         snapshot_at=occurred if is_snapshot else None, **content)
+        row._new = True
+    else:
+        row._new = False
+        newer = row.snapshot_at is None or (occurred is not None and occurred >= row.snapshot_at)
+        if is_snapshot and newer:
+            for name, value in content.items():
+                if name == "customer" and value is None:
+                    continue
+                setattr(row, name, value)
+            row.snapshot_at = occurred or now
+        elif not row.lines and content["lines"]:
+            row.lines = content["lines"]
+    if event_type == "ORDER_CANCELLED" and row.cancelled_event_id is None:
+        row.cancelled_event_id = msg["eventId"]
+        row.status = "CANCELLED"
+    if event_type == "ORDER_REFUNDED":
+        refunds = list(row.refunds or [])
+        if all(r["eventId"] != msg["eventId"] for r in refunds):
+            refunds.append({"eventId": msg["eventId"], "occurredAt": msg.get("occurredAt"),
+                            "refundLines": msg.get("refundLines") or []})
+        row.refunds = refunds
+        if row.status != "CANCELLED":
+            row.status = "REFUNDED"
+    row.last_event_id = msg["eventId"]
+    row.updated_at = now
+    row.save(force_insert=row._new)
+
+
+def record_payment_message(msg: dict, now: dt.datetime) -> bool:
+    """Store an All_Payments message (once per eventId). Returns False for a duplicate."""
+    gc = msg.get("giftCertificate") or {}
+    cursor = db.execute_sql(
+        "INSERT INTO order_payment (event_id, order_id, payment_id, event_type, channel, amount, currency,"
+        " method, gc_code, gc_operation, gc_amount, payload, occurred_at, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING id",
+        (msg["eventId"], msg["orderId"], msg["paymentId"], msg["eventType"], msg["channel"],
+         Decimal(msg["amount"]), msg["currency"], msg["method"], gc.get("code"), gc.get("operation"),
+         Decimal(gc["amount"]) if gc.get("amount") else None, json.dumps(msg),
+         parse_time(msg.get("occurredAt")), now))
+    return cursor.fetchone() is not None
+
+
+# ---- applying decisions --------------------------------------------------------------------
+
+class _Applier:
+    """Applies one order's decisions in the caller's transaction."""
+
+    def __init__(self, order: corr.Order, ctx: svc.Context, source: str):
+        self.order = order
+        self.ctx = dataclasses.replace(ctx, correlation_id=order.order_id,
+                                       channel=ctx.channel or order.channel)
+        self.source = source
+
+    def apply(self, decision: corr.Decision) -> tuple[str, str | None]:
+        ctx = dataclasses.replace(self.ctx, causation_id=decision.cause or self.ctx.causation_id)
+        action = getattr(self, "_" + decision.action)
+        try:
+            with db.atomic():  # a savepoint: a refusal leaves nothing half done
+                outcome, detail = action(decision.params, ctx)
+        except DomainError as refused:
+            code = decision.params.get("code")
+            svc.handle(svc.RaiseAlert("error", refused.code, refused.message, self.source,
+                                      certificate_code=code, key=code or self.order.order_id), ctx)
+            outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
+        OrderEffect.create(order_id=self.order.order_id, effect_key=decision.key, outcome=outcome,
+                           detail=detail, causation_id=ctx.causation_id, created_at=svc.utcnow())
+        log.info("order effect", extra={"orderId": self.order.order_id, "effect": decision.key,
+                                        "outcome": outcome})
+        return outcome, detail
+
+    def _line_code(self, params: dict) -> str:
+        row = certificate_for_line(self.order.order_id, params["line_id"])
+        code = row.code if row is not None else params.get("code")
+        if not code:
+            raise DomainError("CERTIFICATE_NOT_FOUND", "no certificate for this order line",
+                              lineId=params["line_id"])
+        return code
+
+    # -- the actions: each returns (outcome, detail)
+    def _issue(self, p: dict, ctx: svc.Context):
+        order, line_id = self.order, p["line_id"]
+        row = certificate_for_line(order.order_id, line_id)
+        named = None
+        if row is None and p.get("code"):
+            named = GiftCertificate.get_or_none(GiftCertificate.code == p["code"])
+        if row is None and named is not None and named.status == Status.AVAILABLE.value:
+            # the reservation lapsed but the very code is still free: sell it after all
+            svc.handle(svc.Reserve(order.channel, order.order_id, line_id,
+                                   named.nominal or p["nominal"], named.currency.strip(),
+                                   code=named.code), ctx)
+            row = certificate_for_line(order.order_id, line_id)
+        if row is None:  # the reservation was lost: a fresh certificate from the pool
+            try:
+                svc.handle(svc.Reserve(order.channel, order.order_id, line_id, p["nominal"],
+                                       order.currency), ctx)
+            except DomainError as refused:
+                if refused.code != "POOL_EMPTY":
+                    raise
+                BlockedIssue.insert(order_id=order.order_id, line_id=line_id, channel=order.channel,
+                                    nominal=p["nominal"], currency=order.currency,
+                                    kind=named.kind if named is not None else "ELECTRONIC",
+                                    status="BLOCKED", causation_id=ctx.causation_id,
+                                    created_at=svc.utcnow()).on_conflict_ignore().execute()
+                return "BLOCKED", "POOL_EMPTY"
+            row = certificate_for_line(order.order_id, line_id)
+        if row.status != Status.RESERVED.value:
+            return "SKIPPED", f"certificate {row.code} is {row.status}"
+        svc.handle(svc.Issue(row.code), ctx)
+        return "APPLIED", row.code
+
+    def _release(self, p: dict, ctx: svc.Context):
+        released = []
+        rows = (GiftCertificate.select(GiftCertificate.code)
+                .where((GiftCertificate.order_id == self.order.order_id)
+                       & (GiftCertificate.status == Status.RESERVED.value)).order_by(GiftCertificate.id))
+        for row in rows:
+            svc.handle(svc.Release(row.code, p["reason"]), ctx)
+            released.append(row.code)
+        (BlockedIssue.update(status="CANCELLED", resolved_at=svc.utcnow())
+         .where((BlockedIssue.order_id == self.order.order_id) & (BlockedIssue.status == "BLOCKED"))
+         .execute())
+        return "APPLIED", ",".join(released) or None
+
+    def _redeem(self, p: dict, ctx: svc.Context):
+        svc.handle(svc.Redeem(p["code"], p["amount"], p["currency"]), ctx)
+        return "APPLIED", p["code"]
+
+    def _confirm(self, p: dict, ctx: svc.Context):
+        return svc.handle(ConfirmCapture(p["code"], p["amount"], p["authorization_id"], self.source), ctx)
+
+    def _refund_request(self, p: dict, ctx: svc.Context):
+        code = self._line_code(p)
+        svc.handle(svc.RequestPurchaseRefund(code, p["amount"]), ctx)
+        return "APPLIED", code
+
+    def _refund_details(self, p: dict, ctx: svc.Context):
+        code = self._line_code(p)
+        svc.handle(svc.PurchaseRefundNeedsDetails(code, p.get("reason")), ctx)
+        return "APPLIED", code
+
+    def _refund_confirm(self, p: dict, ctx: svc.Context):
+        code = self._line_code(p)
+        svc.handle(svc.ConfirmPurchaseRefund(code), ctx)
+        return "APPLIED", code
+
+    def _refund_credit(self, p: dict, ctx: svc.Context):
+        svc.handle(svc.RefundToCertificate(p["code"], p["amount"], p["currency"]), ctx)
+        return "APPLIED", p["code"]
+
+    def _alert(self, p: dict, ctx: svc.Context):
+        svc.handle(svc.RaiseAlert("alert", p["alert"], p["message"], self.source,
+                                  key=self.order.order_id), ctx)
+        return "APPLIED", p["alert"]
+
+
+def correlate(order_id: str, ctx: svc.Context, source: str) -> list[tuple[str, str]]:
+    """Apply every decision still open for the order (call under its lock, in a transaction)."""
+    order = load_order(order_id)
+    if order is None:
+        return []
+    applier = _Applier(order, ctx, source)
+    payments = load_payments(order_id)
+    applied: list[tuple[str, str]] = []
+    done = load_done(order_id)
+    for _ in range(MAX_ROUNDS):
+        issued = issued_codes(order_id) if order.refunds else {}
+        decisions = corr.decide(order, payments, done, issued)
+        if not decisions:
+            break
+        for decision in decisions:
+            outcome = applier.apply(decision)[0]
+            done[decision.key] = outcome
+            applied.append((decision.key, outcome))
+        if not order.refunds:
+            break  # only a refund's effects wait for other effects of the same order
+    if any(key.startswith("issue:") for key, _ in applied):
+        (SalesOrder.update(status="PAID", paid_at=svc.utcnow())
+         .where((SalesOrder.order_id == order_id) & (SalesOrder.paid_at.is_null())).execute())
+    return applied
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderMessage:
+    """An All_SalesOrder message, already validated against its schema."""
+    message: dict
+
+
+@dataclass(frozen=True)
+class PaymentMessage:
+    """An All_Payments message, already validated against its schema."""
+    message: dict
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """An All_Clients message, already validated against its schema."""
+    message: dict
+
+
+@dataclass(frozen=True)
+class ConfirmCapture:
+    """A tender names an authorization captured through the API: confirm it, debit nothing."""
+    code: str
+    amount: Decimal
+    authorization_id: str
+    source: str = SALES_ORDER
+
+
+@dataclass(frozen=True)
+class ResolveBlockedIssues:
+    """The pool was refilled: issue the paid order lines waiting for it, oldest first."""
+    limit: int = 1000
+
+
+@dataclass(frozen=True)
+class ExpireOrderReservation:
+    """The scheduler's call for a lapsed reservation, serialized with its order's payments."""
+    code: str
+    order_id: str | None
+
+
+def message_context(msg: dict, source: str) -> svc.Context:
+    channel = msg.get("channel")
+    return svc.Context(actor=source, channel=channel if channel in ("ONLINE_STORE", "POS") else None,
+                       correlation_id=msg.get("orderId"), causation_id=msg["eventId"])
+
+
+@svc.handler(OrderMessage)
+def on_order_message(cmd: OrderMessage, ctx: svc.Context) -> Outcome:
+    msg = cmd.message
+    with _atomic():
+        lock_order(msg["orderId"])
+        record_order_message(msg, svc.utcnow())
+        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER))
+
+
+@svc.handler(PaymentMessage)
+def on_payment_message(cmd: PaymentMessage, ctx: svc.Context) -> Outcome:
+    msg = cmd.message
+    with _atomic():
+        lock_order(msg["orderId"])
+        if not record_payment_message(msg, svc.utcnow()):
+            return Outcome(msg["orderId"], note="duplicate payment event")
+        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, PAYMENTS))
+
+
+@svc.handler(ClientMessage)
+def on_client_message(cmd: ClientMessage, ctx: svc.Context) -> Outcome:
+    msg = cmd.message
+    occurred = parse_time(msg.get("occurredAt")) or svc.utcnow()
+    with db.atomic():
+        if msg.get("phone") or msg.get("email"):
+            profile = (ClientProfile.select().where(ClientProfile.client_id == msg["clientId"])
+                       .for_update().first())
+            if profile is None:
+                ClientProfile.insert(client_id=msg["clientId"], phone=msg.get("phone"),
+                                     email=msg.get("email"), occurred_at=occurred,
+                                     updated_at=svc.utcnow()).on_conflict_ignore().execute()
+            elif occurred >= profile.occurred_at:
+                profile.phone = msg.get("phone") or profile.phone
+                profile.email = msg.get("email") or profile.email
+                profile.occurred_at, profile.updated_at = occurred, svc.utcnow()
+                profile.save()
+        note = msg["eventType"]
+        if msg["eventType"] == "NOTIFICATION_RESULT":
+            result = msg["notification"]
+            code = result["certificateCode"]
+            try:
+                with db.atomic():
+                    svc.handle(svc.NotificationResult(code, result["status"] == "DELIVERED",
+                                                      result.get("reason")), ctx)
+                note = f"notification {result['status']}"
+            except DomainError as refused:
+                svc.handle(svc.RaiseAlert("error", refused.code, refused.message, CLIENTS,
+                                          certificate_code=code, key=code), ctx)
+                note = f"refused: {refused.code}"
+        return Outcome(None, note=note)
+
+
+@svc.handler(ConfirmCapture)
+def confirm_capture(cmd: ConfirmCapture, ctx: svc.Context) -> tuple[str, str | None]:
+    """Check the API capture against the tender; a mismatch raises a ``CAPTURE_MISMATCH`` alert."""
+    def body(uow: svc.UnitOfWork):
+        hold = AuthorizationHold.get_or_none(AuthorizationHold.id == cmd.authorization_id)
+        seen = None
+        if hold is not None:
+            row = uow.lock_certificate(hold.certificate.code)
+            hold = (AuthorizationHold.select().where(AuthorizationHold.id == cmd.authorization_id)
+                    .for_update().get())
+            seen = {"code": row.code, "status": hold.status, "captured": hold.captured_amount}
+        mismatch = corr.capture_mismatch(cmd.code, cmd.amount, cmd.authorization_id, seen)
+        if mismatch is not None:
+            uow.emit(svc.Event("alert", "ALERT", {"code": "CAPTURE_MISMATCH", "message": mismatch,
+                                                   "source": cmd.source, "certificateCode": cmd.code,
+                                                   "authorizationId": cmd.authorization_id}),
+                     None, key=cmd.code)
+            return "REFUSED", mismatch
+        hold.confirmed_by, hold.updated_at = ctx.cause, uow.now
+        hold.save()
+        uow.audit("authorization.confirmed", row, details={
+            "authorizationId": hold.id, "amount": fmt_money(cmd.amount), "orderId": ctx.correlation_id})
+        return "APPLIED", hold.id
+    return svc._run(ctx, body)
+
+
+@svc.handler(ExpireOrderReservation)
+def expire_order_reservation(cmd: ExpireOrderReservation, ctx: svc.Context) -> dict | None:
+    """Release a lapsed reservation unless its order's payment was seen (checked under the
+    order's lock, so a payment being recorded right now is never overtaken)."""
+    with db.atomic():
+        if cmd.order_id:
+            lock_order(cmd.order_id)
+        return svc.handle(svc.ExpireReservation(cmd.code), ctx)
+
+
+@svc.handler(ResolveBlockedIssues)
+def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[str]:
+    """Issue blocked paid order lines, oldest first; returns the codes issued.
+
+    A line whose nominal the pool still cannot serve stays blocked (no new ``issue.blocked``
+    event: the first one stands), and younger lines of the same nominal wait behind it.
+    """
+    issued: list[str] = []
+    exhausted: set[tuple] = set()
+    waiting = list(BlockedIssue.select(BlockedIssue.id).where(BlockedIssue.status == "BLOCKED")
+                   .order_by(BlockedIssue.id).limit(cmd.limit).tuples())
+    for (blocked_id,) in waiting:
+        with svc.transaction():
+            row = BlockedIssue.get_by_id(blocked_id)
+            want = (row.currency.strip(), row.nominal, row.kind)
+            if want in exhausted:
+                continue
+            lock_order(row.order_id)
+            row = BlockedIssue.select().where(BlockedIssue.id == blocked_id).for_update().get()
+            if row.status != "BLOCKED":
+                continue
+            order = SalesOrder.get_or_none(SalesOrder.order_id == row.order_id)
+            line_ctx = dataclasses.replace(ctx, channel=row.channel, correlation_id=row.order_id,
+                                           causation_id=row.causation_id)
+            if order is not None and order.cancelled_event_id:
+                row.status, row.resolved_at = "CANCELLED", svc.utcnow()
+                row.save()
+                continue
+            cert = certificate_for_line(row.order_id, row.line_id)
+            if cert is None:
+                try:
+                    with db.atomic():
+                        svc.handle(svc.Reserve(row.channel, row.order_id, row.line_id, row.nominal,
+                                               row.currency.strip()), line_ctx)
+                except DomainError as refused:
+                    if refused.code != "POOL_EMPTY":
+                        raise
+                    exhausted.add(want)  # the savepoint dropped the repeated issue.blocked
+                    continue
+                cert = certificate_for_line(row.order_id, row.line_id)
+            if cert.status == Status.RESERVED.value:
+                svc.handle(svc.Issue(cert.code), line_ctx)
+                issued.append(cert.code)
+            row.status, row.code, row.resolved_at = "ISSUED", cert.code, svc.utcnow()
+            row.save()
+    return issued

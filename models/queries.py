@@ -1,0 +1,90 @@
+"""Read-only queries: certificate search, the balance ledger, the audit trail.
+
+Nothing here changes a row; pages come from Peewee's ``paginate`` (LIMIT/OFFSET in SQL).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from peewee import fn
+
+from models.domain import DomainError, Status, ZERO, fmt_money, valid_code
+from models.services import iso, snapshot
+from models.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation
+
+
+def _certificate(code: str) -> GiftCertificate:
+    row = GiftCertificate.get_or_none(GiftCertificate.code == code) if valid_code(code) else None
+    if row is None:
+        raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code if valid_code(code) else None)
+    return row
+
+
+def _held(ids: list[int]) -> dict[int, Decimal]:
+    if not ids:
+        return {}
+    rows = (AuthorizationHold.select(AuthorizationHold.certificate, fn.SUM(AuthorizationHold.amount))
+            .where(AuthorizationHold.certificate.in_(ids) & (AuthorizationHold.status == "ACTIVE"))
+            .group_by(AuthorizationHold.certificate).tuples())
+    return {cid: Decimal(total) for cid, total in rows}
+
+
+def search_certificates(status: str | None = None, channel: str | None = None,
+                        order_id: str | None = None, issued_from: dt.datetime | None = None,
+                        issued_to: dt.datetime | None = None, page: int = 1,
+                        page_size: int = 20) -> dict:
+    """Certificates matching every given filter, newest first, one page of them.
+
+    Returns ``{"items": [...], "page", "pageSize", "total"}``; items are the certificate views.
+    """
+    C = GiftCertificate
+    q = C.select()
+    if status:
+        q = q.where(C.status == Status(status).value)
+    if channel:
+        q = q.where(C.channel == channel)
+    if order_id:
+        q = q.where(C.order_id == order_id)
+    if issued_from:
+        q = q.where(C.issued_at >= issued_from)
+    if issued_to:
+        q = q.where(C.issued_at < issued_to)
+    total = q.count()
+    rows = list(q.order_by(C.id.desc()).paginate(page, page_size))
+    held = _held([r.id for r in rows])
+    items = [snapshot(r, held.get(r.id, ZERO)) for r in rows]
+    return {"items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def operations(code: str, page: int = 1, page_size: int = 100) -> dict:
+    """The certificate's balance ledger, oldest first."""
+    row = _certificate(code)
+    q = Operation.select().where(Operation.certificate == row.id)
+    total = q.count()
+    items = [{"id": op.id, "kind": op.kind, "amount": fmt_money(op.amount),
+              "balanceAfter": fmt_money(op.balance_after), "currency": op.currency.strip(),
+              "authorizationId": op.authorization_id, "orderId": op.order_id,
+              "channel": op.channel, "createdAt": iso(op.created_at)}
+             for op in q.order_by(Operation.id).paginate(page, page_size)]
+    return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def ledger_sum(code: str) -> Decimal:
+    """The sum of the certificate's ledger rows (equals its remainingBalance)."""
+    row = _certificate(code)
+    total = (Operation.select(fn.COALESCE(fn.SUM(Operation.amount), 0))
+             .where(Operation.certificate == row.id).scalar())
+    return Decimal(total).quantize(Decimal("0.01"))
+
+
+def audit_trail(code: str, page: int = 1, page_size: int = 100) -> dict:
+    """Every recorded change and CVC disclosure of the certificate, oldest first."""
+    row = _certificate(code)
+    q = AuditLog.select().where(AuditLog.certificate == row.id)
+    total = q.count()
+    items = [{"id": a.id, "action": a.action, "actor": a.actor, "channel": a.channel,
+              "requestId": a.request_id, "correlationId": a.correlation_id, "before": a.before,
+              "after": a.after, "details": a.details, "at": iso(a.created_at)}
+             for a in q.order_by(AuditLog.id).paginate(page, page_size)]
+    return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}

@@ -1,0 +1,235 @@
+"""Authorization matrix: every route with every scope, without a token, and with another
+channel's token. Plus RS256 tokens checked through a JWKS URL, issuer and audience."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+
+from api.auth import SCOPES
+from app import create_app
+from config import get_settings
+from tests.helpers import issued, load, uid, unique_currency
+from tests.integration.apikit import auth, authorize, issued_with_cvc
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return create_app(get_settings()).test_client()
+
+
+def _hold(client, channel="POS"):
+    code, cvc = issued_with_cvc("100.00", channel=channel)
+    return authorize(client, code, cvc, "10.00", channel=channel).json["authorizationId"]
+
+
+def _reserve_args(channel):
+    currency = unique_currency()
+    load(1, "100.00", currency)
+    return {"channel": channel, "orderId": uid("o-"), "lineId": "1", "nominal": "100.00", "currency": currency}
+
+
+# route -> (allowed scopes, how to call it for a channel: fn(client, headers, channel) -> response,
+#           what another channel's token gets)
+def r_reserve_post(c, h, ch):
+    return c.post("/certificates/next", json=_reserve_args(ch), headers=h)
+
+
+def r_reserve_get(c, h, ch):
+    return c.get("/certificates/next", query_string=_reserve_args(ch), headers=h)
+
+
+def r_search(c, h, ch):
+    return c.get("/certificates", query_string={"channel": ch}, headers=h)
+
+
+def r_get(c, h, ch):
+    return c.get(f"/certificates/{issued(channel=ch)}", headers=h)
+
+
+def r_operations(c, h, ch):
+    return c.get(f"/certificates/{issued(channel=ch)}/operations", headers=h)
+
+
+def r_audit(c, h, ch):
+    return c.get(f"/certificates/{issued(channel=ch)}/audit", headers=h)
+
+
+def r_cvc(c, h, ch):
+    return c.get(f"/certificates/{issued(channel=ch)}/cvc", headers=h)
+
+
+def r_lock(c, h, ch):
+    return c.post(f"/certificates/{issued(channel=ch)}/actions/lock", json={"reason": "R"}, headers=h)
+
+
+def r_unlock(c, h, ch):
+    code = issued(channel=ch)
+    c.post(f"/certificates/{code}/actions/lock", json={"reason": "R"}, headers=auth("certificates:admin"))
+    return c.post(f"/certificates/{code}/actions/unlock", headers=h)
+
+
+def r_cancel(c, h, ch):
+    return c.post(f"/certificates/{issued(channel=ch)}/actions/cancel", json={"reason": "R"}, headers=h)
+
+
+def r_notify(c, h, ch):
+    from models import services as svc
+    from models.db import db
+
+    code = issued(channel=ch)
+    with db.connection_context():
+        svc.handle(svc.NotificationResult(code, delivered=False))
+    return c.post(f"/certificates/{code}/notifications", headers=h)
+
+
+def r_authorize(c, h, ch):
+    code, cvc = issued_with_cvc("100.00", channel=ch)
+    return c.post(f"/certificates/{code}/authorizations",
+                  json={"channel": ch, "orderId": uid("o-"), "amount": "1.00", "cvc": cvc}, headers=h)
+
+
+def r_capture(c, h, ch):
+    return c.post(f"/authorizations/{_hold(c, ch)}/capture", headers=h)
+
+
+def r_void(c, h, ch):
+    return c.post(f"/authorizations/{_hold(c, ch)}/void", headers=h)
+
+
+READ = {"certificates:read", "certificates:admin"}
+MATRIX = {
+    ("post", "/certificates/next"): ({"certificates:reserve"}, r_reserve_post, 201, (403, "CHANNEL_FORBIDDEN")),
+    ("get", "/certificates/next"): ({"certificates:reserve"}, r_reserve_get, 201, (403, "CHANNEL_FORBIDDEN")),
+    ("get", "/certificates"): (READ, r_search, 200, (403, "CHANNEL_FORBIDDEN")),
+    ("get", "/certificates/{code}"): (READ, r_get, 200, (200, None)),
+    ("get", "/certificates/{code}/operations"): (READ, r_operations, 200, (200, None)),
+    ("get", "/certificates/{code}/audit"): ({"certificates:admin"}, r_audit, 200, (200, None)),
+    ("get", "/certificates/{code}/cvc"): ({"certificates:cvc"}, r_cvc, 200, (200, None)),
+    ("post", "/certificates/{code}/actions/lock"): ({"certificates:admin"}, r_lock, 200, (200, None)),
+    ("post", "/certificates/{code}/actions/unlock"): ({"certificates:admin"}, r_unlock, 200, (200, None)),
+    ("post", "/certificates/{code}/actions/cancel"): ({"certificates:admin"}, r_cancel, 200, (200, None)),
+    ("post", "/certificates/{code}/notifications"): ({"certificates:admin"}, r_notify, 202, (202, None)),
+    ("post", "/certificates/{code}/authorizations"): ({"certificates:redeem"}, r_authorize, 201,
+                                                      (403, "CHANNEL_FORBIDDEN")),
+    ("post", "/authorizations/{authorization_id}/capture"): ({"certificates:redeem"}, r_capture, 200,
+                                                             (404, "AUTHORIZATION_NOT_FOUND")),
+    ("post", "/authorizations/{authorization_id}/void"): ({"certificates:redeem"}, r_void, 200,
+                                                          (404, "AUTHORIZATION_NOT_FOUND")),
+}
+
+
+def test_matrix_covers_every_route_of_the_api(client):
+    spec = client.get("/openapi.json").json
+    routes = {(m, p) for p, ops in spec["paths"].items() for m in ops
+              if m in ("get", "post", "put", "patch", "delete")
+              and p.startswith(("/certificates", "/authorizations"))}
+    assert routes == set(MATRIX)
+
+
+@pytest.mark.parametrize("route", sorted(MATRIX), ids=[f"{m} {p}" for m, p in sorted(MATRIX)])
+def test_every_scope_on_every_route(client, route):
+    allowed, call, ok_status, _ = MATRIX[route]
+    # given no token: 401
+    resp = call(client, {}, "POS")
+    assert resp.status_code == 401 and resp.json["code"] == "UNAUTHORIZED"
+    for scope in SCOPES:
+        # when the route is called with a token holding only this scope (a trusted backend)
+        resp = call(client, auth(scope), "POS")
+        # then it runs with an allowed scope, and is 403 FORBIDDEN with any other
+        if scope in allowed:
+            assert resp.status_code == ok_status, (scope, resp.json)
+        else:
+            assert resp.status_code == 403 and resp.json["code"] == "FORBIDDEN", (scope, resp.json)
+            assert set(resp.json["details"]["required"]) == allowed
+
+
+@pytest.mark.parametrize("route", sorted(MATRIX), ids=[f"{m} {p}" for m, p in sorted(MATRIX)])
+def test_another_channels_token(client, route):
+    allowed, call, ok_status, (other_status, other_code) = MATRIX[route]
+    scope = sorted(allowed)[0]
+    # given a certificate / hold / order line of ONLINE_STORE; when POS's token acts on it
+    if route[1].startswith("/authorizations"):
+        hold = _hold(client, "ONLINE_STORE")
+        resp = client.post(route[1].replace("{authorization_id}", hold),
+                           headers=auth(scope, channel="POS"))
+    else:  # POS's token acts for / on ONLINE_STORE's
+        resp = call(client, auth(scope, channel="POS"), "ONLINE_STORE")
+    # then: acting for another channel is refused, reading an unpersonalised certificate is not
+    assert resp.status_code == other_status, resp.json
+    if other_code:
+        assert resp.json["code"] == other_code
+    # and its own channel's token is served
+    assert call(client, auth(scope, channel="ONLINE_STORE"), "ONLINE_STORE").status_code == ok_status
+
+
+# ---- RS256 through JWKS, with issuer and audience -------------------------------------------
+
+@pytest.fixture
+def jwks_server():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="test-kid", use="sig", alg="RS256")
+    body = json.dumps({"keys": [public]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield key, f"http://127.0.0.1:{server.server_port}/jwks.json"
+    server.shutdown()
+    server.server_close()
+
+
+def test_rs256_tokens_through_jwks_with_issuer_and_audience(stack, monkeypatch, jwks_server):
+    import api.auth as api_auth
+    from config import reset_settings
+
+    key, url = jwks_server
+    # given the service configured for a real OAuth2 server
+    monkeypatch.setenv("JWKS_URL", url)
+    monkeypatch.setenv("JWT_ISSUER", "https://idp.test/")
+    monkeypatch.setenv("JWT_AUDIENCE", "gcp")
+    monkeypatch.delenv("JWT_ALGORITHMS", raising=False)
+    monkeypatch.setattr(api_auth, "_jwks_client", None)
+    reset_settings()
+    try:
+        client = create_app(get_settings()).test_client()
+        now = int(time.time())
+
+        def token(**over):
+            claims = {"sub": "pos-1", "scope": "certificates:read", "channel": "POS",
+                      "iss": "https://idp.test/", "aud": "gcp", "iat": now, "exp": now + 300, **over}
+            return {"Authorization": "Bearer " + jwt.encode(claims, key, algorithm="RS256",
+                                                            headers={"kid": "test-kid"})}
+
+        code = issued()
+        # when tokens are presented
+        good = client.get(f"/certificates/{code}", headers=token())
+        wrong_aud = client.get(f"/certificates/{code}", headers=token(aud="other"))
+        wrong_iss = client.get(f"/certificates/{code}", headers=token(iss="https://evil/"))
+        hs256 = client.get(f"/certificates/{code}", headers={
+            "Authorization": "Bearer " + jwt.encode({"sub": "x", "scope": "certificates:read", "exp": now + 60,
+                                                     "iss": "https://idp.test/", "aud": "gcp"},
+                                                    "test-secret", algorithm="HS256")})
+        # then only the RS256 token from the right issuer for this audience is accepted
+        assert good.status_code == 200 and good.json["code"] == code
+        assert wrong_aud.status_code == 401 and wrong_iss.status_code == 401
+        assert hs256.status_code == 401
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        api_auth._jwks_client = None

@@ -1,0 +1,100 @@
+"""Poison messages, the DLQ and its tools, with the pump, the actors and the relay running
+in this process against the real servers."""
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+
+from models import services as svc
+from models.db import db
+from models.tables import GiftCertificate, InboxMessage
+from tests.e2e import flow
+from tests.helpers import load, uid
+
+D = Decimal
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack):
+    p = flow.InProcessPipeline().start()
+    yield p
+    p.stop()
+
+
+def cli(*args):
+    from app import cli as app_cli
+
+    result = CliRunner().invoke(app_cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def status(code):
+    with db.connection_context():
+        return GiftCertificate.get(GiftCertificate.code == code).status
+
+
+def test_a_message_failing_every_retry_is_dead_lettered_then_replayed_once_fixed(pipeline):
+    pub, dlq, stream = flow.Publisher(), flow.TopicReader("dlq"), flow.TopicReader()
+    code = load(1, "1000.00")[0]
+    order_id = uid("order-")
+    with db.connection_context():
+        svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), "RUB", code=code))
+        # given a fault that refuses this order's row (a bug, a bad migration...)
+        db.execute_sql("""CREATE OR REPLACE FUNCTION gcp_dlq_fault() RETURNS trigger AS $$
+            BEGIN IF NEW.order_id = '%s' THEN RAISE EXCEPTION 'order table refuses %s'; END IF;
+            RETURN NEW; END $$ LANGUAGE plpgsql""" % (order_id, order_id))
+        db.execute_sql("CREATE TRIGGER gcp_dlq_fault BEFORE INSERT OR UPDATE ON sales_order "
+                       "FOR EACH ROW EXECUTE FUNCTION gcp_dlq_fault()")
+    created = flow.order(order_id, [flow.gc_line(code, "1000.00")], "1000.00")
+    try:
+        pub.send("order", created)
+        pub.send("payment", flow.payment(order_id, "1000.00"))
+        # and other traffic at the same time
+        other = load(1, "500.00")[0]
+        other_order = uid("order-")
+        with db.connection_context():
+            svc.handle(svc.Reserve("POS", other_order, "1", D("500.00"), "RUB", code=other))
+        pub.send("order", flow.order(other_order, [flow.gc_line(other, "500.00")], "500.00", channel="POS"))
+        pub.send("payment", flow.payment(other_order, "500.00", channel="POS"))
+        # then the order lands in the DLQ after the actors' retries, and the rest goes on
+        dead = dlq.wait_for(lambda r: [x for x in r.records if x.key == order_id], timeout=60,
+                            what="dead letter")[0]
+        assert dead.value == created
+        assert dead.headers["error"].startswith("PROCESSING_FAILED:") and "refuses" in dead.headers["error"]
+        assert dead.headers["sourceTopic"] == flow.topic_of("order")
+        stream.wait_for(lambda r: any(e["eventType"] == "issue" for e in r.for_key(other)), what="other issue")
+        assert status(code) == "RESERVED"
+        with db.connection_context():
+            row = InboxMessage.get(InboxMessage.event_id == created["eventId"])
+            assert row.status == "FAILED" and row.attempts >= 2
+        # and `dlq list` shows it and why
+        listing = cli("dlq", "list")
+        entry = f"{dead.partition}:{dead.offset}"
+        assert entry in listing and created["eventId"] in listing and "refuses" in listing
+    finally:
+        with db.connection_context():
+            db.execute_sql("DROP TRIGGER IF EXISTS gcp_dlq_fault ON sales_order")
+    # when the cause is fixed and the entry replayed
+    out = cli("dlq", "replay", "--id", entry)
+    assert f"replayed {entry}" in out
+    # then it goes through the pump again and the order is issued, once
+    events = stream.wait_for(lambda r: [e for e in r.for_key(code) if e["eventType"] == "issue"], timeout=30,
+                             what="issue after replay")
+    assert len(events) == 1 and status(code) == "ISSUED"
+    assert "REPLAYED" in cli("dlq", "list")
+    # and replaying everything not replayed yet does not send it again
+    assert entry not in cli("dlq", "replay")
+
+
+def test_garbage_is_listed_with_its_reason_and_replay_refuses_unknown_ids(pipeline):
+    pub, dlq = flow.Publisher(), flow.TopicReader("dlq")
+    key = uid("junk-")
+    pub.send("client", "\xff not even json", key=key)
+    rec = dlq.wait_for(lambda r: [x for x in r.records if x.key == key], what="junk in the DLQ")[0]
+    assert rec.headers["error"].startswith("INVALID_JSON")
+    listing = cli("dlq", "list", "--limit", "1000")
+    assert f"{rec.partition}:{rec.offset}" in listing and "INVALID_JSON" in listing
+    from app import cli as app_cli
+    result = CliRunner().invoke(app_cli, ["dlq", "replay", "--id", "99:99999"])
+    assert result.exit_code != 0 and "no DLQ entry 99:99999" in result.output

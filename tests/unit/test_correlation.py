@@ -1,0 +1,222 @@
+"""The correlation rules, pure: decisions from an order's state, no I/O."""
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from hypothesis import given, settings, strategies as st
+
+from models import correlation as corr
+
+D = Decimal
+T = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
+
+
+def order(lines=(), tenders=(), total="2000.00", cancelled=None, refunds=()):
+    return corr.Order("o-1", "ONLINE_STORE", "RUB", D(total), tuple(lines), tuple(tenders),
+                      cancelled, tuple(refunds))
+
+
+GC_LINE = corr.Line("1", "GIFT_CERTIFICATE", D("1500.00"), "C0DE000001")
+MUG = corr.Line("2", "PRODUCT", D("500.00"))
+
+
+def pay(amount, event_type=corr.CAPTURED, pid="p1", minute=0, seq=0, **gc):
+    return corr.Payment(f"e-{pid}-{event_type}-{minute}", pid, event_type, D(amount), gc.pop("currency", "RUB"),
+                        T + timedelta(minutes=minute), seq, **gc)
+
+
+def keys(decisions):
+    return [d.key for d in decisions]
+
+
+def test_nothing_is_decided_before_the_order_is_known():
+    # given only a payment, when deciding, then nothing happens yet
+    assert corr.decide(None, [pay("2000.00")], {}) == []
+
+
+def test_issue_once_captured_payments_reach_the_total():
+    # given an order with a certificate line and a mug
+    o = order([GC_LINE, MUG])
+    # when only part is captured, then nothing is issued
+    assert corr.decide(o, [pay("1000.00")], {}) == []
+    # when a second capture completes the total, then the line is issued
+    decisions = corr.decide(o, [pay("1000.00"), pay("1000.00", pid="p2")], {})
+    assert keys(decisions) == ["issue:1"]
+    assert decisions[0].params == {"line_id": "1", "code": "C0DE000001", "nominal": D("1500.00")}
+    # and once done, it is not decided again
+    assert corr.decide(o, [pay("2000.00")], {"issue:1": "APPLIED"}) == []
+
+
+def test_a_repeated_payment_id_counts_once_and_other_currencies_not_at_all():
+    o = order([GC_LINE, MUG])
+    # given the same payment reported twice under two event ids, and one in another currency
+    payments = [pay("1000.00"), pay("1000.00", minute=1), pay("1000.00", pid="p9", currency="USD")]
+    # then the order is not paid in full
+    assert not corr.paid_in_full(o, payments)
+    assert corr.decide(o, payments, {}) == []
+
+
+def test_cancelled_order_releases_unless_a_payment_was_seen():
+    o = order([GC_LINE], total="1500.00", cancelled="e-cancel")
+    # when cancelled without any payment, then the reservation is released
+    assert keys(corr.decide(o, [], {})) == ["release"]
+    # when a payment was authorized before, then support is alerted and nothing is released
+    d = corr.decide(o, [pay("1500.00", corr.AUTHORIZED)], {})
+    assert keys(d) == ["alert:cancelled-after-payment"]
+    # when paid in full after the cancellation, then nothing is issued and support is alerted
+    d = corr.decide(o, [pay("1500.00")], {"release": "APPLIED"})
+    assert keys(d) == ["alert:cancelled-after-payment", "alert:paid-after-cancel"]
+    assert not any(k.startswith("issue") for k in keys(d))
+
+
+def test_redeem_needs_the_tender_and_the_redemption_capture():
+    tender = corr.Tender("GIFT_CERTIFICATE", D("600.00"), "C0DE000001")
+    o = order([MUG], [tender, corr.Tender("CARD", D("300.00"))], total="900.00")
+    redemption = pay("600.00", pid="p2", gc_code="C0DE000001", gc_operation="REDEMPTION", gc_amount=D("600.00"))
+    # when only the card capture is there, then nothing is debited
+    assert corr.decide(o, [pay("300.00")], {}) == []
+    # when the redemption capture is there, then the certificate is debited once, caused by it
+    d = corr.decide(o, [pay("300.00"), redemption], {})
+    assert keys(d) == ["redeem:C0DE000001:p2"]
+    assert d[0].cause == redemption.event_id and d[0].params["amount"] == D("600.00")
+    # and a capture for a certificate the order did not tender is not ours to debit
+    other = pay("10.00", pid="p3", gc_code="OTHER00001", gc_operation="REDEMPTION")
+    assert keys(corr.decide(o, [other], {})) == []
+
+
+def test_a_tender_naming_an_api_authorization_is_confirmed_never_debited():
+    tender = corr.Tender("GIFT_CERTIFICATE", D("250.00"), "C0DE000001", "auth-1")
+    o = order([MUG], [tender], total="250.00")
+    redemption = pay("250.00", pid="p2", gc_code="C0DE000001", gc_operation="REDEMPTION")
+    # then the authorization is confirmed and the capture event debits nothing more
+    assert keys(corr.decide(o, [redemption], {})) == ["confirm:auth-1"]
+
+
+def test_capture_mismatch_explains_itself():
+    hold = {"code": "C0DE000001", "status": "CAPTURED", "captured": D("200.00")}
+    assert corr.capture_mismatch("C0DE000001", D("200.00"), "auth-1", hold) is None
+    assert (corr.capture_mismatch("C0DE000001", D("250.00"), "auth-1", hold)
+            == "tender 250.00 differs from captured authorization auth-1 (200.00)")
+    assert "unknown authorization" in corr.capture_mismatch("C0DE000001", D("1.00"), "auth-x", None)
+    assert "is on C0DE000001" in corr.capture_mismatch("OTHER00001", D("200.00"), "auth-1", hold)
+    assert "ACTIVE" in corr.capture_mismatch("C0DE000001", D("200.00"), "auth-1", {**hold, "status": "ACTIVE"})
+
+
+def refund_of(line_id="1", amount="1500.00", minute=5):
+    return corr.RefundRequest(f"e-refund-{minute}", T + timedelta(minutes=minute), ((line_id, D(amount)),))
+
+
+def test_purchase_refund_waits_for_the_issue_then_asks_then_confirms():
+    o = order([GC_LINE, MUG], refunds=[refund_of()])
+    paid = pay("2000.00")
+    refunded = pay("1500.00", corr.REFUNDED, pid="p1r", minute=9, gc_code="C0DE000001", gc_operation="PURCHASE")
+    # when the line was not sold yet, then only the issue is decided
+    assert keys(corr.decide(o, [paid, refunded], {})) == ["issue:1"]
+    # when it was, then the refund is requested and confirmed, in that order
+    d = corr.decide(o, [paid, refunded], {"issue:1": "APPLIED"})
+    assert keys(d) == ["refund_request:1", "refund_confirm:1"]
+    assert d[0].params["amount"] == D("1500.00") and d[1].cause == refunded.event_id
+
+
+def test_refund_outcomes_follow_the_payments_time_and_a_late_needs_details_is_dropped():
+    o = order([GC_LINE, MUG], refunds=[refund_of()])
+    failed = pay("1500.00", corr.REFUND_FAILED, pid="p1r", minute=7, gc_code="C0DE000001",
+                 gc_operation="PURCHASE", requisites_required=True, reason="card expired")
+    refunded = pay("1500.00", corr.REFUNDED, pid="p1r", minute=9, gc_code="C0DE000001", gc_operation="PURCHASE")
+    done = {"issue:1": "APPLIED"}
+    # given both outcomes known, in either arrival order, then details come before the confirmation
+    for payments in ([pay("2000.00"), failed, refunded], [pay("2000.00"), refunded, failed]):
+        assert keys(corr.decide(o, payments, done)) == ["refund_request:1", "refund_details:1", "refund_confirm:1"]
+    # when the refund was already confirmed, then a needs-details arriving later changes nothing
+    done = {"issue:1": "APPLIED", "refund_request:1": "APPLIED", "refund_confirm:1": "APPLIED"}
+    assert corr.decide(o, [pay("2000.00"), refunded, failed], done) == []
+    # when the request was refused (a fully redeemed certificate), then nothing is confirmed
+    done = {"issue:1": "APPLIED", "refund_request:1": "REFUSED"}
+    assert corr.decide(o, [pay("2000.00"), refunded], done) == []
+
+
+def test_refund_to_certificate_needs_the_order_refund_and_comes_after_the_debit():
+    tender = corr.Tender("GIFT_CERTIFICATE", D("600.00"), "C0DE000001")
+    redemption = pay("600.00", pid="p2", gc_code="C0DE000001", gc_operation="REDEMPTION")
+    back = pay("200.00", corr.REFUNDED, pid="p2r", minute=30, gc_code="C0DE000001", gc_operation="REFUND",
+               gc_amount=D("200.00"))
+    # when the order was not refunded, then the refund payment waits
+    o = order([MUG], [tender], total="900.00")
+    assert keys(corr.decide(o, [redemption, back], {})) == ["redeem:C0DE000001:p2"]
+    # when it was, then the debit comes first and the credit only once the debit is done
+    o = order([MUG], [tender], total="900.00", refunds=[refund_of("1", "200.00")])
+    assert keys(corr.decide(o, [back, redemption], {})) == ["redeem:C0DE000001:p2"]
+    d = corr.decide(o, [back, redemption], {"redeem:C0DE000001:p2": "APPLIED"})
+    assert keys(d) == ["refund_credit:C0DE000001:p2r"] and d[0].params["amount"] == D("200.00")
+
+
+def test_payment_line_lookup_uses_the_certificate_actually_issued():
+    o = order([GC_LINE, MUG], refunds=[refund_of()])
+    refunded = pay("1500.00", corr.REFUNDED, pid="p1r", gc_code="FRESH00001", gc_operation="PURCHASE")
+    done = {"issue:1": "APPLIED", "refund_request:1": "APPLIED"}
+    # when the lost reservation was replaced by FRESH00001, then Payments' code still finds the line
+    assert keys(corr.decide(o, [pay("2000.00"), refunded], done, {"1": "FRESH00001"})) == ["refund_confirm:1"]
+    assert corr.line_for_code(o, None, {}) == GC_LINE
+
+
+# ---- any arrival order, any duplication: the same effects in the same order -----------------
+
+STORY = ["created", "paid", "refunded", "failed", "payment_refunded", "created_dup", "paid_dup"]
+
+
+def replay(arrivals):
+    """Feed the story's messages in ``arrivals`` order, applying decisions as an actor would."""
+    lines = (GC_LINE, MUG)
+    have_order, refunds, payments, done, applied = False, [], [], {}, []
+    for name in arrivals:
+        if name.startswith("created"):
+            have_order = True
+        elif name == "refunded":
+            have_order = True
+            refunds = [refund_of()]
+        elif name.startswith("paid"):
+            payments.append(pay("2000.00", minute=1, seq=len(payments)))
+        elif name == "failed":
+            payments.append(pay("1500.00", corr.REFUND_FAILED, pid="p1r", minute=7, seq=len(payments),
+                                gc_code="C0DE000001", gc_operation="PURCHASE", requisites_required=True))
+        elif name == "payment_refunded":
+            payments.append(pay("1500.00", corr.REFUNDED, pid="p1r", minute=9, seq=len(payments),
+                                gc_code="C0DE000001", gc_operation="PURCHASE"))
+        o = order(lines, refunds=refunds) if have_order else None
+        for _ in range(8):
+            decisions = corr.decide(o, payments, done)
+            if not decisions:
+                break
+            for d in decisions:
+                done[d.key] = "APPLIED"
+                applied.append(d.key)
+    return applied
+
+
+EXPECTED = ["issue:1", "refund_request:1", "refund_details:1", "refund_confirm:1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.permutations(STORY))
+def test_any_arrival_order_gives_the_same_effects_and_the_same_end(arrivals):
+    applied = replay(arrivals)
+    # then the certificate always ends refunded, each effect applied at most once
+    assert applied[-1] == "refund_confirm:1" and len(applied) == len(set(applied))
+    assert applied[:2] == EXPECTED[:2]
+    # and the very same effects in the same order whenever Payments' own two reports arrive in
+    # their order (one key, one partition) or both before the order's refund
+    if arrivals.index("failed") < arrivals.index("payment_refunded") or \
+            max(arrivals.index("failed"), arrivals.index("payment_refunded")) < arrivals.index("refunded"):
+        assert applied == EXPECTED
+
+
+def test_the_story_delivered_in_reverse_gives_the_same_effects():
+    assert replay(STORY) == replay(list(reversed(STORY))) == EXPECTED
+
+
+def test_refund_onto_a_certificate_waits_for_the_order_that_tendered_it():
+    back = pay("200.00", corr.REFUNDED, pid="p2r", gc_code="C0DE000001", gc_operation="REFUND")
+    redemption = pay("600.00", pid="p2", gc_code="C0DE000001", gc_operation="REDEMPTION")
+    # given only the refund message of the order is known (its lines, no tenders yet)
+    o = order([MUG], [], total="900.00", refunds=[refund_of("1", "200.00")])
+    # then nothing is credited: the certificate may not be one this order was paid with
+    assert corr.decide(o, [redemption, back], {}) == []

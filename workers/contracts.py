@@ -1,0 +1,86 @@
+"""The contract's JSON Schemas (a copy lives in ``contracts/``) and message validation.
+
+The pump validates every input message before it touches the database; the tests validate
+every stream event the relay publishes. Schemas are compiled once (``jsonschema_rs``, with
+``format`` checked: an ``occurredAt`` that is not RFC 3339 is a violation).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema_rs
+
+from config import ROOT, get_settings
+
+#: Where the project keeps its copy of the contract's schemas.
+SCHEMA_DIR = ROOT / "contracts"
+#: Contract topic name -> schema file.
+SCHEMA_FILES = {
+    "All_SalesOrder": "all_salesorder.schema.json",
+    "All_Payments": "all_payments.schema.json",
+    "All_Clients": "all_clients.schema.json",
+    "GiftCertificates.Stream": "giftcertificates_stream.schema.json",
+}
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot be processed as it is: ``reason`` goes into the DLQ ``error`` header."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@functools.lru_cache(maxsize=None)
+def validator(contract_topic: str):
+    schema = json.loads((SCHEMA_DIR / SCHEMA_FILES[contract_topic]).read_text())
+    return jsonschema_rs.validator_for(schema, validate_formats=True)
+
+
+def contract_name(topic: str) -> str:
+    """The contract name of a configured topic (tests suffix the real names)."""
+    s = get_settings()
+    names = {s.topic_sales_order: "All_SalesOrder", s.topic_payments: "All_Payments",
+             s.topic_clients: "All_Clients", s.topic_stream: "GiftCertificates.Stream"}
+    try:
+        return names[topic]
+    except KeyError:
+        raise InvalidMessage(f"UNKNOWN_TOPIC: {topic}") from None
+
+
+def errors(contract_topic: str, message: object) -> list[str]:
+    """Every schema violation of ``message``, as ``/json/pointer: reason`` strings."""
+    found = []
+    for err in validator(contract_topic).iter_errors(message):
+        path = "/" + "/".join(str(p) for p in err.instance_path)
+        found.append(f"{path}: {err.message}")
+    return found
+
+
+@dataclass(frozen=True)
+class Parsed:
+    contract_topic: str
+    message: dict
+
+    @property
+    def event_id(self) -> str:
+        return self.message["eventId"]
+
+
+def parse(topic: str, value: bytes | None) -> Parsed:
+    """Decode and validate one Kafka message value. Raises :class:`InvalidMessage`."""
+    contract = contract_name(topic)
+    if value is None:
+        raise InvalidMessage("INVALID_JSON: empty message")
+    try:
+        message = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessage(f"INVALID_JSON: {exc}") from None
+    problems = errors(contract, message)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise InvalidMessage(f"SCHEMA_VIOLATION: {shown}"[:1000])
+    return Parsed(contract, message)

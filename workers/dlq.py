@@ -1,0 +1,162 @@
+"""DLQ tools: ``python app.py dlq list`` and ``python app.py dlq replay [--id ...]``.
+
+An entry's id is ``<partition>:<offset>`` in ``GiftCertificates.DLQ``. ``list`` shows each
+entry's source, eventId, the reason (header ``error``) and whether it was replayed. ``replay``
+sends entries (default: all not replayed yet) back to their source topic with the header
+``replayOf``; the pump then takes them as new, and a message whose inbox row had failed gets
+another run through the actors. Each replay is recorded in ``dlq_replay`` so an entry is sent
+back once, unless named again with ``--id``.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import click
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from config import get_settings
+from models.db import connection, init_db
+from workers.kafka import consumer_config, producer as make_producer
+
+
+@dataclass
+class Entry:
+    id: str
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    replayed: bool = False
+
+    @property
+    def event_id(self) -> str | None:
+        if self.headers.get("eventId"):
+            return self.headers["eventId"]
+        try:
+            return json.loads(self.value or b"").get("eventId")
+        except (ValueError, AttributeError):
+            return None
+
+
+def read_entries(timeout: float = 15.0) -> list[Entry]:
+    """Every message of the DLQ topic, oldest first per partition."""
+    topic = get_settings().topic_dlq
+    consumer = Consumer(consumer_config("gcp-dlq-tool-" + uuid.uuid4().hex[:8],
+                                        **{"enable.partition.eof": True}))
+    entries: list[Entry] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        ends, assignment = {}, []
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                ends[p] = high
+                assignment.append(TopicPartition(topic, p, low))
+        if not assignment:
+            return []
+        consumer.assign(assignment)
+        import time
+
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    ends.pop(msg.partition(), None)
+                continue
+            headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or ()}
+            entries.append(Entry(f"{msg.partition()}:{msg.offset()}", msg.key(), msg.value(), headers))
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+    finally:
+        consumer.close()
+    _mark_replayed(entries)
+    return sorted(entries, key=lambda e: tuple(int(x) for x in e.id.split(":")))
+
+
+def _mark_replayed(entries: list[Entry]) -> None:
+    from models.tables import DlqReplay
+
+    _ensure_db()
+    with connection():
+        done = {r.dlq_id for r in DlqReplay.select(DlqReplay.dlq_id)
+                .where(DlqReplay.dlq_id.in_([e.id for e in entries]))} if entries else set()
+    for e in entries:
+        e.replayed = e.id in done
+
+
+def _ensure_db() -> None:
+    from models.db import db
+
+    if db.obj is None:
+        init_db(get_settings().database_url, max_connections=2)
+
+
+def replay(ids: list[str] | None = None) -> list[Entry]:
+    """Send entries back to their source topic. Returns the entries replayed."""
+    from models.services import utcnow
+    from models.tables import DlqReplay
+
+    entries = read_entries()
+    if ids:
+        wanted = set(ids)
+        unknown = wanted - {e.id for e in entries}
+        if unknown:
+            raise click.ClickException(f"no DLQ entry {', '.join(sorted(unknown))}")
+        chosen = [e for e in entries if e.id in wanted]
+    else:
+        chosen = [e for e in entries if not e.replayed]
+    if not chosen:
+        return []
+    producer = make_producer()
+    failures = []
+    for e in chosen:
+        source = e.headers.get("sourceTopic")
+        if not source:
+            raise click.ClickException(f"entry {e.id} has no sourceTopic header")
+        producer.produce(source, key=e.key, value=e.value,
+                         headers=[("replayOf", e.id.encode())],
+                         on_delivery=lambda err, _m: err is not None and failures.append(err))
+    if producer.flush(30) or failures:
+        raise click.ClickException(f"could not produce the replay: {failures or 'timeout'}")
+    with connection():
+        now = utcnow()
+        for e in chosen:
+            (DlqReplay.insert(dlq_id=e.id, source_topic=e.headers["sourceTopic"], event_id=e.event_id,
+                              replayed_at=now)
+             .on_conflict(conflict_target=[DlqReplay.dlq_id], update={DlqReplay.replayed_at: now})
+             .execute())
+    return chosen
+
+
+def list_command(limit: int) -> None:
+    """Print the DLQ's entries (the ``limit`` most recent) and why each is there."""
+    entries = read_entries()
+    if not entries:
+        click.echo("the DLQ is empty")
+        return
+    shown = entries[-limit:] if limit else entries
+    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {get_settings().topic_dlq}"
+               + (f" (showing the last {len(shown)})" if len(shown) < len(entries) else ""))
+    for e in shown:
+        h = e.headers
+        click.echo(f"{e.id:>8}  {h.get('failedAt', '-'):20}  {h.get('sourceTopic', '?')}"
+                   f"[{h.get('sourcePartition', '?')}]@{h.get('sourceOffset', '?')}  "
+                   f"eventId={e.event_id or '-'}  {'REPLAYED' if e.replayed else 'waiting'}")
+        click.echo(f"          error: {h.get('error', '?')}")
+
+
+def replay_command(ids: list[str]) -> None:
+    """Replay the given entries (or every one not replayed yet) through the pump."""
+    done = replay(ids or None)
+    if not done:
+        click.echo("nothing to replay")
+        return
+    for e in done:
+        click.echo(f"replayed {e.id} -> {e.headers.get('sourceTopic')} (eventId={e.event_id or '-'})")
+    click.echo(f"{len(done)} message(s) sent back through the pump")

@@ -1,0 +1,282 @@
+"""The pump: Kafka input topics → PostgreSQL inbox → Dramatiq actors.
+
+One consumer group reads All_SalesOrder, All_Payments and All_Clients. For each polled batch:
+
+1. every message is decoded and validated against its schema; an invalid one is produced to
+   ``GiftCertificates.DLQ`` (headers ``error``, ``sourceTopic``, ``sourcePartition``,
+   ``sourceOffset``) and the pump goes on: a poison message never stalls it;
+2. the valid ones are inserted into ``inbox_message`` (unique ``event_id``: a duplicate or a
+   redelivery inserts nothing) and the transaction commits;
+3. only then are the offsets committed, and the new rows handed to the ``process_inbox`` actor.
+
+So a message is never lost between Kafka and the database: killed before (2) commits, the
+offsets were not committed and Kafka redelivers; killed after, the row is there and the
+*sweeper* hands over again every row still ``PENDING`` after ``INBOX_SWEEP_AFTER_MS`` (a lost
+Redis message, a pump killed before the hand-over). Rows that failed after the actors' retries
+(``FAILED``) are dead-lettered by the same loop.
+
+A message replayed from the DLQ (header ``replayOf``) whose row had failed is made ``PENDING``
+again and handed over once more.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from config import get_settings
+from models.db import connection, db
+from workers import contracts
+from workers.kafka import consumer as make_consumer, producer as make_producer
+
+log = logging.getLogger("gcp.pump")
+#: Messages taken from Kafka at most per batch.
+BATCH = 500
+#: How often the sweeper looks for rows to hand over again or to dead-letter (seconds).
+SWEEP_EVERY = 1.0
+#: Kafka header that marks a message sent back from the DLQ.
+REPLAY_HEADER = "replayOf"
+
+
+def _headers(msg) -> dict[str, str]:
+    out = {}
+    for key, value in msg.headers() or ():
+        out[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+    return out
+
+
+def dlq_headers(error: str, topic: str, partition: int, offset: int, **extra) -> list[tuple[str, bytes]]:
+    """The contract's DLQ headers (plus ``failedAt`` and any ``extra``)."""
+    items = {"error": error[:1000], "sourceTopic": topic, "sourcePartition": str(partition),
+             "sourceOffset": str(offset), "failedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    items.update({k: str(v) for k, v in extra.items() if v is not None})
+    return [(k, v.encode()) for k, v in items.items()]
+
+
+@dataclass
+class BatchResult:
+    received: int = 0
+    inserted: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+class Pump:
+    """The consume → inbox → hand-over loop. ``step()`` runs one batch (tests drive it)."""
+
+    def __init__(self, dispatch=None):
+        s = get_settings()
+        self.settings = s
+        self.consumer = make_consumer(s.consumer_group, **{"enable.partition.eof": False})
+        self.producer = make_producer()
+        self.consumer.subscribe(list(s.topics_in))
+        self._dispatch = dispatch
+        self._last_sweep = 0.0
+
+    # -- hand-over
+    def dispatch(self, inbox_ids: list[int]) -> None:
+        """Hand rows to the actors; a failure leaves them for the sweeper."""
+        if not inbox_ids:
+            return
+        if self._dispatch is None:
+            from actors.inbox import process_inbox
+
+            self._dispatch = process_inbox.send
+        try:
+            for inbox_id in inbox_ids:
+                self._dispatch(inbox_id)
+        except Exception as exc:  # Redis down: the rows are safe in PostgreSQL
+            log.error("hand-over to the actors failed (the sweeper will retry): %s", exc)
+
+    # -- the DLQ
+    def dead_letter(self, items: list[tuple[bytes | None, bytes | None, list]]) -> None:
+        """Produce (key, value, headers) to the DLQ and wait until Kafka has them."""
+        if not items:
+            return
+        failures = []
+
+        def done(err, _msg):
+            if err is not None:
+                failures.append(err)
+
+        for key, value, headers in items:
+            self.producer.produce(self.settings.topic_dlq, key=key, value=value, headers=headers,
+                                  on_delivery=done)
+        remaining = self.producer.flush(60)
+        if remaining or failures:
+            raise RuntimeError(f"DLQ produce failed: {failures or remaining}")
+
+    # -- one batch
+    def step(self, timeout: float = 0.2) -> BatchResult:
+        """Poll one batch and take it through validation, the inbox and the offsets."""
+        result = BatchResult()
+        first = self.consumer.poll(timeout)
+        messages = [first] if first is not None else []
+        if first is not None:
+            messages += self.consumer.consume(BATCH - 1, 0)
+        valid, invalid, offsets = [], [], {}
+        for msg in messages:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", msg.error())
+                continue
+            result.received += 1
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            try:
+                parsed = contracts.parse(msg.topic(), msg.value())
+            except contracts.InvalidMessage as bad:
+                invalid.append((msg.key(), msg.value(),
+                                dlq_headers(bad.reason, msg.topic(), msg.partition(), msg.offset())))
+                continue
+            valid.append((msg, parsed))
+        self.dead_letter(invalid)
+        result.dead_lettered = len(invalid)
+        if valid:
+            result.inserted, result.duplicates = self._record(valid)
+        if offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=True)
+        self.dispatch(result.inserted)
+        self._observe(messages, result)
+        return result
+
+    def _record(self, valid) -> tuple[list[int], int]:
+        """Insert the batch into the inbox in one transaction; returns (ids to hand over, dups)."""
+        rows, replays = [], []
+        for msg, parsed in valid:
+            rows.append((parsed.event_id, msg.topic(), msg.partition(), msg.offset(),
+                         msg.key().decode("utf-8", "replace") if msg.key() else None,
+                         _json(parsed.message)))
+            if REPLAY_HEADER in _headers(msg):
+                replays.append(parsed.event_id)
+        with connection(), db.atomic():
+            values = ",".join(["(%s,%s,%s,%s,%s,%s::jsonb,now(),now())"] * len(rows))
+            cursor = db.execute_sql(
+                'INSERT INTO inbox_message (event_id, topic, partition, "offset", message_key, payload,'
+                f" received_at, dispatched_at) VALUES {values} ON CONFLICT (event_id) DO NOTHING"
+                " RETURNING id", [v for row in rows for v in row])
+            inserted = [r[0] for r in cursor.fetchall()]
+            if replays:  # sent back from the DLQ: a failed row gets another chance
+                cursor = db.execute_sql(
+                    "UPDATE inbox_message SET status = 'PENDING', attempts = 0, dead_lettered_at = NULL,"
+                    " dispatched_at = now() WHERE event_id = ANY(%s) AND status = 'FAILED' RETURNING id",
+                    (replays,))
+                inserted += [r[0] for r in cursor.fetchall()]
+        return inserted, len(rows) - len(inserted)
+
+    def _observe(self, messages, result: BatchResult) -> None:
+        if not result.received:
+            return
+        from observability import MESSAGES_CONSUMED
+
+        for msg in messages:
+            if msg.error() is None:
+                MESSAGES_CONSUMED.labels(contracts.contract_name(msg.topic()), "received").inc()
+        if result.dead_lettered:
+            MESSAGES_CONSUMED.labels("all", "dead_lettered").inc(result.dead_lettered)
+        if result.duplicates:
+            MESSAGES_CONSUMED.labels("all", "duplicate").inc(result.duplicates)
+
+    # -- the sweeper
+    def sweep(self) -> tuple[int, int]:
+        """Hand over again rows still PENDING, dead-letter rows FAILED. Returns both counts."""
+        after_ms = self.settings.inbox_sweep_after_ms
+        with connection(), db.atomic():
+            cursor = db.execute_sql(
+                "UPDATE inbox_message SET dispatched_at = now() WHERE id IN ("
+                " SELECT id FROM inbox_message WHERE status = 'PENDING'"
+                " AND dispatched_at < now() - make_interval(secs => %s)"
+                " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING id", (after_ms / 1000.0,))
+            stale = sorted(r[0] for r in cursor.fetchall())
+        self.dispatch(stale)
+        dead = 0
+        with connection(), db.atomic():
+            cursor = db.execute_sql(
+                'SELECT id, topic, partition, "offset", message_key, payload::text, last_error, event_id'
+                " FROM inbox_message WHERE status = 'FAILED' AND dead_lettered_at IS NULL"
+                " ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED")
+            rows = cursor.fetchall()
+            if rows:
+                self.dead_letter([
+                    (key.encode() if key else None, payload.encode(),
+                     dlq_headers(f"PROCESSING_FAILED: {error or 'unknown'}", topic, part, off, eventId=event_id))
+                    for _id, topic, part, off, key, payload, error, event_id in rows])
+                db.execute_sql("UPDATE inbox_message SET dead_lettered_at = now() WHERE id = ANY(%s)",
+                               ([r[0] for r in rows],))
+                dead = len(rows)
+        if stale or dead:
+            log.info("sweep", extra={"handedOverAgain": len(stale), "deadLettered": dead})
+        return len(stale), dead
+
+    def maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = now
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("pump started", extra={"topics": list(self.settings.topics_in),
+                                        "group": self.settings.consumer_group})
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # the database is down, most likely: nothing was committed
+                log.exception("batch failed; retrying from the last committed offsets")
+                self._rewind()
+                stop.wait(1.0)
+            self.maybe_sweep()
+        self.close()
+
+    def _rewind(self) -> None:
+        """After a failed batch, go back to the committed offsets so nothing is skipped."""
+        try:
+            assigned = self.consumer.assignment()
+            if assigned:
+                for tp in self.consumer.committed(assigned, timeout=10):
+                    if tp.offset >= 0:
+                        self.consumer.seek(tp)
+                    else:  # nothing committed yet: from the beginning
+                        self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+        except Exception:
+            log.exception("rewind failed; restarting the consumer is the safe way out")
+            raise SystemExit(1)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.flush(10)
+
+
+def _json(message: dict) -> str:
+    import json
+
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def main() -> None:
+    from models.db import init_db
+    from observability import setup_logging
+    from workers.kafka import ensure_topics
+
+    setup_logging()
+    settings = get_settings()
+    init_db(settings.database_url, max_connections=4)
+    ensure_topics()
+    import actors  # noqa: F401  (configures the broker before the hand-over)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Pump().run(stop)
+
+
+if __name__ == "__main__":
+    main()

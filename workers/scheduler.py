@@ -1,0 +1,178 @@
+"""The scheduler: time-driven changes, run as a Procfile process (not cron).
+
+Every ``SCHEDULER_INTERVAL_MS`` it
+
+- expires authorization holds past ``expiresAt`` (``authorization.expired``),
+- releases reservations past ``reservedUntil`` (``release``) unless a payment was seen for the
+  order (checked under the order's lock, so a payment being recorded is never overtaken),
+- expires issued certificates past ``expiresAt`` (``expire``),
+
+and on ``NOTIFY gcp_pool_refilled`` (a batch added codes; also every minute as a fallback) it
+issues the paid order lines blocked by an empty pool, oldest first. Several schedulers may run:
+one holds a PostgreSQL advisory lock and works, the others wait. Each change goes through its
+use case, which re-checks the state under the certificate's lock, so a late or repeated tick
+changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg2
+import psycopg2.extensions
+
+from config import get_settings
+from models import orders, services as svc
+from models.db import connect_params, connection
+from models.domain import DomainError
+from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
+
+log = logging.getLogger("gcp.scheduler")
+#: Advisory lock key held by the working scheduler.
+SCHEDULER_LOCK = 0x6763_7003
+#: Rows handled per kind and tick.
+BATCH = 200
+#: Blocked issues are retried at least this often even without a NOTIFY (seconds).
+BLOCKED_FALLBACK = 60.0
+SYSTEM_CTX = svc.Context(actor="scheduler")
+
+
+@dataclass
+class TickResult:
+    holds_expired: list[str] = field(default_factory=list)
+    reservations_released: list[str] = field(default_factory=list)
+    certificates_expired: list[str] = field(default_factory=list)
+    blocked_issued: list[str] = field(default_factory=list)
+
+
+def expire_holds(now) -> list[str]:
+    done = []
+    ids = [h.id for h in AuthorizationHold.select(AuthorizationHold.id)
+           .where((AuthorizationHold.status == "ACTIVE") & (AuthorizationHold.expires_at <= now))
+           .order_by(AuthorizationHold.expires_at).limit(BATCH)]
+    for hold_id in ids:
+        try:
+            svc.handle(svc.Void(hold_id, expired=True), SYSTEM_CTX)
+            done.append(hold_id)
+        except DomainError as refused:  # captured or voided meanwhile
+            log.debug("hold %s not expired: %s", hold_id, refused.code)
+    return done
+
+
+def release_reservations(now) -> list[str]:
+    done = []
+    rows = list(GiftCertificate.select(GiftCertificate.code, GiftCertificate.order_id)
+                .where((GiftCertificate.status == "RESERVED") & (GiftCertificate.reserved_until <= now))
+                .order_by(GiftCertificate.reserved_until).limit(BATCH).tuples())
+    for code, order_id in rows:
+        ctx = svc.Context(actor="scheduler", correlation_id=order_id)
+        try:
+            with svc.transaction():
+                released = svc.handle(orders.ExpireOrderReservation(code, order_id), ctx)
+        except DomainError as refused:
+            log.debug("reservation %s kept: %s", code, refused.code)
+            continue
+        if released is not None:
+            done.append(code)
+    return done
+
+
+def expire_certificates(now) -> list[str]:
+    done = []
+    codes = [c.code for c in GiftCertificate.select(GiftCertificate.code)
+             .where(GiftCertificate.status.in_(("ISSUED", "PARTIALLY_REDEEMED"))
+                    & (GiftCertificate.expires_at <= now))
+             .order_by(GiftCertificate.expires_at).limit(BATCH)]
+    for code in codes:
+        try:
+            svc.handle(svc.ExpireCertificate(code), SYSTEM_CTX)
+            done.append(code)
+        except DomainError as refused:
+            log.debug("certificate %s not expired: %s", code, refused.code)
+    return done
+
+
+def resolve_blocked() -> list[str]:
+    if not BlockedIssue.select().where(BlockedIssue.status == "BLOCKED").exists():
+        return []
+    return svc.handle(orders.ResolveBlockedIssues(), svc.Context(actor="scheduler"))
+
+
+def tick(blocked: bool = False) -> TickResult:
+    """One round of every time-driven change (and of blocked issues when ``blocked``)."""
+    result = TickResult()
+    with connection():
+        now = svc.utcnow()
+        result.holds_expired = expire_holds(now)
+        result.reservations_released = release_reservations(now)
+        result.certificates_expired = expire_certificates(now)
+        if blocked:
+            result.blocked_issued = resolve_blocked()
+    if any(vars(result).values()):
+        log.info("tick", extra={k: len(v) for k, v in vars(result).items()})
+    return result
+
+
+class Scheduler:
+    def __init__(self):
+        self.settings = get_settings()
+        self.conn = psycopg2.connect(**connect_params(self.settings.database_url),
+                                     application_name="gcp-scheduler")
+        self.conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        self.leader = False
+
+    def try_lead(self) -> bool:
+        if not self.leader:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (SCHEDULER_LOCK,))
+                self.leader = bool(cur.fetchone()[0])
+        return self.leader
+
+    def run(self, stop: threading.Event) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(f"LISTEN {svc.POOL_CHANNEL}")
+        interval = self.settings.scheduler_interval_ms / 1000.0
+        refilled, last_blocked = True, 0.0
+        log.info("scheduler started", extra={"intervalMs": self.settings.scheduler_interval_ms})
+        while not stop.is_set():
+            started = time.monotonic()
+            if self.try_lead():
+                due = refilled or started - last_blocked >= BLOCKED_FALLBACK
+                try:
+                    tick(blocked=due)
+                    if due:
+                        refilled, last_blocked = False, started
+                except Exception:
+                    log.exception("tick failed")
+            if self._wait(max(0.0, interval - (time.monotonic() - started))):
+                refilled = True
+        self.conn.close()
+
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until the next tick; True when the pool was refilled meanwhile."""
+        if select.select([self.conn], [], [], timeout) == ([], [], []):
+            return False
+        self.conn.poll()
+        got = bool(self.conn.notifies)
+        self.conn.notifies.clear()
+        return got
+
+
+def main() -> None:
+    from models.db import init_db
+    from observability import setup_logging
+
+    setup_logging()
+    init_db(get_settings().database_url, max_connections=4)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Scheduler().run(stop)
+
+
+if __name__ == "__main__":
+    main()
