@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import (AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries,
-                                 ShutdownNotifications, TimeLimit)
+from dramatiq.middleware import (AgeLimit, Callbacks, CurrentMessage, Middleware, Pipelines,
+                                 Retries, ShutdownNotifications, TimeLimit)
 
 from config import get_settings
+
+
+class StructuredLogs(Middleware):
+    """The worker processes log like every other process: JSON lines (observability)."""
+
+    def after_process_boot(self, broker):
+        from observability import setup_logging
+
+        setup_logging()
 
 
 def make_broker() -> RedisBroker:
@@ -27,6 +36,7 @@ def make_broker() -> RedisBroker:
         Retries(max_retries=s.actor_max_retries, min_backoff=s.actor_min_backoff_ms,
                 max_backoff=s.actor_max_backoff_ms),
         CurrentMessage(),
+        StructuredLogs(),
     ]
     return RedisBroker(url=s.redis_url, middleware=middleware, heartbeat_timeout=15_000,
                        dead_message_ttl=7 * 24 * 3600 * 1000)

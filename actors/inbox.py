@@ -34,7 +34,7 @@ def process(inbox_id: int) -> str:
     from workers.contracts import contract_name
 
     with connection():
-        with svc.transaction():
+        with svc.transaction(), orders.held_locks():
             head = db.execute_sql(
                 'SELECT status, topic, partition, "offset", message_key, payload FROM inbox_message'
                 " WHERE id = %s", (inbox_id,)).fetchone()
@@ -93,6 +93,21 @@ def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:
         log.exception("could not record the failure of inbox row %s", inbox_id)
         if final:
             raise
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def process_inbox_batch(inbox_ids: list[int]) -> None:
+    """Handle a batch of inbox rows (the pump's hand-over of one poll), each in its own
+    transaction. A row that fails is counted and handed to :func:`process_inbox`, whose retries
+    with backoff (and, after the last, the DLQ) are per message."""
+    ensure_db()
+    for inbox_id in inbox_ids:
+        try:
+            process(inbox_id)
+        except Exception as exc:
+            log.warning("inbox row %s failed, retrying it on its own: %s", inbox_id, exc)
+            record_failure(inbox_id, exc, final=False)
+            process_inbox.send_with_options(args=(inbox_id,), delay=get_settings().actor_min_backoff_ms)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=_MAX_RETRIES)

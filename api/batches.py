@@ -42,7 +42,9 @@ MAX_REPORTED = 50
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
 _TEXT_RE = re.compile(s.TEXT_PATTERN)
 _CURRENCY_RE = re.compile(CURRENCY_PATTERN)
-_code_ok = re.compile(CODE_PATTERN).match  # models.domain.valid_code's rule, inlined for speed
+#: The domain's code rule, inlined for speed; fullmatch: a pattern's "$" also matches before a
+#: trailing newline, which must never reach COPY.
+_code_ok = re.compile(CODE_PATTERN).fullmatch
 _ITEM_FIELDS = frozenset({"code", "nominal", "expiresAt"})
 _BODY_FIELDS = frozenset({"batchId", "kind", "currency", "dryRun", "nominal", "expiresAt",
                           "certificates"})
@@ -142,7 +144,7 @@ class _Problems:
 
 def _parse_time(value: str) -> dt.datetime | None:
     """An RFC 3339 time in UTC (without an offset: UTC), or None."""
-    if not _TIME_RE.match(value):
+    if not _TIME_RE.fullmatch(value):
         return None
     try:
         moment = dt.datetime.fromisoformat(value.upper())
@@ -188,7 +190,7 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
     for name in sorted(set(body) - _BODY_FIELDS):
         problems.add(name, "Unknown field.")
     batch_id = body.get("batchId")
-    if not (isinstance(batch_id, str) and 1 <= len(batch_id) <= MAX_BATCH_ID and _TEXT_RE.match(batch_id)):
+    if not (isinstance(batch_id, str) and 1 <= len(batch_id) <= MAX_BATCH_ID and _TEXT_RE.fullmatch(batch_id)):
         problems.add("batchId", f"1 to {MAX_BATCH_ID} characters, no control characters")
     kind = body.get("kind", "ELECTRONIC")
     if kind not in KINDS:
@@ -196,7 +198,7 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
     currency = body.get("currency")
     if currency is None:
         currency = get_settings().default_currency
-    elif not (isinstance(currency, str) and _CURRENCY_RE.match(currency)):
+    elif not (isinstance(currency, str) and _CURRENCY_RE.fullmatch(currency)):
         problems.add("currency", "an ISO 4217 code like RUB")
     dry_run = body.get("dryRun", False)
     if not isinstance(dry_run, bool):

@@ -223,27 +223,28 @@ class Loader:
             chunk.size += size
         yield chunk
 
-    def _apply(self, chunk: Chunk, outcome: Outcome | None, sent: bool = True) -> None:
-        """Count a chunk's outcome; refused rows get their line numbers back."""
+    def _apply(self, chunk: Chunk, outcome: Outcome | None, sent: bool = True, late: bool = False) -> None:
+        """Count a chunk's outcome; refused rows get their line numbers back (in line order:
+        a chunk is a range of lines)."""
         report = self.report
         report.counts["rows"] += chunk.read
         report.counts["valid"] += len(chunk.rows)
-        for r in chunk.local:
-            report.reject(r.line, r.code, r.reason, r.message)
+        refused = [(r.line, r.code, r.reason, r.message) for r in chunk.local]
         if not sent:
             report.counts["notSent"] += len(chunk.rows)
-        if outcome is None:
-            return
-        report.chunks += 1
-        report.counts["accepted"] += outcome.accepted
-        report.counts["alreadyLoaded"] += outcome.already
-        if outcome.rejected:
-            lines = collections.defaultdict(list)
-            for line, code, _ in chunk.rows:
-                lines[code].append(line)
-            for r in outcome.rejected:
-                line = lines[r["code"]].pop(0) if lines.get(r["code"]) else 0
-                report.reject(line, r["code"], r["reason"], r.get("message") or r["reason"])
+        if outcome is not None:
+            report.chunks += 1
+            report.counts["accepted"] += outcome.accepted
+            report.counts["alreadyLoaded"] += outcome.already
+            if outcome.rejected:
+                lines = collections.defaultdict(list)
+                for line, code, _ in chunk.rows:
+                    lines[code].append(line)
+                for r in outcome.rejected:
+                    line = lines[r["code"]].pop(0) if lines.get(r["code"]) else 0
+                    refused.append((line, r["code"], r["reason"], r.get("message") or r["reason"]))
+        for line, code, reason, message in sorted(refused, key=lambda r: r[0]):
+            report.reject(line, code, reason, message, late=late)
 
     # -- the run
     def run(self) -> int:
@@ -288,7 +289,7 @@ class Loader:
                 if self._pump(pool, reader.read_rows(opts.path, fmt), validator, progress) or self._stop:
                     return True
                 extra, dupes = validator.resolve_suspects(reader.read_rows(opts.path, fmt))
-                self._apply(Chunk(rows=extra, local=dupes), self._send(extra) if extra else None)
+                self._apply(Chunk(rows=extra, local=dupes), self._send(extra) if extra else None, late=True)
             except KeyboardInterrupt:
                 return True
         return False

@@ -49,7 +49,7 @@ def check_char(payload: str) -> str:
     Raises:
         ValueError: ``payload`` has a character outside ``A-Z0-9-``.
     """
-    if not _VALID.match(payload):
+    if not _VALID.fullmatch(payload):
         raise ValueError(f"{payload!r} has a character outside A-Z, 0-9, -")
     total = _luhn_sum(payload.encode("ascii").replace(b"-", b""), double_last=True)
     return ALPHABET[(N - total % N) % N]
@@ -58,7 +58,7 @@ def check_char(payload: str) -> str:
 def has_valid_check(code: str, known_format: bool = False) -> bool:
     """True when the last character of ``code`` is the Luhn mod 36 check of the rest
     (``known_format``: the caller already matched the code format, skip that)."""
-    if not known_format and not _VALID.match(code):
+    if not known_format and not _VALID.fullmatch(code):
         return False
     chars = code.encode("ascii")
     if 45 in chars:  # "-"
@@ -78,7 +78,7 @@ def _random_chars(count: int) -> str:
 
 def check_prefix(prefix: str, length: int) -> None:
     """Raises ValueError unless ``prefix`` + ``length`` random characters + check fit the format."""
-    if not _PREFIX_RE.match(prefix):
+    if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"prefix {prefix!r}: up to 24 characters of A-Z, 0-9, -")
     if length < MIN_LENGTH:
         raise ValueError(f"length {length}: at least {MIN_LENGTH} random characters")

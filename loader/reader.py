@@ -38,7 +38,7 @@ DUPLICATE_IN_FILE = "DUPLICATE_IN_FILE"
 
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
 _MASK = (1 << 60) - 1
-_code_ok = re.compile(CODE_PATTERN).match  # the service's code rule
+_code_ok = re.compile(CODE_PATTERN).fullmatch  # the service's code rule (no trailing newline)
 
 
 class FileError(Exception):
@@ -161,7 +161,7 @@ def read_rows(path: Path, fmt: str) -> Iterator[RawRow]:
 
 def parse_time(value: str) -> dt.datetime:
     """An RFC 3339 time (without an offset: UTC), in UTC. Raises ValueError."""
-    if not _TIME_RE.match(value):
+    if not _TIME_RE.fullmatch(value):
         raise ValueError(value)
     moment = dt.datetime.fromisoformat(value.upper())
     if moment.tzinfo is None:

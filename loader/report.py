@@ -1,21 +1,20 @@
 """The load report: counts, and every rejected row with its line number and reason.
 
-Rejected rows are spilled to a temporary file as they come, so a file with a million bad rows
-does not hold them in memory; the report (JSON) is written at the end, rows sorted by line
-when there are not too many of them to sort in memory.
+Rejected rows are spilled to a temporary file as they come (in line order: the loader hands
+them over chunk by chunk, each chunk a range of lines), so a file with a million bad rows does
+not hold them in memory. Rows found late (duplicates confirmed by the second pass) are kept
+aside and merged in line order when the report (JSON) is written at the end.
 """
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import heapq
 import json
 import os
 import resource
 import tempfile
 from pathlib import Path
-
-#: Up to this many rejected rows are sorted by line in the report (beyond: the order they came).
-SORT_LIMIT = 200_000
 
 
 def _now() -> str:
@@ -37,25 +36,31 @@ class Report:
                                           notSent=0)
         self.by_reason: collections.Counter = collections.Counter()
         self._spill = tempfile.TemporaryFile("w+", encoding="utf-8")
+        self._late: list[tuple[int, str]] = []
         self.chunks = 0
 
-    def reject(self, line: int, code: str | None, reason: str, message: str) -> None:
+    def reject(self, line: int, code: str | None, reason: str, message: str, late: bool = False) -> None:
+        """Record a rejected row; rows must come in line order unless ``late``."""
         self.counts["rejected"] += 1
         self.by_reason[reason] += 1
-        self._spill.write(json.dumps({"line": line, "code": code, "reason": reason,
-                                      "message": message}) + "\n")
+        text = json.dumps({"line": line, "code": code, "reason": reason, "message": message})
+        if late:
+            self._late.append((line, text))
+        else:
+            self._spill.write(f"{line}\t{text}\n")
 
-    def rejected_rows(self):
-        """The rejected rows recorded so far, sorted by line when there are few enough."""
+    def _spilled(self):
         self._spill.flush()
         self._spill.seek(0)
-        if self.counts["rejected"] <= SORT_LIMIT:
-            rows = [json.loads(line) for line in self._spill]
-            rows.sort(key=lambda r: r["line"])
-            yield from (json.dumps(r) for r in rows)
-        else:
-            yield from (line.rstrip("\n") for line in self._spill)
+        for entry in self._spill:
+            line, _, text = entry.rstrip("\n").partition("\t")
+            yield int(line), text
         self._spill.seek(0, os.SEEK_END)
+
+    def rejected_rows(self):
+        """The rejected rows as JSON texts, in line order."""
+        for _, text in heapq.merge(self._spilled(), sorted(self._late), key=lambda item: item[0]):
+            yield text
 
     def summary(self, *, complete: bool, exit_code: int, error: str | None = None) -> dict:
         finished = dt.datetime.now(dt.timezone.utc)

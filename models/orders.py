@@ -14,6 +14,7 @@ event on the stream; the message itself is then handled (it is not retried).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import json
@@ -27,11 +28,13 @@ from models import services as svc
 from models.db import db
 from models.domain import DomainError, Status, fmt_money
 from models.tables import (AuditLog, AuthorizationHold, BlockedIssue, ClientProfile,
-                           GiftCertificate, OrderEffect, SalesOrder)
+                           GiftCertificate, SalesOrder)
 
 log = logging.getLogger("gcp.orders")
 #: Contract names of the input topics, used as ``source`` of error and alert events.
 SALES_ORDER, PAYMENTS, CLIENTS = "All_SalesOrder", "All_Payments", "All_Clients"
+#: Actions that make several changes (run in a savepoint of their own).
+MULTI_STEP = frozenset({"release"})
 #: Safety bound on re-deciding after applying effects (a chain is at most issue → request →
 #: details → confirm).
 MAX_ROUNDS = 8
@@ -53,9 +56,28 @@ def _atomic():
     return contextlib.nullcontext() if db.in_transaction() else db.atomic()
 
 
+#: Keys locked by the current transaction of this thread (see :func:`held_locks`).
+_HELD: contextvars.ContextVar[set | None] = contextvars.ContextVar("gcp_held_locks", default=None)
+
+
+@contextlib.contextmanager
+def held_locks():
+    """Around one transaction: a key locked twice in it is locked (queried) once."""
+    token = _HELD.set(set())
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
 def lock_key(key: str) -> None:
     """A transaction-scoped advisory lock on ``key`` (released at commit or rollback)."""
+    held = _HELD.get()
+    if held is not None and key in held:
+        return
     db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("gcp-" + key,))
+    if held is not None:
+        held.add(key)
 
 
 def lock_order(order_id: str) -> None:
@@ -83,17 +105,18 @@ def _tender(raw: dict) -> corr.Tender:
 
 
 def load_order(order_id: str) -> corr.Order | None:
-    row = SalesOrder.get_or_none(SalesOrder.order_id == order_id)
+    row = db.execute_sql("SELECT channel, currency, total, lines, tenders, cancelled_event_id, refunds"
+                         " FROM sales_order WHERE order_id = %s", (order_id,)).fetchone()
     if row is None:
         return None
+    channel, currency, total, lines, tenders, cancelled_by, refunds = row
     refunds = tuple(
         corr.RefundRequest(r["eventId"], parse_time(r.get("occurredAt")),
                            tuple((str(x["lineId"]), Decimal(x["amount"])) for x in r.get("refundLines") or ()))
-        for r in row.refunds or ())
-    return corr.Order(order_id=row.order_id, channel=row.channel, currency=row.currency.strip(),
-                      total=row.total, lines=tuple(_line(x) for x in row.lines or ()),
-                      tenders=tuple(_tender(x) for x in row.tenders or ()),
-                      cancelled_by=row.cancelled_event_id, refunds=refunds)
+        for r in refunds or ())
+    return corr.Order(order_id=order_id, channel=channel, currency=currency.strip(), total=total,
+                      lines=tuple(_line(x) for x in lines or ()), tenders=tuple(_tender(x) for x in tenders or ()),
+                      cancelled_by=cancelled_by, refunds=refunds)
 
 
 def load_payments(order_id: str) -> list[corr.Payment]:
@@ -213,17 +236,21 @@ class _Applier:
     def apply(self, decision: corr.Decision) -> tuple[str, str | None]:
         ctx = dataclasses.replace(self.ctx, causation_id=decision.cause or self.ctx.causation_id)
         action = getattr(self, "_" + decision.action)
+        # a savepoint, so a refusal leaves nothing half done, where an action makes several
+        # changes (the others are one use case, atomic on its own)
+        guard = db.atomic() if decision.action in MULTI_STEP else contextlib.nullcontext()
         try:
-            with db.atomic():  # a savepoint: a refusal leaves nothing half done
+            with guard:
                 outcome, detail = action(decision.params, ctx)
         except DomainError as refused:
             code = decision.params.get("code")
             svc.handle(svc.RaiseAlert("error", refused.code, refused.message, self.source,
                                       certificate_code=code, key=code or self.order.order_id), ctx)
             outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
-        OrderEffect.create(order_id=self.order.order_id, effect_key=decision.key, outcome=outcome,
-                           detail=detail, causation_id=ctx.causation_id, created_at=svc.utcnow())
-        log.info("order effect", extra={"orderId": self.order.order_id, "effect": decision.key,
+        db.execute_sql("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
+                       " VALUES (%s, %s, %s, %s, %s)",
+                       (self.order.order_id, decision.key, outcome, detail, ctx.causation_id))
+        log.debug("order effect", extra={"orderId": self.order.order_id, "effect": decision.key,
                                         "outcome": outcome})
         return outcome, detail
 
@@ -242,7 +269,18 @@ class _Applier:
         named = None
         if row is None and p.get("code"):
             named = GiftCertificate.get_or_none(GiftCertificate.code == p["code"])
-        if row is None and named is not None and named.status == Status.AVAILABLE.value:
+        if row is not None:  # the usual case: the reservation is there
+            if row.status != Status.RESERVED.value:
+                return "SKIPPED", f"certificate {row.code} is {row.status}"
+            svc.handle(svc.Issue(row.code), ctx)
+            return "APPLIED", row.code
+        with db.atomic():  # reserve again, then issue: both or neither
+            return self._reissue(p, ctx, named)
+
+    def _reissue(self, p: dict, ctx: svc.Context, named):
+        order, line_id = self.order, p["line_id"]
+        row = None
+        if named is not None and named.status == Status.AVAILABLE.value:
             # the reservation lapsed but the very code is still free: sell it after all
             svc.handle(svc.Reserve(order.channel, order.order_id, line_id,
                                    named.nominal or p["nominal"], named.currency.strip(),
@@ -262,8 +300,6 @@ class _Applier:
                                     created_at=svc.utcnow()).on_conflict_ignore().execute()
                 return "BLOCKED", "POOL_EMPTY"
             row = certificate_for_line(order.order_id, line_id)
-        if row.status != Status.RESERVED.value:
-            return "SKIPPED", f"certificate {row.code} is {row.status}"
         svc.handle(svc.Issue(row.code), ctx)
         return "APPLIED", row.code
 
@@ -386,11 +422,20 @@ def message_context(msg: dict, source: str) -> svc.Context:
                        correlation_id=msg.get("orderId"), causation_id=msg["eventId"])
 
 
+def concerns_certificates(msg: dict) -> bool:
+    """An order message with a certificate line or a certificate tender."""
+    return any(x.get("type") == corr.GC for x in (msg.get("lines") or []) + (msg.get("tenders") or []))
+
+
 @svc.handler(OrderMessage)
 def on_order_message(cmd: OrderMessage, ctx: svc.Context) -> Outcome:
     msg = cmd.message
     with _atomic():
         lock_order(msg["orderId"])
+        if (msg["eventType"] in corr.SNAPSHOT_TYPES and not concerns_certificates(msg)
+                and db.execute_sql("SELECT 1 FROM sales_order WHERE order_id = %s",
+                                   (msg["orderId"],)).fetchone() is None):
+            return Outcome(msg["orderId"], note="no gift certificate in this order")
         record_order_message(msg, svc.utcnow())
         return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER))
 

@@ -66,6 +66,7 @@ class GiftCertificate(Base):
 
     class Meta:
         table_name = "gift_certificate"
+        only_save_dirty = True  # UPDATE only the columns a use case changed (hot path)
 
 
 class AuthorizationHold(Base):

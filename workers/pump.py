@@ -38,6 +38,8 @@ log = logging.getLogger("gcp.pump")
 BATCH = 500
 #: How often the sweeper looks for rows to hand over again or to dead-letter (seconds).
 SWEEP_EVERY = 1.0
+#: Inbox rows per actor message.
+CHUNK = 8
 #: Kafka header that marks a message sent back from the DLQ.
 REPLAY_HEADER = "replayOf"
 
@@ -79,16 +81,18 @@ class Pump:
 
     # -- hand-over
     def dispatch(self, inbox_ids: list[int]) -> None:
-        """Hand rows to the actors; a failure leaves them for the sweeper."""
+        """Hand rows to the actors, ``CHUNK`` per actor message (a busy pump polls bigger
+        batches, so the per-message cost of the hand-over shrinks as the load grows); a failure
+        leaves them for the sweeper."""
         if not inbox_ids:
             return
         if self._dispatch is None:
-            from actors.inbox import process_inbox
+            from actors.inbox import process_inbox_batch
 
-            self._dispatch = process_inbox.send
+            self._dispatch = process_inbox_batch.send
         try:
-            for inbox_id in inbox_ids:
-                self._dispatch(inbox_id)
+            for i in range(0, len(inbox_ids), CHUNK):
+                self._dispatch(inbox_ids[i:i + CHUNK])
         except Exception as exc:  # Redis down: the rows are safe in PostgreSQL
             log.error("hand-over to the actors failed (the sweeper will retry): %s", exc)
 

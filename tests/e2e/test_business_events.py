@@ -239,3 +239,32 @@ def test_support_lock_unlock_cancel(api, pub, stream, currency):
     assert [e["status"] for e in events[3:]] == ["LOCKED", "ISSUED", "CANCELLED"]
     flow.assert_sequence(events)
     flow.assert_valid_stream(events)
+
+
+def test_authorization_voided(api, pub, stream, currency):
+    code, *_ = sell(api, pub, stream, currency)
+    cvc = api.call("GET", f"/certificates/{code}/cvc", "crm").json()["cvc"]
+    auth = api.call("POST", f"/certificates/{code}/authorizations", json={
+        "channel": "ONLINE_STORE", "orderId": uid("o-"), "amount": "300.00", "cvc": cvc}).json()
+    assert api.call("POST", f"/authorizations/{auth['authorizationId']}/void").status_code == 200
+    events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "audit",
+                                      "authorization.created", "authorization.voided"])
+    assert shape(events[-1:]) == [("authorization.voided", "ISSUED", "1500.00", 6)]
+    assert events[-1]["payload"]["available"] == "1500.00"
+
+
+def test_refused_purchase_refund_of_a_spent_certificate_is_an_error_event(api, pub, stream, currency):
+    code, order_id, *_ = sell(api, pub, stream, currency)
+    for kind, msg in redeem_msgs(code, "1500.00", currency)[1]:
+        pub.send(kind, msg)
+    stream.wait_types(code, ["reserve", "issue", "notification.requested", "redeem.full"])
+    refund = flow.order(order_id, [flow.gc_line(code, "1500.00")], "2000.00", currency=currency,
+                        event_type="ORDER_REFUNDED", refund_lines=[{"lineId": "1", "amount": "1500.00"}])
+    pub.send("order", refund)
+    events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "redeem.full", "error"])
+    error = events[-1]
+    assert error["status"] == "ERROR" and "sequence" not in error
+    assert error["payload"]["certificateCode"] == code and error["payload"]["source"] == "All_SalesOrder"
+    assert error["causationId"] == refund["eventId"] and "fully redeemed" in error["payload"]["message"]
+    flow.assert_valid_stream([error])
+    assert api.certificate(code)["status"] == "REDEEMED"

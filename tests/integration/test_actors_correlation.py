@@ -404,3 +404,20 @@ def test_messages_of_one_order_are_handled_in_their_kafka_order_whatever_the_thr
     assert [e for e in types(code)][-2:] == ["refund.pendingDetails", "refund"]
     assert process(ids[0]) == "skipped"
     assert InboxMessage.get_by_id(ids[0]).status == "DONE"
+
+
+def test_an_order_without_certificates_is_not_kept_until_one_concerns_them():
+    from models.tables import SalesOrder
+
+    order_id = uid("order-")
+    deliver("order", flow.order(order_id, [flow.product_line("10.00", "1")], "10.00"))
+    deliver("payment", flow.payment(order_id, "10.00"))
+    assert SalesOrder.get_or_none(SalesOrder.order_id == order_id) is None
+    # when an update adds a certificate tender, then the order is kept and correlated
+    code = issued("100.00")
+    deliver("order", flow.order(order_id, [flow.product_line("10.00", "1")], "10.00", event_type="ORDER_UPDATED",
+                                tenders=[flow.gc_tender(code, "10.00")], minute=1))
+    deliver("payment", flow.payment(order_id, "10.00", method="GIFT_CERTIFICATE",
+                                    gc={"code": code, "operation": "REDEMPTION"}))
+    assert SalesOrder.get_or_none(SalesOrder.order_id == order_id) is not None
+    assert cert(code).remaining_balance == D("90.00")

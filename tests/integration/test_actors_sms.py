@@ -120,3 +120,37 @@ def test_no_phone_fails_at_once_and_no_gateway_means_crm(gateway, monkeypatch):
     reset_settings()
     other, other_event, _ = sold_with_phone()
     assert deliver(other, other_event) == "no-gateway"
+
+
+def test_relay_hands_published_notification_requests_to_the_sms_worker(gateway):
+    import time
+
+    import dramatiq
+
+    import actors  # noqa: F401
+    from actors.broker import broker
+    from workers.kafka import ensure_topics
+    from workers.relay import Relay
+
+    ensure_topics()
+    code, event_id, secret = sold_with_phone("+79990003344")
+    relay = Relay()
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
+    worker.start()
+    try:
+        # when the relay publishes the notification request
+        relay.publish_pending()
+        # then the SMS worker sends it and the certificate is NOTIFICATION_SENT
+        deadline = time.monotonic() + 15
+        def ours():
+            return [body for key, body in gateway.received if key == event_id]
+
+        while not ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ours()) == 1 and ours()[0]["to"] == "+79990003344" and secret in ours()[0]["text"]
+        while last_types(code) != ["notification.sent"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert last_types(code) == ["notification.sent"]
+    finally:
+        worker.stop()
+        relay.close()

@@ -24,7 +24,6 @@ from tests.integration.apikit import auth
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAM_SCHEMA = json.loads((ROOT / "contracts" / "giftcertificates_stream.schema.json").read_text())
-LOADER = {"scopes": "batches:write"}
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +242,12 @@ BAD = [
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": 20310101}]}, "certificates.0.expiresAt"),
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": "PAST"}]}, "certificates.0.expiresAt"),
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "colour": "red"}]}, "certificates.0.colour"),
+    # a pattern's "$" also matches before a trailing newline: never let one through
+    ({"batchId": "b", "certificates": [{"code": "ABCDEF1\n"}]}, "certificates.0.code"),
+    ({"batchId": "b\n", "certificates": [{"code": "ABCDEF1"}]}, "batchId"),
+    ({"batchId": "b", "currency": "RUB\n", "certificates": [{"code": "ABCDEF1"}]}, "currency"),
+    ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": "2031-01-01T00:00:00Z\n"}]},
+     "certificates.0.expiresAt"),
 ]
 
 

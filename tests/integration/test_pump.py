@@ -18,7 +18,7 @@ def pump(stack):
 
     ensure_topics()
     handed = []
-    p = Pump(dispatch=handed.append)
+    p = Pump(dispatch=handed.extend)
     p.handed = handed
     yield p
     p.close()
@@ -92,7 +92,7 @@ def test_offsets_are_committed_after_the_inbox_so_a_new_pump_does_not_see_them_a
     pump.step(0.5)  # the async offset commit goes out
     # when this pump leaves and another joins the group, then nothing is read twice
     pump.consumer.close()
-    fresh = Pump(dispatch=pump.handed.append)
+    fresh = Pump(dispatch=pump.handed.extend)
     try:
         seen = []
         deadline = time.monotonic() + 8
@@ -157,7 +157,7 @@ def test_hand_over_failure_leaves_the_row_for_the_sweeper(pump):
     msg = flow.payment(uid("order-"), "4.00")
     handed, pump._dispatch = pump._dispatch, None
 
-    def redis_down(_id):
+    def redis_down(_ids):
         raise ConnectionError("redis is down")
 
     pump._dispatch = redis_down

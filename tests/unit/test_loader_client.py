@@ -82,3 +82,25 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert loader._stop
     with pytest.raises(KeyboardInterrupt):
         loader._on_signal(15, None)
+
+
+def test_the_progress_bar_runs_on_a_terminal(tmp_path, monkeypatch, capsys):
+    # given a terminal on stderr
+    from rich.console import Console
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    path = write(tmp_path, [(good(f"GCBAR{i:03d}"), "", "") for i in range(30)])
+    # when a load runs with the progress bar
+    loader = loading.Loader(loading.LoadOptions(path=path, url="http://x", token="t", chunk_size=10,
+                                                report_path=None), Recorder())
+    # then it completes and the bar was drawn on stderr
+    assert loader.run() == 0 and loader.summary["counts"]["accepted"] == 30
+    assert "loading" in capsys.readouterr().err
+
+
+def test_default_url_follows_the_environment(monkeypatch):
+    from loader.__main__ import default_url
+    monkeypatch.delenv("GCP_URL", raising=False)
+    monkeypatch.setenv("PORT", "9999")
+    assert default_url() == "http://127.0.0.1:9999"
+    monkeypatch.setenv("GCP_URL", "http://gcp:8080")
+    assert default_url() == "http://gcp:8080"

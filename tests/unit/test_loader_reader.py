@@ -6,7 +6,6 @@ import json
 import pytest
 
 from loader import codes, reader
-from loader import report as report_module
 from loader.report import Report
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
@@ -64,6 +63,7 @@ def test_every_kind_of_bad_row_is_refused_with_its_reason():
         json.dumps({"code": good("GCII99"), "nominal": 1500}),       # 5 number, not string
         json.dumps({"code": 12345678}),                              # 6 code not a string
         json.dumps({"code": good("GCJJ00"), "expiresAt": 17}),       # 7 time not a string
+        json.dumps({"code": good("GCLL11") + "\n"}),                 # 8 a trailing newline
     ]) + "\n"
     # when checked
     _, csv_results = check_all(reader.read_csv(io.StringIO(csv_text)))
@@ -77,7 +77,7 @@ def test_every_kind_of_bad_row_is_refused_with_its_reason():
         (10, "INVALID_ROW"), (11, "INVALID_CODE")]
     assert [outcome(r) for r in jsonl_results] == [
         "OK", (2, "INVALID_ROW"), (3, "INVALID_ROW"), (4, "INVALID_ROW"), (5, "INVALID_NOMINAL"),
-        (6, "INVALID_CODE"), (7, "INVALID_EXPIRES_AT")]
+        (6, "INVALID_CODE"), (7, "INVALID_EXPIRES_AT"), (8, "INVALID_CODE")]
     assert csv_results[9].message == "the code is missing"
 
 
@@ -155,22 +155,22 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path):
         list(reader.read_rows(path, "csv"))
 
 
-def test_report_sorts_rejections_by_line_and_counts_reasons(tmp_path, monkeypatch):
-    # given rejections recorded out of order
+def test_report_merges_late_rejections_in_line_order_and_counts_reasons(tmp_path):
+    # given rejections in line order, and two found late (by the second pass)
     report = Report(file="f.csv")
-    report.counts["rows"] = 3
-    for line, reason in ((9, "EXPIRED"), (2, "INVALID_CODE"), (5, "EXPIRED")):
+    report.counts["rows"] = 5
+    for line, reason in ((2, "INVALID_CODE"), (5, "EXPIRED"), (9, "EXPIRED")):
         report.reject(line, "X", reason, "m")
-    # when written
+    report.reject(7, "Y", "DUPLICATE_IN_FILE", "the same code as line 3", late=True)
+    report.reject(3, "Z", "DUPLICATE_IN_FILE", "the same code as line 1", late=True)
+    # when written (twice: the spill is read again)
     path = tmp_path / "r.json"
-    report.write(path, report.summary(complete=True, exit_code=1))
+    for _ in range(2):
+        report.write(path, report.summary(complete=True, exit_code=1))
     doc = json.loads(path.read_text())
-    # then the rows are sorted by line, and the counts by reason
-    assert [r["line"] for r in doc["rejected"]] == [2, 5, 9]
-    assert doc["rejectedByReason"] == {"EXPIRED": 2, "INVALID_CODE": 1}
-    assert doc["counts"]["rejected"] == 3 and doc["exitCode"] == 1 and doc["peakRssMb"] > 0
-    # and beyond the sort limit they keep the order they came in
-    monkeypatch.setattr(report_module, "SORT_LIMIT", 1)
-    report.write(path, report.summary(complete=True, exit_code=1))
-    assert [r["line"] for r in json.loads(path.read_text())["rejected"]] == [9, 2, 5]
+    # then the rows are in line order, and counted by reason
+    assert [r["line"] for r in doc["rejected"]] == [2, 3, 5, 7, 9]
+    assert doc["rejectedByReason"] == {"DUPLICATE_IN_FILE": 2, "EXPIRED": 2, "INVALID_CODE": 1}
+    assert doc["counts"]["rejected"] == 5 and doc["exitCode"] == 1 and doc["peakRssMb"] > 0
+    report.write(None, {})  # no report path: nothing to write
     report.close()
