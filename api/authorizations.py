@@ -28,7 +28,7 @@ IDEMPOTENCY_ERRORS = {409: ["IDEMPOTENCY_IN_PROGRESS"], 422: ["IDEMPOTENCY_KEY_R
 
 
 def _hold_id(authorization_id: str) -> str:
-    if not _ID_RE.match(authorization_id):
+    if not _ID_RE.fullmatch(authorization_id):
         raise DomainError("AUTHORIZATION_NOT_FOUND", "no such authorization")
     return authorization_id
 

@@ -121,7 +121,7 @@ def idempotent(view):
         key = request.headers.get(HEADER)
         if key is None:
             return view(*args, **kwargs)
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise ApiError(422, "VALIDATION_ERROR", "Idempotency-Key must be 1 to 255 visible ASCII "
                            "characters", field=HEADER)
         client_id = current_principal().client_id

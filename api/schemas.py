@@ -32,6 +32,16 @@ STATUSES = [s.value for s in Status]
 NOTIFICATION_STATUSES = ["NOTIFICATION_REQUESTED", "NOTIFICATION_SENT", "NOTIFICATION_FAILED"]
 
 
+class FullMatch(validate.Regexp):
+    """``validate.Regexp`` over the whole value: with ``re.match`` a pattern ending in ``$``
+    also accepts a trailing newline (``"RUB\\n"``). The pattern still documents the field."""
+
+    def __call__(self, value):
+        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
 class Strict(ma.Schema):
     """Request bodies: unknown fields are refused."""
 
@@ -79,17 +89,17 @@ class UtcDateTime(ma.fields.AwareDateTime):
 
 def text(max_length: int = 128, **kwargs) -> ma.fields.String:
     """An identifier or free text: 1..max_length characters, no control characters."""
-    return ma.fields.String(validate=[validate.Length(1, max_length), validate.Regexp(TEXT_PATTERN)],
+    return ma.fields.String(validate=[validate.Length(1, max_length), FullMatch(TEXT_PATTERN)],
                             **kwargs)
 
 
 def currency(**kwargs) -> ma.fields.String:
     meta = {"example": "RUB", "description": "ISO 4217 code", **kwargs.pop("metadata", {})}
-    return ma.fields.String(validate=validate.Regexp(CURRENCY_PATTERN), metadata=meta, **kwargs)
+    return ma.fields.String(validate=FullMatch(CURRENCY_PATTERN), metadata=meta, **kwargs)
 
 
 def code_field(**kwargs) -> ma.fields.String:
-    return ma.fields.String(validate=validate.Regexp(CODE_PATTERN), **kwargs)
+    return ma.fields.String(validate=FullMatch(CODE_PATTERN), **kwargs)
 
 
 def channel_field(**kwargs) -> ma.fields.String:
@@ -160,7 +170,7 @@ class AuthorizeRequest(Strict):
     channel = channel_field(required=True)
     orderId = text(required=True, metadata={"example": "order-43"})
     amount = Money(required=True)
-    cvc = ma.fields.String(required=True, validate=validate.Regexp(CVC_PATTERN),
+    cvc = ma.fields.String(required=True, validate=FullMatch(CVC_PATTERN),
                            metadata={"example": "123456", "description": "the secret printed or sent "
                                      "with the code; 5 wrong in a row lock the certificate"})
     currency = currency(load_default=None, metadata={"description": "default: the certificate's"})

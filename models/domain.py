@@ -76,7 +76,7 @@ ZERO = Decimal("0.00")
 
 def parse_money(value: object, name: str = "amount") -> Decimal:
     """Parse the contract's money string (``"1500.00"``) exactly; floats are refused."""
-    if not isinstance(value, str) or not _MONEY_RE.match(value):
+    if not isinstance(value, str) or not _MONEY_RE.fullmatch(value):
         raise DomainError("VALIDATION_ERROR", f"{name} must be a string like \"1500.00\"",
                           field=name)
     try:
@@ -98,7 +98,7 @@ def fmt_money(value: Decimal | None) -> str | None:
 
 
 def valid_code(code: object) -> bool:
-    return isinstance(code, str) and bool(_CODE_RE.match(code))
+    return isinstance(code, str) and bool(_CODE_RE.fullmatch(code))
 
 
 def loadable_expiry(expires_at: datetime | None, now: datetime) -> bool:

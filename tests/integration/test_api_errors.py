@@ -331,3 +331,17 @@ def test_bad_idempotency_key_and_request_id(client):
     assert resp.status_code == 404 and resp.headers["X-Request-ID"].startswith("req-")
     good_id = {**auth(), "X-Request-ID": "caller-42"}
     assert client.get("/certificates/NOSUCHCODE1", headers=good_id).headers["X-Request-ID"] == "caller-42"
+
+
+def test_a_trailing_newline_in_a_pattern_field_is_a_422_not_a_500(stack):
+    """Regression: `$` with re.match accepted "RUB\\n", which then failed in the database."""
+    from app import create_app
+    from api.auth import issue_token
+
+    client = create_app().test_client()
+    token = issue_token("web-nl", "certificates:reserve", "ONLINE_STORE")
+    resp = client.post("/certificates/next", headers={"Authorization": f"Bearer {token}"},
+                       json={"channel": "ONLINE_STORE", "orderId": "o-nl", "lineId": "1",
+                             "nominal": "100.00", "currency": "RUB\n"})
+    assert resp.status_code == 422
+    assert resp.json["code"] == "VALIDATION_ERROR"
