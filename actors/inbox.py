@@ -1,8 +1,10 @@
 """The inbox actor: one input message, recorded by the pump in ``inbox_message``, handled once.
 
-The pump hands over only the inbox row id. The actor locks the row, skips it unless it is still
-``PENDING`` (a duplicate hand-over, a redelivery after a crash), turns the message into its
-command and runs it through ``models.services.handle``; the row becomes ``DONE`` in the same
+The pump hands over inbox row ids (``process_inbox_batch``, a poll's worth at a time; a row that
+fails there goes on alone through ``process_inbox`` and its retries). The actor locks the row,
+skips it unless it is still ``PENDING`` (a duplicate hand-over, a redelivery after a crash),
+turns the message into its command and runs it through ``models.services.handle``; the row
+becomes ``DONE`` in the same
 transaction as every effect, so a message is applied exactly once. Transient faults raise and
 Dramatiq retries with backoff; after the last retry the row becomes ``FAILED`` and the pump
 sends the message to the DLQ.

@@ -4,8 +4,9 @@ Every use case writes its stream events into ``outbox_event`` in the same transa
 change, and ``NOTIFY gcp_outbox`` at commit. The relay ``LISTEN``s on that channel (a slow poll
 is only the fallback), reads the unpublished rows in id order, produces them with the
 idempotent producer (``acks=all``; key = certificate code, or orderId for ``issue.blocked``;
-headers ``eventType`` and ``channel`` as the contract says, plus ``outboxId``) and marks them
-published once Kafka acknowledged them.
+headers ``eventType`` and ``channel`` as the contract says, plus ``outboxId``) and marks each
+published as soon as Kafka acknowledged it. Production is pipelined: new rows go out while
+earlier ones await their acknowledgement, at most ``BATCH`` in flight.
 
 Ordering: one certificate's events are written under its row lock, so their ids follow their
 ``sequence``; one relay (the holder of a PostgreSQL advisory lock: several relay processes may
@@ -30,7 +31,7 @@ import uuid
 
 import psycopg2
 import psycopg2.extensions
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from config import get_settings
 from models.db import connect_params
@@ -57,6 +58,9 @@ class Relay:
         self.producer = producer or make_producer(**{"delivery.timeout.ms": 0, "linger.ms": 1})
         self.leader = False
         self.stop = threading.Event()
+        self.inflight: dict[int, tuple] = {}   # produced, not acknowledged yet
+        self.acknowledged: list[int] = []
+        self.errors: list = []
         self.on_published = on_published or _hand_over_sms
 
     # -- leadership
@@ -83,47 +87,65 @@ class Relay:
             log.warning("took over: %d rows were already on the stream", marked)
         return marked
 
-    # -- publishing
-    def publish_pending(self) -> int:
-        """Publish every unpublished row, in id order. Returns how many went out."""
-        total = 0
-        while True:
-            n = self.publish_batch()
-            total += n
-            if n < BATCH:
-                return total
-
-    def publish_batch(self) -> int:
+    # -- publishing: produce without waiting, mark as the acknowledgements come back
+    def produce_pending(self) -> int:
+        """Produce the unpublished rows not yet in flight, in id order, while fewer than
+        ``BATCH`` are in flight. Returns how many were produced."""
+        room = BATCH - len(self.inflight)
+        if room <= 0:
+            return 0
         with self.conn.cursor() as cur:
             cur.execute("SELECT id, message_key, event_type, channel, envelope::text FROM outbox_event"
-                        " WHERE published_at IS NULL ORDER BY id LIMIT %s", (BATCH,))
-            rows = cur.fetchall()
-        if not rows:
-            return 0
-        errors = []
-
-        def delivered(err, _msg):
-            if err is not None:
-                errors.append(err)
-
+                        " WHERE published_at IS NULL ORDER BY id LIMIT %s", (room + len(self.inflight),))
+            rows = [r for r in cur.fetchall() if r[0] not in self.inflight][:room]
         topic = self.settings.topic_stream
-        for row_id, key, event_type, channel, envelope in rows:
-            self.producer.produce(topic, key=key.encode(), value=envelope.encode(), on_delivery=delivered,
+        for row in rows:
+            row_id, key, event_type, channel, envelope = row
+            self.inflight[row_id] = row
+            self.producer.produce(topic, key=key.encode(), value=envelope.encode(),
+                                  on_delivery=lambda err, _msg, rid=row_id: self._acked(rid, err),
                                   headers=[("eventType", event_type.encode()), ("channel", channel.encode()),
                                            ("outboxId", str(row_id).encode())])
-            self.producer.poll(0)
-        while len(self.producer) > 0:  # no delivery timeout: waits out a Kafka outage
-            self.producer.flush(1.0)
-            self._check_connection()
-            if self.stop.is_set() and len(self.producer) > 0:
-                raise SystemExit("stopped while Kafka is unreachable; the next leader goes on")
-        if errors:  # not expected with an infinite delivery timeout; never mark what failed
-            raise RuntimeError(f"stream produce failed: {errors[0]}")
-        with self.conn.cursor() as cur:
-            cur.execute("UPDATE outbox_event SET published_at = now() WHERE id = ANY(%s)",
-                        ([r[0] for r in rows],))
-        self._observe(rows)
+        self.producer.poll(0)
         return len(rows)
+
+    def _acked(self, row_id: int, err) -> None:
+        if err is not None:  # not expected with an infinite delivery timeout
+            self.errors.append(err)
+        else:
+            self.acknowledged.append(row_id)
+
+    def settle(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports (waiting up to ``timeout``) and mark the acknowledged rows
+        published. Returns how many were marked."""
+        self.producer.poll(timeout)
+        if self.errors:  # never mark what failed; the next leader starts over from the table
+            raise RuntimeError(f"stream produce failed: {self.errors[0]}")
+        if not self.acknowledged:
+            return 0
+        ids, self.acknowledged = self.acknowledged, []
+        with self.conn.cursor() as cur:
+            cur.execute("UPDATE outbox_event SET published_at = now() WHERE id = ANY(%s)", (ids,))
+        self._observe([self.inflight.pop(i) for i in ids])
+        return len(ids)
+
+    def publish_pending(self) -> int:
+        """Publish every unpublished row and wait until Kafka has them all (waits out an outage).
+        Returns how many went out."""
+        total, last_check = 0, time.monotonic()
+        while True:
+            produced = self.produce_pending()
+            while self.inflight:
+                total += self.settle(0.05)
+                if time.monotonic() - last_check > 1.0:
+                    self._check_connection()
+                    last_check = time.monotonic()
+                    if self.stop.is_set():
+                        raise SystemExit("stopped while Kafka is unreachable; the next leader goes on")
+                if len(self.inflight) < BATCH // 2:
+                    produced += self.produce_pending()
+            if not produced:
+                return total
 
     def _check_connection(self) -> None:
         """While waiting for Kafka, make sure we still hold the lock (connection alive)."""
@@ -146,59 +168,87 @@ class Relay:
         with self.conn.cursor() as cur:
             cur.execute(f"LISTEN {OUTBOX_CHANNEL}")
         log.info("relay started", extra={"topic": self.settings.topic_stream})
+        more, last_check = True, time.monotonic()
         while not stop.is_set():
             try:
-                if self.try_lead():
-                    self.publish_pending()
-                self._wait(IDLE_POLL)
+                if not self.try_lead():
+                    self._wait(IDLE_POLL)
+                    continue
+                if more and len(self.inflight) < BATCH:
+                    room = BATCH - len(self.inflight)
+                    more = self.produce_pending() == room  # a full read: more may be waiting
+                if self.inflight:
+                    # acknowledgements come back in milliseconds; new commits are noticed meanwhile
+                    self.settle(0.002 if len(self.inflight) < BATCH else 0.1)
+                    more = self._wait(0) or more
+                    if time.monotonic() - last_check > 1.0:  # still connected, so still the leader
+                        self._check_connection()
+                        last_check = time.monotonic()
+                elif not more:
+                    self._wait(IDLE_POLL)  # a NOTIFY, or the fallback poll
+                    more = True
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 log.exception("lost the database connection: stopping (the supervisor restarts us)")
                 raise SystemExit(1)
         self.close()
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> bool:
+        """Wait for a commit's NOTIFY (up to ``timeout``). True when one came."""
         if select.select([self.conn], [], [], timeout) == ([], [], []):
-            return
+            return False
         self.conn.poll()
+        got = bool(self.conn.notifies)
         self.conn.notifies.clear()
+        return got
 
     def close(self) -> None:
         self.producer.flush(10)
-        self.conn.close()
+        try:
+            if self.leader and not self.conn.closed:
+                self.settle(0)  # mark what Kafka acknowledged before we go
+        except Exception:  # the next leader finds them on the stream anyway
+            log.exception("could not mark the last acknowledged rows")
+        finally:
+            self.conn.close()
 
 
 def published_ids_in_tail(topic: str, depth: int, timeout: float = 30.0) -> set[int]:
-    """The ``outboxId`` headers of the last ``depth`` messages of each partition of ``topic``."""
+    """The ``outboxId`` headers of the last ``depth`` messages of each partition of ``topic``.
+
+    Reads until the position of every partition has reached its high watermark, asked afresh
+    (a broker may show a just-acknowledged message a moment later), twice in a row.
+    """
     consumer = Consumer(consumer_config("gcp-relay-recover-" + uuid.uuid4().hex[:8],
                                         **{"enable.partition.eof": True}))
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or not meta.partitions:
             return set()
-        assignment, ends = [], {}
-        for p in meta.partitions:
+        parts = sorted(meta.partitions)
+
+        def highs() -> dict[int, int]:
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                    for p in parts}
+
+        start = {}
+        for p in parts:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                assignment.append(TopicPartition(topic, p, max(low, high - depth)))
-                ends[p] = high
-        if not assignment:
-            return set()
-        consumer.assign(assignment)
+            start[p] = max(low, high - depth)
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in parts])
         found: set[int] = set()
+        position = dict(start)
         deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
+        caught_up = 0
+        while time.monotonic() < deadline and caught_up < 2:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                for key, value in msg.headers() or ():
+                    if key == "outboxId" and value:
+                        found.add(int(value))
+                position[msg.partition()] = msg.offset() + 1
                 continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ends.pop(msg.partition(), None)
-                continue
-            for key, value in msg.headers() or ():
-                if key == "outboxId" and value:
-                    found.add(int(value))
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
+            current = highs()
+            caught_up = caught_up + 1 if all(position[p] >= current[p] for p in parts) else 0
         return found
     finally:
         consumer.close()
