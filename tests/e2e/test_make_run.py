@@ -22,15 +22,21 @@ def start(local: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items()
            if k not in SERVER_VARS and not k.startswith(("TOPIC_", "KAFKA_", "PYTEST", "COV_", "GCP_PG"))}
     env.update(GCP_LOCAL_DIR=str(local), PORT=str(port), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING")
-    log = open(local.parent / f"run-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    path = local.parent / f"run-{time.monotonic_ns()}.log"
+    proc = subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=open(path, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = path
+    return proc
+
+
+def log_tail(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()[-3000:]
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        assert proc.poll() is None, "make run exited early"
+        assert proc.poll() is None, f"make run exited early ({proc.returncode}):\n{log_tail(proc)}"
         try:
             resp = requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
             if resp.status_code == 200:
@@ -38,7 +44,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> float:
         except requests.RequestException:
             pass
         time.sleep(0.25)
-    raise AssertionError(f"/health/ready not 200 within {timeout}s")
+    raise AssertionError(f"/health/ready not 200 within {timeout}s:\n{log_tail(proc)}")
 
 
 def processes_of(local: Path, port: int) -> list[psutil.Process]:
