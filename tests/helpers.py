@@ -1,6 +1,7 @@
 """Small helpers shared by tests: unique ids and loading certificates through the use cases."""
 from __future__ import annotations
 
+import string
 import uuid
 from decimal import Decimal
 
@@ -16,12 +17,16 @@ def unique_code(prefix: str = "T") -> str:
     return (prefix + uuid.uuid4().hex[:14]).upper()
 
 
-def unique_currency() -> str:
-    """A currency nobody else uses in this run: isolates pool tests without truncating."""
-    import random
-    import string
+_CURRENCIES = iter(["X" + a + b for a in string.ascii_uppercase for b in string.ascii_uppercase])
 
-    return "X" + "".join(random.choice(string.ascii_uppercase) for _ in range(2))
+
+def unique_currency() -> str:
+    """A currency no other test of this run uses: isolates pool tests without truncating.
+
+    Each xdist worker has a database of its own, so a sequence per process never repeats
+    (random picks from 676 codes collided: two tests then shared one pool).
+    """
+    return next(_CURRENCIES)
 
 
 def load(n: int = 1, nominal: str | None = "1000.00", currency: str = "RUB",
