@@ -17,6 +17,7 @@ import uuid
 from collections import defaultdict
 
 import requests
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 import config
 
@@ -110,6 +111,7 @@ class Demo:
         else:
             self.order(order_id, channel, lines, total)
             self.payment(order_id, channel, total, gc={"code": code, "operation": "PURCHASE"})
+        self.producer.flush(5)  # stamp when Kafka has the messages, not when they were queued
         self.sent_at[code] = time.time()
         self.story[code] = label
         return code, order_id
@@ -120,7 +122,9 @@ class Demo:
             msg = self.reader.poll(0.1)
             if msg is not None and not msg.error():
                 event = json.loads(msg.value())
-                event["_at"] = time.time()
+                # when the relay produced it (the demo reads the stream only while it waits)
+                kind, stamp_ms = msg.timestamp()
+                event["_at"] = stamp_ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and stamp_ms > 0 else time.time()
                 self.events[msg.key().decode()].append(event)
             if predicate():
                 return True
@@ -174,6 +178,7 @@ class Demo:
                        tenders=[{"type": "GIFT_CERTIFICATE", "certificateCode": a, "amount": amount}])
             self.payment(order_id, "POS", amount, method="GIFT_CERTIFICATE",
                          gc={"code": a, "operation": "REDEMPTION", "amount": amount})
+            self.producer.flush(5)
             self.sent_at[a] = time.time()
         self.story[a] = "redeemed 600.00 then 400.00 at POS"
 
