@@ -1,6 +1,6 @@
 """Benchmark: load 1,000,000 codes end to end (file -> HTTP -> PostgreSQL) with the loader.
 
-    python -m bench.load_million [--count 1000000] [--chunk-size 5000] [--workers 2] [--repeat]
+    python -m bench.load_million [--count 1000000] [--chunk-size 10000] [--workers 2] [--repeat]
 
 Starts its own embedded PostgreSQL in a temp dir (fsync off, as the tests run it) and gunicorn
 with the Procfile's settings (2 workers) on a free port; writes the file with
@@ -123,7 +123,7 @@ def _load(file: Path, url: str, token: str, report: Path, args) -> tuple[float, 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000)
-    parser.add_argument("--chunk-size", type=int, default=5_000)
+    parser.add_argument("--chunk-size", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", action="store_true", help="also time loading the same file again")
     parser.add_argument("--no-floor", action="store_true", help="skip the COPY floor (quick tuning runs)")

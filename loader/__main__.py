@@ -122,7 +122,7 @@ def _blocks(items, size: int = 10_000):
 @click.option("--format", "fmt", type=click.Choice(reader.FORMATS), default=None,
               help="default: from the file name (.csv, .jsonl)")
 @click.option("--no-check-digit", is_flag=True, help="accept codes without a valid check character")
-@click.option("--chunk-size", type=click.IntRange(1, 50_000), default=5_000, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(1, 50_000), default=10_000, show_default=True,
               help="rows per request")
 @click.option("--max-body-bytes", type=click.IntRange(10_000), default=1_000_000, show_default=True,
               help="largest request body (the service's MAX_BODY_BYTES)")

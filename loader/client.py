@@ -144,7 +144,7 @@ class LoadOptions:
     dry_run: bool = False
     fmt: str | None = None
     check_digit: bool = True
-    chunk_size: int = 5_000
+    chunk_size: int = 10_000
     max_body_bytes: int = 1_000_000
     workers: int = 2
     max_chunks: int | None = None  # stop after this many chunks (to test resuming)
