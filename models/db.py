@@ -68,6 +68,38 @@ def migration_status() -> list[tuple[str, object]]:
         return [(m.name, m.applied) for m in Runner(db.obj, str(MIGRATIONS_DIR)).status()]
 
 
+def listening_connection(application_name: str, *channels: str):
+    """A dedicated autocommit psycopg2 connection that LISTENs on ``channels``.
+
+    For long-running processes woken by ``NOTIFY`` at commit (the relay, the scheduler); the
+    pool is no place for it, because notifications arrive on the connection that listens.
+    """
+    import psycopg2
+    import psycopg2.extensions
+
+    from config import get_settings
+
+    conn = psycopg2.connect(**connect_params(get_settings().database_url),
+                            application_name=application_name)
+    conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    with conn.cursor() as cur:
+        for channel in channels:
+            cur.execute(f"LISTEN {channel}")
+    return conn
+
+
+def wait_for_notify(conn, timeout: float) -> bool:
+    """Block up to ``timeout`` seconds for a NOTIFY on ``conn``; True when one (or more) came."""
+    import select
+
+    if select.select([conn], [], [], timeout) == ([], [], []):
+        return False
+    conn.poll()
+    got = bool(conn.notifies)
+    conn.notifies.clear()
+    return got
+
+
 @contextlib.contextmanager
 def connection():
     """A connection for the duration of the block, returned to the pool afterwards."""

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
-import select
 import signal
 import threading
 import time
 import uuid
 
 import psycopg2
-import psycopg2.extensions
 from confluent_kafka import Consumer, TopicPartition
 
 from config import get_settings
-from models.db import connect_params
+from models.db import listening_connection, wait_for_notify
 from models.services import OUTBOX_CHANNEL
 from workers.kafka import consumer_config, producer as make_producer
 
@@ -52,9 +50,7 @@ class Relay:
 
     def __init__(self, producer=None, on_published=None):
         self.settings = get_settings()
-        self.conn = psycopg2.connect(**connect_params(self.settings.database_url),
-                                     application_name="gcp-relay")
-        self.conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        self.conn = listening_connection("gcp-relay", OUTBOX_CHANNEL)
         self.producer = producer or make_producer(**{"delivery.timeout.ms": 0, "linger.ms": 1})
         self.leader = False
         self.stop = threading.Event()
@@ -165,8 +161,6 @@ class Relay:
     # -- the loop
     def run(self, stop: threading.Event) -> None:
         self.stop = stop
-        with self.conn.cursor() as cur:
-            cur.execute(f"LISTEN {OUTBOX_CHANNEL}")
         log.info("relay started", extra={"topic": self.settings.topic_stream})
         more, last_check = True, time.monotonic()
         while not stop.is_set():
@@ -194,12 +188,7 @@ class Relay:
 
     def _wait(self, timeout: float) -> bool:
         """Wait for a commit's NOTIFY (up to ``timeout``). True when one came."""
-        if select.select([self.conn], [], [], timeout) == ([], [], []):
-            return False
-        self.conn.poll()
-        got = bool(self.conn.notifies)
-        self.conn.notifies.clear()
-        return got
+        return wait_for_notify(self.conn, timeout)
 
     def close(self) -> None:
         self.producer.flush(10)

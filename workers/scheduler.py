@@ -16,18 +16,15 @@ changes nothing.
 from __future__ import annotations
 
 import logging
-import select
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
-import psycopg2
-import psycopg2.extensions
 
 from config import get_settings
 from models import orders, services as svc
-from models.db import connect_params, connection
+from models.db import connection, listening_connection, wait_for_notify
 from models.domain import DomainError
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
 
@@ -120,9 +117,7 @@ def tick(blocked: bool = False) -> TickResult:
 class Scheduler:
     def __init__(self):
         self.settings = get_settings()
-        self.conn = psycopg2.connect(**connect_params(self.settings.database_url),
-                                     application_name="gcp-scheduler")
-        self.conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        self.conn = listening_connection("gcp-scheduler", svc.POOL_CHANNEL)
         self.leader = False
 
     def try_lead(self) -> bool:
@@ -133,8 +128,6 @@ class Scheduler:
         return self.leader
 
     def run(self, stop: threading.Event) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(f"LISTEN {svc.POOL_CHANNEL}")
         interval = self.settings.scheduler_interval_ms / 1000.0
         refilled, last_blocked = True, 0.0
         log.info("scheduler started", extra={"intervalMs": self.settings.scheduler_interval_ms})
@@ -154,12 +147,7 @@ class Scheduler:
 
     def _wait(self, timeout: float) -> bool:
         """Sleep until the next tick; True when the pool was refilled meanwhile."""
-        if select.select([self.conn], [], [], timeout) == ([], [], []):
-            return False
-        self.conn.poll()
-        got = bool(self.conn.notifies)
-        self.conn.notifies.clear()
-        return got
+        return wait_for_notify(self.conn, timeout)
 
 
 def main() -> None:
