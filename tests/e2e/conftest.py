@@ -191,6 +191,16 @@ class Api:
         return resp.json()
 
 
+@pytest.fixture
+def stream(procs):
+    """A reader of this module's GiftCertificates.Stream topic."""
+    from tests.e2e import flow
+
+    reader = flow.TopicReader()
+    yield reader
+    reader.close()
+
+
 @pytest.fixture(scope="module")
 def api(procs):
     return Api(procs.url)

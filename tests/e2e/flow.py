@@ -246,3 +246,9 @@ class InProcessPipeline:
             t.join(30)
         if self.worker is not None:
             self.worker.stop()
+
+
+def shape(events):
+    """What the contract promises per event: type, status, payload balance and sequence."""
+    return [(e["eventType"], e["status"], e["payload"].get("remainingBalance"), e.get("sequence"))
+            for e in events]

@@ -6,7 +6,6 @@ import pytest
 
 from models.db import db
 from tests.e2e import flow
-from tests.e2e.conftest import wait_until
 from tests.helpers import uid, unique_code
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
@@ -16,19 +15,6 @@ D = Decimal
 @pytest.fixture
 def pub():
     return flow.Publisher()
-
-
-@pytest.fixture
-def stream(procs):
-    reader = flow.TopicReader()
-    yield reader
-    reader.close()
-
-
-def shape(events):
-    """What the contract promises per event: type, status, payload balance and sequence."""
-    return [(e["eventType"], e["status"], e["payload"].get("remainingBalance"), e.get("sequence"))
-            for e in events]
 
 
 def sell(api, pub, stream, currency, nominal="1500.00", channel="ONLINE_STORE", payment_first=False):
@@ -52,7 +38,7 @@ def test_reserve_and_issue_after_full_payment_in_both_arrival_orders(api, pub, s
     for payment_first in (False, True):
         code, order_id, events, msgs = sell(api, pub, stream, currency, payment_first=payment_first)
         flow.assert_valid_stream(events)
-        assert shape(events) == [("reserve", "RESERVED", "0.00", 1), ("issue", "ISSUED", "1500.00", 2),
+        assert flow.shape(events) == [("reserve", "RESERVED", "0.00", 1), ("issue", "ISSUED", "1500.00", 2),
                                  ("notification.requested", "NOTIFICATION_REQUESTED", "1500.00", 3)]
         issue = events[1]
         # caused by whichever of the two messages completed the order (they may be handled in
@@ -78,7 +64,7 @@ def test_redemption_partial_then_full(api, pub, stream, currency):
             pub.send(kind, msg)
         stream.wait_for(lambda r: len(r.for_key(code)) >= n, what=f"redemption of {amount}")
     events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "redeem.partial", "redeem.full"])
-    assert shape(events[3:]) == [("redeem.partial", "PARTIALLY_REDEEMED", "900.00", 4),
+    assert flow.shape(events[3:]) == [("redeem.partial", "PARTIALLY_REDEEMED", "900.00", 4),
                                  ("redeem.full", "REDEEMED", "0.00", 5)]
     assert events[3]["channel"] == "POS" and events[3]["payload"]["amount"] == "600.00"
     flow.assert_valid_stream(events)
@@ -108,7 +94,7 @@ def test_api_capture_is_confirmed_by_the_tender_and_a_mismatch_alerts(api, pub, 
     alert = events[-1]
     assert alert["status"] == "ALERT" and alert["payload"]["code"] == "CAPTURE_MISMATCH"
     assert alert["payload"]["message"] == f"tender 250.00 differs from captured authorization {auths[1][1]} (200.00)"
-    assert shape(events[4:8]) == [("authorization.created", "ISSUED", "1500.00", 5),
+    assert flow.shape(events[4:8]) == [("authorization.created", "ISSUED", "1500.00", 5),
                                   ("authorization.captured", "PARTIALLY_REDEEMED", "1250.00", 6),
                                   ("authorization.created", "PARTIALLY_REDEEMED", "1250.00", 7),
                                   ("authorization.captured", "PARTIALLY_REDEEMED", "1050.00", 8)]
@@ -130,7 +116,7 @@ def test_purchase_refund_pending_then_refunded_or_pending_details(api, pub, stre
             (["refund.pendingDetails"] if needs_details else []) + ["refund"]
         events = stream.wait_types(code, expected)
         assert events[3]["status"] == "REFUND_PENDING" and events[3]["payload"]["refundableAmount"] == "1500.00"
-        assert shape(events[-1:]) == [("refund", "REFUNDED", "0.00", len(expected))]
+        assert flow.shape(events[-1:]) == [("refund", "REFUNDED", "0.00", len(expected))]
         if needs_details:
             assert events[4]["status"] == "REFUND_PENDING_DETAILS"
         flow.assert_valid_stream(events)
@@ -148,7 +134,7 @@ def test_refund_back_onto_a_certificate(api, pub, stream, currency):
                                      currency=currency, method="GIFT_CERTIFICATE",
                                      gc={"code": code, "operation": "REFUND", "amount": "200.00"}))
     events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "redeem.partial", "refund"])
-    assert shape(events[3:]) == [("redeem.partial", "PARTIALLY_REDEEMED", "900.00", 4),
+    assert flow.shape(events[3:]) == [("redeem.partial", "PARTIALLY_REDEEMED", "900.00", 4),
                                  ("refund", "PARTIALLY_REDEEMED", "1100.00", 5)]
 
 
@@ -160,7 +146,7 @@ def test_cancelled_order_releases_its_reservation(api, pub, stream, currency):
     pub.send("order", flow.order(order_id, [flow.gc_line(code, "1000.00")], "1000.00", currency=currency,
                                  event_type="ORDER_CANCELLED"))
     events = stream.wait_types(code, ["reserve", "release"])
-    assert shape(events) == [("reserve", "RESERVED", "0.00", 1), ("release", "AVAILABLE", "0.00", 2)]
+    assert flow.shape(events) == [("reserve", "RESERVED", "0.00", 1), ("release", "AVAILABLE", "0.00", 2)]
     assert events[1]["payload"]["reason"] == "ORDER_CANCELLED"
     assert api.certificate(code)["status"] == "AVAILABLE"
 
@@ -206,7 +192,7 @@ def test_crm_notification_results(api, pub, stream, currency):
     pub.send("client", flow.notification_result(sent, "DELIVERED"))
     pub.send("client", flow.notification_result(failed, "FAILED"))
     events = stream.wait_types(sent, ["reserve", "issue", "notification.requested", "notification.sent"])
-    assert shape(events[-1:]) == [("notification.sent", "NOTIFICATION_SENT", "1500.00", 4)]
+    assert flow.shape(events[-1:]) == [("notification.sent", "NOTIFICATION_SENT", "1500.00", 4)]
     events = stream.wait_types(failed, ["reserve", "issue", "notification.requested", "notification.failed"])
     assert events[-1]["status"] == "NOTIFICATION_FAILED"
     assert api.certificate(sent)["notificationStatus"] == "NOTIFICATION_SENT"
@@ -225,7 +211,7 @@ def test_holds_and_certificates_expire_on_time(api, pub, stream, currency):
         db.execute_sql("UPDATE gift_certificate SET expires_at = now() WHERE code = %s", (code,))
     events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "audit", "authorization.created",
                                       "authorization.expired", "expire"])
-    assert shape(events[-2:]) == [("authorization.expired", "ISSUED", "1500.00", 6),
+    assert flow.shape(events[-2:]) == [("authorization.expired", "ISSUED", "1500.00", 6),
                                   ("expire", "EXPIRED", "1500.00", 7)]
     flow.assert_sequence(events)
 
@@ -249,7 +235,7 @@ def test_authorization_voided(api, pub, stream, currency):
     assert api.call("POST", f"/authorizations/{auth['authorizationId']}/void").status_code == 200
     events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "audit",
                                       "authorization.created", "authorization.voided"])
-    assert shape(events[-1:]) == [("authorization.voided", "ISSUED", "1500.00", 6)]
+    assert flow.shape(events[-1:]) == [("authorization.voided", "ISSUED", "1500.00", 6)]
     assert events[-1]["payload"]["available"] == "1500.00"
 
 

@@ -2,7 +2,6 @@
 duplicates and reverse order change nothing; poison messages go to the DLQ while processing goes
 on; SIGKILL of the pump, the worker and the relay in a burst loses nothing and applies nothing
 twice."""
-import signal
 import threading
 import time
 from collections import Counter
@@ -18,18 +17,6 @@ from tests.helpers import uid, unique_code
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 D = Decimal
-
-
-@pytest.fixture
-def stream(procs):
-    reader = flow.TopicReader()
-    yield reader
-    reader.close()
-
-
-def shape(events):
-    return [(e["eventType"], e["status"], e["payload"].get("remainingBalance"), e.get("sequence"))
-            for e in events]
 
 
 def state(code):
@@ -89,7 +76,7 @@ def test_duplicated_and_reversed_messages_give_the_same_state_and_stream(api, st
         pub.flush()
         events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "refund",
                                           "refund.pendingDetails", "refund"], timeout=30)
-        runs[direction] = (shape(events), state(code))
+        runs[direction] = (flow.shape(events), state(code))
     assert runs["forward"] == runs["reverse"]
     assert runs["forward"][1] == ("REFUNDED", D("0.00"), D("0.00"))
 
@@ -108,7 +95,7 @@ def test_duplicated_and_reversed_messages_give_the_same_state_and_stream(api, st
         pub.flush()
         events = stream.wait_types(code, ["reserve", "issue", "notification.requested", "redeem.partial",
                                           "refund"], timeout=30)
-        spent[direction] = (shape(events), state(code))
+        spent[direction] = (flow.shape(events), state(code))
     assert spent["forward"] == spent["reverse"]
     assert spent["forward"][1] == ("PARTIALLY_REDEEMED", D("1100.00"), D("1100.00"))
 
