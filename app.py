@@ -40,7 +40,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     import api as api_pkg
     from api import errors
-    from models.db import close_db, db, init_db
+    from models.db import close_db, init_db
     from observability import HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, request_id_var, setup_logging
 
     settings = settings or get_settings()

@@ -5,7 +5,7 @@ Every setting is documented in README.md (table "Configuration") with its defaul
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Root of the project checkout (where app.py lives).

@@ -27,7 +27,7 @@ from models import correlation as corr
 from models import services as svc
 from models.db import db
 from models.domain import DomainError, Status, fmt_money
-from models.tables import (AuditLog, AuthorizationHold, BlockedIssue, ClientProfile,
+from models.tables import (AuthorizationHold, BlockedIssue, ClientProfile,
                            GiftCertificate, SalesOrder)
 
 log = logging.getLogger("gcp.orders")

@@ -11,22 +11,21 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
-import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from peewee import JOIN, IntegrityError, fn
+from peewee import IntegrityError, fn
 
 from config import get_settings
 from models import cache, cvc as cvc_secret
 from models.db import db
 from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
-                           fmt_money, hold_overdue, positive_money, reservation_lapsed,
+                           fmt_money, hold_overdue, reservation_lapsed,
                            valid_code, ZERO)
-from models.tables import (AuditLog, AuthorizationHold, CertificateBatch, GiftCertificate,
+from models.tables import (AuditLog, AuthorizationHold, GiftCertificate,
                            Operation, OrderPayment, OutboxEvent)
 
 log = logging.getLogger("gcp.services")
