@@ -71,7 +71,7 @@ class Settings:
     actor_max_retries: int = 5
     actor_min_backoff_ms: int = 100
     actor_max_backoff_ms: int = 5_000
-    worker_timeout_ms: int = 50
+    worker_timeout_ms: int = 200
     sms_max_retries: int = 5
     sms_gateway_url: str | None = None
     inbox_sweep_after_ms: int = 30_000
@@ -128,7 +128,7 @@ def load_settings() -> Settings:
         actor_max_retries=_int("ACTOR_MAX_RETRIES", 5),
         actor_min_backoff_ms=_int("ACTOR_MIN_BACKOFF_MS", 100),
         actor_max_backoff_ms=_int("ACTOR_MAX_BACKOFF_MS", 5_000),
-        worker_timeout_ms=_int("WORKER_TIMEOUT_MS", 50),
+        worker_timeout_ms=_int("WORKER_TIMEOUT_MS", 200),
         sms_max_retries=_int("SMS_MAX_RETRIES", 5),
         sms_gateway_url=_str("SMS_GATEWAY_URL"),
         inbox_sweep_after_ms=_int("INBOX_SWEEP_AFTER_MS", 30_000),
