@@ -74,8 +74,8 @@ def _handle(source: str, payload: dict, inbox_id: int) -> None:
     commands = {"All_SalesOrder": orders.OrderMessage, "All_Payments": orders.PaymentMessage,
                 "All_Clients": orders.ClientMessage}
     outcome = svc.handle(commands[source](payload), orders.message_context(payload, source))
-    db.execute_sql("UPDATE inbox_message SET status = 'DONE', processed_at = now(),"
-                   " attempts = attempts + 1 WHERE id = %s", (inbox_id,))
+    db.defer("UPDATE inbox_message SET status = 'DONE', processed_at = now(),"
+             " attempts = attempts + 1 WHERE id = %s", (inbox_id,))  # sent with the COMMIT
     log.debug("message handled", extra={"eventId": payload.get("eventId"), "source": source,
                                        "effects": outcome.effects, "note": outcome.note})
 

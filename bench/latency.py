@@ -176,10 +176,13 @@ def measure_floor(n: int) -> list[float]:
     return [got[i] - sent[i] for i in ids if i in got]
 
 
-def measure_service(n: int, cert_share: float = 1.0) -> tuple[list[float], int]:
+def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[float], int]:
     """A realistic burst: each sale is an ORDER_CREATED and, 10 ms later, its full payment
     (100 messages/s = 50 sales/s). Latency from producing the payment (the message that
-    completes the order) to reading its ``issue`` event on the stream."""
+    completes the order) to reading its ``issue`` event on the stream.
+
+    ``probe`` (if given) is called right before the paced burst and right after its last
+    ``issue`` was read, so CPU is counted for the burst only (not the set-up's reservations)."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from config import get_settings
@@ -250,6 +253,8 @@ def measure_service(n: int, cert_share: float = 1.0) -> tuple[list[float], int]:
             plain = "plain-" + uuid.uuid4().hex[:10]
             steps += [("plain-order", plain, None), ("plain-payment", plain, None)]
     steps = steps[:max(n, 2)]
+    if probe is not None:
+        probe()
     for kind, order_id, code in paced(steps, RATE):
         if kind == "order":
             producer.produce(s.topic_sales_order, key=order_id, value=json.dumps(order(order_id, code)))
@@ -266,6 +271,8 @@ def measure_service(n: int, cert_share: float = 1.0) -> tuple[list[float], int]:
     wanted.intersection_update(set(sent) | {c for _o, c in warm})
     producer.flush(10)
     reading.join()
+    if probe is not None:
+        probe()
     reader.close()
     lost = sum(1 for c in sent if c not in got)
     with db.connection_context():  # where the time goes, from the rows' own timestamps
@@ -311,7 +318,7 @@ def main(n: int | None = None) -> dict:
         procs = start_procs(env, tmp)
         time.sleep(2)
         floor = percentiles(measure_floor(n))
-        servers = dict(stack.pids())
+        servers = dict(stack.pids(), bench=os.getpid())  # the load generator and reader too
         pg_pid = (stack.pgdata / "postmaster.pid")
         if pg_pid.exists():
             servers["postgres"] = int(pg_pid.read_text().split()[0])
@@ -319,9 +326,9 @@ def main(n: int | None = None) -> dict:
         mixed_samples, mixed_lost = measure_service(n, share)
         mixed = percentiles(mixed_samples)
         time.sleep(2)
-        cpu_before = cpu_seconds(procs, servers)
-        service_samples, lost = measure_service(n)
-        cpu_after = cpu_seconds(procs, servers)
+        marks = []
+        service_samples, lost = measure_service(n, probe=lambda: marks.append(cpu_seconds(procs, servers)))
+        cpu_before, cpu_after = marks
         service = percentiles(service_samples)
         lost += mixed_lost
         print(f"input -> stream latency at {RATE} messages/s, {n} messages (times in ms)")

@@ -126,8 +126,8 @@ def _copy_direct(cursor, cmd: svc.LoadBatch, rows: list[tuple[str, str, str]], n
     end = f"\t{stamp}\t{stamp}\n"
     text = "".join(f"{c}{fixed}{'t' if n == _NULL else 'f'}\t{n}{tail}{e}{end}" for c, n, e in rows)
     try:
-        with db.atomic():  # a savepoint
-            cursor.copy_expert(_COPY_DIRECT, io.StringIO(text))
+        with db.atomic():  # a savepoint (a fresh cursor sends it first: see models.db)
+            db.cursor().copy_expert(_COPY_DIRECT, io.StringIO(text))
     except psycopg2.errors.UniqueViolation:
         return False
     return True

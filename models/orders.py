@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import datetime as dt
 import json
 import logging
@@ -25,7 +26,7 @@ from decimal import Decimal
 
 from models import correlation as corr
 from models import services as svc
-from models.db import db
+from models.db import Statements, db
 from models.domain import DomainError, Status, fmt_money
 from models.tables import (AuthorizationHold, BlockedIssue, ClientProfile,
                            GiftCertificate, SalesOrder)
@@ -162,6 +163,11 @@ def issued_codes(order_id: str) -> dict[str, str]:
 
 # ---- recording what the messages say -------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _order_for_update_sql() -> str:
+    return SalesOrder.select().where(SalesOrder.order_id == "").for_update().sql()[0]
+
+
 def record_order_message(msg: dict, now: dt.datetime) -> None:
     """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock).
 
@@ -171,17 +177,16 @@ def record_order_message(msg: dict, now: dt.datetime) -> None:
     """
     order_id, event_type = msg["orderId"], msg["eventType"]
     occurred = parse_time(msg.get("occurredAt"))
-    row = SalesOrder.select().where(SalesOrder.order_id == order_id).for_update().first()
+    row = next(iter(SalesOrder.raw(_order_for_update_sql(), order_id)), None)
+    new = row is None
     content = dict(channel=msg["channel"], currency=msg["currency"], total=Decimal(msg["total"]),
                    lines=msg.get("lines") or [], tenders=msg.get("tenders") or [],
                    customer=msg.get("customer"))
     is_snapshot = event_type in corr.SNAPSHOT_TYPES
-    if row is None:
+    if new:
         row = SalesOrder(order_id=order_id, status="OPEN", created_at=now, refunds=[],
                          snapshot_at=occurred if is_snapshot else None, **content)
-        row._new = True
     else:
-        row._new = False
         newer = row.snapshot_at is None or (occurred is not None and occurred >= row.snapshot_at)
         if is_snapshot and newer:
             for name, value in content.items():
@@ -204,7 +209,12 @@ def record_order_message(msg: dict, now: dt.datetime) -> None:
             row.status = "REFUNDED"
     row.last_event_id = msg["eventId"]
     row.updated_at = now
-    row.save(force_insert=row._new)
+    if new:  # read back by the correlation right after: sent with that read
+        writes = Statements()
+        writes.insert(SalesOrder, **row.__data__)
+        writes.flush(later=True)
+    else:
+        row.save()
 
 
 def record_payment_message(msg: dict, now: dt.datetime) -> bool:
@@ -247,9 +257,9 @@ class _Applier:
             svc.handle(svc.RaiseAlert("error", refused.code, refused.message, self.source,
                                       certificate_code=code, key=code or self.order.order_id), ctx)
             outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
-        db.execute_sql("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
-                       " VALUES (%s, %s, %s, %s, %s)",
-                       (self.order.order_id, decision.key, outcome, detail, ctx.causation_id))
+        db.defer("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
+                 " VALUES (%s, %s, %s, %s, %s)",
+                 (self.order.order_id, decision.key, outcome, detail, ctx.causation_id))
         log.debug("order effect", extra={"orderId": self.order.order_id, "effect": decision.key,
                                         "outcome": outcome})
         return outcome, detail
@@ -369,8 +379,8 @@ def correlate(order_id: str, ctx: svc.Context, source: str) -> list[tuple[str, s
         if not order.refunds:
             break  # only a refund's effects wait for other effects of the same order
     if any(key.startswith("issue:") for key, _ in applied):
-        (SalesOrder.update(status="PAID", paid_at=svc.utcnow())
-         .where((SalesOrder.order_id == order_id) & (SalesOrder.paid_at.is_null())).execute())
+        db.defer("UPDATE sales_order SET status = 'PAID', paid_at = %s"
+                 " WHERE order_id = %s AND paid_at IS NULL", (svc.utcnow(), order_id))
     return applied
 
 

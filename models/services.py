@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import datetime as dt
 import logging
 import uuid
@@ -21,7 +22,7 @@ from peewee import IntegrityError, fn
 
 from config import get_settings
 from models import cache, cvc as cvc_secret
-from models.db import db
+from models.db import Statements, db
 from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
                            fmt_money, hold_overdue, reservation_lapsed,
                            valid_code, ZERO)
@@ -134,6 +135,14 @@ def transaction():
         cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
 
 
+@functools.lru_cache(maxsize=None)
+def _lock_sql() -> str:
+    """``SELECT ... FOR UPDATE`` of one certificate by code, built once (the hottest query)."""
+    sql, _params = (GiftCertificate.select().where(GiftCertificate.code == "")
+                    .for_update().sql())
+    return sql
+
+
 class UnitOfWork:
     """One transaction: state changes, ledger, audit and outbox commit together or not at all.
 
@@ -147,6 +156,7 @@ class UnitOfWork:
         self._rows: dict[int, GiftCertificate] = {}
         self._txn = None
         self._notify = False
+        self.writes = Statements()  # ledger, outbox and audit rows, sent with the update at commit
 
     def __enter__(self) -> "UnitOfWork":
         self._txn = db.atomic()
@@ -163,9 +173,10 @@ class UnitOfWork:
         if exc_type is None:
             try:
                 for row in self._rows.values():
-                    row.save()
+                    self.writes.update(row)
                 if self._notify:
-                    db.execute_sql("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+                    self.writes.add("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+                self.writes.flush()
             except BaseException as flush_error:
                 self._txn.__exit__(type(flush_error), flush_error, flush_error.__traceback__)
                 raise
@@ -189,7 +200,7 @@ class UnitOfWork:
         """The certificate row, locked until commit; 404 if unknown."""
         if not valid_code(code):
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
-        row = GiftCertificate.select().where(GiftCertificate.code == code).for_update().first()
+        row = next(iter(GiftCertificate.raw(_lock_sql(), code)), None)
         if row is None:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
         return row
@@ -208,8 +219,8 @@ class UnitOfWork:
             setattr(row, name, value)
         self.touch(row)
         for entry in cert.ledger:
-            Operation.create(
-                certificate=row.id, kind=entry.kind, amount=entry.amount,
+            self.writes.insert(
+                Operation, certificate=row.id, kind=entry.kind, amount=entry.amount,
                 balance_after=entry.balance_after, currency=row.currency,
                 authorization=entry.authorization_id, order_id=self.ctx.correlation_id,
                 channel=self.ctx.channel, op_key=self.op_key(entry.kind, row.code, entry),
@@ -256,8 +267,8 @@ class UnitOfWork:
         }
         if sequenced:
             envelope["sequence"] = row.stream_sequence
-        OutboxEvent.create(
-            event_id=envelope["eventId"], message_key=key or (row.code if row is not None else ""),
+        self.writes.insert(
+            OutboxEvent, event_id=envelope["eventId"], message_key=key or (row.code if row is not None else ""),
             event_type=event.type, channel=channel,
             certificate=row.id if sequenced else None,
             sequence=row.stream_sequence if sequenced else None,
@@ -269,8 +280,8 @@ class UnitOfWork:
 
     def audit(self, action: str, row: GiftCertificate | None, *, before: dict | None = None,
               after: dict | None = None, details: dict | None = None, code: str | None = None) -> None:
-        AuditLog.create(
-            certificate=row.id if row is not None else None,
+        self.writes.insert(
+            AuditLog, certificate=row.id if row is not None else None,
             code=row.code if row is not None else code, action=action, actor=self.ctx.actor,
             channel=self.ctx.channel, request_id=self.ctx.request_id,
             correlation_id=self.ctx.correlation_id, before=before, after=after,
