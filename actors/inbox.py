@@ -24,6 +24,26 @@ QUEUE = "gcp-inbox"
 _MAX_RETRIES = get_settings().actor_max_retries
 
 
+#: Lock the message's key (an order, or a CRM client), then read the pending rows of that key
+#: up to this one. Two statements, one round trip; the key is computed as ``orders.lock_key``
+#: computes it ("gcp-order:<orderId>" / "gcp-client:<clientId>"), so every path that locks an
+#: order locks the same thing.
+_LOCK_AND_LOAD = """
+SELECT pg_advisory_xact_lock(hashtextextended('gcp-' || CASE WHEN topic = %(clients)s
+         THEN 'client:' || (payload->>'clientId') ELSE 'order:' || (payload->>'orderId') END, 0))
+  FROM inbox_message WHERE id = %(id)s;
+SELECT m.id, m.payload, m.topic FROM inbox_message h
+  JOIN inbox_message m ON m.topic = h.topic AND m.partition = h.partition AND m."offset" <= h."offset"
+   AND m.message_key IS NOT DISTINCT FROM h.message_key
+ WHERE h.id = %(id)s AND m.status = 'PENDING'
+ ORDER BY m."offset", m.id
+   FOR UPDATE OF m"""
+
+
+def _lock_key(source: str, message: dict) -> str:
+    return "client:" + message["clientId"] if source == "All_Clients" else "order:" + message["orderId"]
+
+
 def process(inbox_id: int) -> str:
     """Handle inbox row ``inbox_id`` if still pending. Returns what happened.
 
@@ -37,24 +57,16 @@ def process(inbox_id: int) -> str:
 
     with connection():
         with svc.transaction(), orders.held_locks():
-            head = db.execute_sql(
-                'SELECT status, topic, partition, "offset", message_key, payload FROM inbox_message'
-                " WHERE id = %s", (inbox_id,)).fetchone()
-            if head is None or head[0] != "PENDING":
-                return "skipped"
-            _status, topic, partition, offset, key, payload = head
-            source = contract_name(topic)
-            if source == "All_Clients":
-                orders.lock_key("client:" + payload["clientId"])
-            else:
-                orders.lock_order(payload["orderId"])
-            rows = db.execute_sql(
-                'SELECT id, payload FROM inbox_message WHERE topic = %s AND partition = %s AND "offset" <= %s'
-                " AND message_key IS NOT DISTINCT FROM %s AND status = 'PENDING' ORDER BY \"offset\", id"
-                " FOR UPDATE", (topic, partition, offset, key)).fetchall()
+            # one round trip: the key's lock (from the row itself), then the key's earlier rows
+            # of the same partition still pending, this one included, in Kafka order
+            rows = db.execute_sql(_LOCK_AND_LOAD, {"id": inbox_id, "clients": get_settings().topic_clients}
+                                  ).fetchall()
             if inbox_id not in [r[0] for r in rows]:
-                return "skipped"  # handled meanwhile, with an earlier message of its key
-            for row_id, message in rows:
+                return "skipped"  # handled already (a duplicate hand-over), or meanwhile
+            source = contract_name(rows[0][2])
+            head = next(message for row_id, message, _topic in rows if row_id == inbox_id)
+            orders.mark_locked(_lock_key(source, head))
+            for row_id, message, _topic in rows:
                 if row_id == inbox_id:
                     _handle(source, message, row_id)
                     continue
@@ -63,7 +75,7 @@ def process(inbox_id: int) -> str:
                         _handle(source, message, row_id)
                 except Exception as exc:
                     log.warning("earlier message %s of key %s failed, left to its own retries: %s",
-                                row_id, key, exc)
+                                row_id, _lock_key(source, head), exc)
     return "done"
 
 

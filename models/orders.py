@@ -81,6 +81,13 @@ def lock_key(key: str) -> None:
         held.add(key)
 
 
+def mark_locked(key: str) -> None:
+    """``key`` was locked by the current transaction some other way (see actors.inbox)."""
+    held = _HELD.get()
+    if held is not None:
+        held.add(key)
+
+
 def lock_order(order_id: str) -> None:
     """Serialize everything about one order until the end of the current transaction."""
     lock_key("order:" + order_id)
@@ -105,12 +112,18 @@ def _tender(raw: dict) -> corr.Tender:
                        raw.get("authorizationId"))
 
 
-def load_order(order_id: str) -> corr.Order | None:
-    row = db.execute_sql("SELECT channel, currency, total, lines, tenders, cancelled_event_id, refunds"
-                         " FROM sales_order WHERE order_id = %s", (order_id,)).fetchone()
+def load_order(order_id: str) -> tuple[corr.Order | None, dict[str, str]]:
+    """The order as recorded, and the effects already applied to it (one round trip)."""
+    row = db.execute_sql("SELECT channel, currency, total, lines, tenders, cancelled_event_id, refunds,"
+                         " (SELECT json_object_agg(effect_key, outcome) FROM order_effect e"
+                         "   WHERE e.order_id = o.order_id)"
+                         " FROM sales_order o WHERE order_id = %s", (order_id,)).fetchone()
     if row is None:
-        return None
-    channel, currency, total, lines, tenders, cancelled_by, refunds = row
+        return None, {}
+    return order_from(order_id, *row[:7]), row[7] or {}
+
+
+def order_from(order_id: str, channel, currency, total, lines, tenders, cancelled_by, refunds) -> corr.Order:
     refunds = tuple(
         corr.RefundRequest(r["eventId"], parse_time(r.get("occurredAt")),
                            tuple((str(x["lineId"]), Decimal(x["amount"])) for x in r.get("refundLines") or ()))
@@ -138,11 +151,6 @@ def load_payments(order_id: str) -> list[corr.Payment]:
     return out
 
 
-def load_done(order_id: str) -> dict[str, str]:
-    return dict(db.execute_sql("SELECT effect_key, outcome FROM order_effect WHERE order_id = %s",
-                               (order_id,)).fetchall())
-
-
 @dataclass(frozen=True)
 class LineCertificate:
     code: str
@@ -168,8 +176,9 @@ def _order_for_update_sql() -> str:
     return SalesOrder.select().where(SalesOrder.order_id == "").for_update().sql()[0]
 
 
-def record_order_message(msg: dict, now: dt.datetime) -> None:
+def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock).
+    Returns the row when the order is new (its first message), else None.
 
     The content (lines, tenders, total) is the latest ``ORDER_CREATED``/``ORDER_UPDATED`` by
     ``occurredAt``; until one arrived, whatever message came first stands in. A cancellation and
@@ -213,8 +222,9 @@ def record_order_message(msg: dict, now: dt.datetime) -> None:
         writes = Statements()
         writes.insert(SalesOrder, **row.__data__)
         writes.flush(later=True)
-    else:
-        row.save()
+        return row
+    row.save()
+    return None
 
 
 def record_payment_message(msg: dict, now: dt.datetime) -> bool:
@@ -358,15 +368,23 @@ class _Applier:
         return "APPLIED", p["alert"]
 
 
-def correlate(order_id: str, ctx: svc.Context, source: str) -> list[tuple[str, str]]:
-    """Apply every decision still open for the order (call under its lock, in a transaction)."""
-    order = load_order(order_id)
+def correlate(order_id: str, ctx: svc.Context, source: str,
+              recorded: SalesOrder | None = None) -> list[tuple[str, str]]:
+    """Apply every decision still open for the order (call under its lock, in a transaction).
+
+    ``recorded``: the order row just written by this transaction, when the order is new (so
+    it is not read back, and no effect can have been applied to it yet)."""
+    if recorded is not None:
+        order, done = order_from(order_id, recorded.channel, recorded.currency, recorded.total,
+                                 recorded.lines, recorded.tenders, recorded.cancelled_event_id,
+                                 recorded.refunds), {}
+    else:
+        order, done = load_order(order_id)
     if order is None:
         return []
     applier = _Applier(order, ctx, source)
     payments = load_payments(order_id)
     applied: list[tuple[str, str]] = []
-    done = load_done(order_id)
     for _ in range(MAX_ROUNDS):
         issued = issued_codes(order_id) if order.refunds else {}
         decisions = corr.decide(order, payments, done, issued)
@@ -446,8 +464,8 @@ def on_order_message(cmd: OrderMessage, ctx: svc.Context) -> Outcome:
                 and db.execute_sql("SELECT 1 FROM sales_order WHERE order_id = %s",
                                    (msg["orderId"],)).fetchone() is None):
             return Outcome(msg["orderId"], note="no gift certificate in this order")
-        record_order_message(msg, svc.utcnow())
-        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER))
+        new = record_order_message(msg, svc.utcnow())
+        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER, recorded=new))
 
 
 @svc.handler(PaymentMessage)

@@ -40,6 +40,8 @@ BATCH = 500
 SWEEP_EVERY = 1.0
 #: Inbox rows per actor message.
 CHUNK = 8
+#: Offsets are committed at most this often (seconds); see :meth:`Pump.commit_offsets`.
+COMMIT_EVERY = 0.2
 #: Kafka header that marks a message sent back from the DLQ.
 REPLAY_HEADER = "replayOf"
 
@@ -78,6 +80,8 @@ class Pump:
         self.consumer.subscribe(list(s.topics_in))
         self._dispatch = dispatch
         self._last_sweep = 0.0
+        self._uncommitted: dict[tuple[str, int], int] = {}  # recorded in the inbox, offsets not committed
+        self._last_commit = 0.0
 
     # -- hand-over
     def dispatch(self, inbox_ids: list[int]) -> None:
@@ -141,12 +145,25 @@ class Pump:
         result.dead_lettered = len(invalid)
         if valid:
             result.inserted, result.duplicates = self._record(valid)
-        if offsets:
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                 asynchronous=True)
+        self._uncommitted.update(offsets)
+        self.commit_offsets()
         self.dispatch(result.inserted)
         self._observe(messages, result)
         return result
+
+    def commit_offsets(self, force: bool = False) -> None:
+        """Commit the offsets of what the inbox holds, at most every ``COMMIT_EVERY`` seconds.
+
+        Each commit is a request the broker must write; under load one per poll would be one
+        per message or two. Committing later is safe: a message read again after a restart or
+        a rebalance is a duplicate ``eventId``, which the inbox drops."""
+        now = time.monotonic()
+        if not self._uncommitted or (not force and now - self._last_commit < COMMIT_EVERY):
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._last_commit = now
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                             asynchronous=True)
 
     def _record(self, valid) -> tuple[list[int], int]:
         """Insert the batch into the inbox in one transaction; returns (ids to hand over, dups)."""
@@ -254,6 +271,10 @@ class Pump:
 
     def close(self) -> None:
         try:
+            try:
+                self.commit_offsets(force=True)
+            except Exception:  # the next pump reads them again; the inbox drops the duplicates
+                log.exception("could not commit the last offsets")
             self.consumer.close()
         finally:
             self.producer.flush(10)
