@@ -66,6 +66,7 @@ class Settings:
     topic_dlq: str = "GiftCertificates.DLQ"
     topic_partitions: int = 6
     consumer_group: str = "gcp-pump"
+    kafka_fetch_wait_ms: int = 20
 
     # Workers.
     actor_max_retries: int = 5
@@ -125,6 +126,7 @@ def load_settings() -> Settings:
         topic_dlq=_str("TOPIC_DLQ", "GiftCertificates.DLQ"),
         topic_partitions=_int("TOPIC_PARTITIONS", 6),
         consumer_group=_str("KAFKA_CONSUMER_GROUP", "gcp-pump"),
+        kafka_fetch_wait_ms=_int("KAFKA_FETCH_WAIT_MS", 20),
         actor_max_retries=_int("ACTOR_MAX_RETRIES", 5),
         actor_min_backoff_ms=_int("ACTOR_MIN_BACKOFF_MS", 100),
         actor_max_backoff_ms=_int("ACTOR_MAX_BACKOFF_MS", 5_000),

@@ -47,7 +47,7 @@ def consumer_config(group_id: str, **overrides) -> dict:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1500,
-        "fetch.wait.max.ms": 20,
+        "fetch.wait.max.ms": get_settings().kafka_fetch_wait_ms,
         "fetch.min.bytes": 1,
         "socket.keepalive.enable": True,
         "isolation.level": "read_committed",
