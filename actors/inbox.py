@@ -25,12 +25,12 @@ _MAX_RETRIES = get_settings().actor_max_retries
 
 
 #: Lock the message's key (an order, or a CRM client), then read the pending rows of that key
-#: up to this one. Two statements, one round trip; the key is computed as ``orders.lock_key``
-#: computes it ("gcp-order:<orderId>" / "gcp-client:<clientId>"), so every path that locks an
-#: order locks the same thing.
+#: up to this one. Two statements, one round trip; the key is built from ``models.orders``'
+#: constants, as ``orders.lock_key`` builds it, so every path that locks an order locks the
+#: same thing.
 _LOCK_AND_LOAD = """
-SELECT pg_advisory_xact_lock(hashtextextended('gcp-' || CASE WHEN topic = %(clients)s
-         THEN 'client:' || (payload->>'clientId') ELSE 'order:' || (payload->>'orderId') END, 0))
+SELECT pg_advisory_xact_lock(hashtextextended(%(ns)s || CASE WHEN topic = %(clients)s
+         THEN %(client)s || (payload->>'clientId') ELSE %(order)s || (payload->>'orderId') END, 0))
   FROM inbox_message WHERE id = %(id)s;
 SELECT m.id, m.payload, m.topic FROM inbox_message h
   JOIN inbox_message m ON m.topic = h.topic AND m.partition = h.partition AND m."offset" <= h."offset"
@@ -41,7 +41,11 @@ SELECT m.id, m.payload, m.topic FROM inbox_message h
 
 
 def _lock_key(source: str, message: dict) -> str:
-    return "client:" + message["clientId"] if source == "All_Clients" else "order:" + message["orderId"]
+    from models.orders import CLIENT_KEY, ORDER_KEY
+
+    if source == "All_Clients":
+        return CLIENT_KEY + message["clientId"]
+    return ORDER_KEY + message["orderId"]
 
 
 def process(inbox_id: int) -> str:
@@ -59,8 +63,9 @@ def process(inbox_id: int) -> str:
         with svc.transaction(), orders.held_locks():
             # one round trip: the key's lock (from the row itself), then the key's earlier rows
             # of the same partition still pending, this one included, in Kafka order
-            rows = db.execute_sql(_LOCK_AND_LOAD, {"id": inbox_id, "clients": get_settings().topic_clients}
-                                  ).fetchall()
+            rows = db.execute_sql(_LOCK_AND_LOAD, {
+                "id": inbox_id, "clients": get_settings().topic_clients, "ns": orders.LOCK_NAMESPACE,
+                "client": orders.CLIENT_KEY, "order": orders.ORDER_KEY}).fetchall()
             if inbox_id not in [r[0] for r in rows]:
                 return "skipped"  # handled already (a duplicate hand-over), or meanwhile
             source = contract_name(rows[0][2])

@@ -72,8 +72,7 @@ def cpu_seconds(procs: dict[str, subprocess.Popen], servers: dict[str, int] | No
     pids_of.update(servers or {})
     for name, pid0 in pids_of.items():
         pids, total = [pid0], 0.0
-        proc = type("P", (), {"pid": pid0})
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = Path(f"/proc/{pid0}/task/{pid0}/children")
         if name != "bench" and children.exists():  # the bench's children are the others
             pids += [int(x) for x in children.read_text().split()]
         for pid in pids:

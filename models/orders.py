@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import datetime as dt
 import json
 import logging
@@ -26,7 +25,7 @@ from decimal import Decimal
 
 from models import correlation as corr
 from models import services as svc
-from models.db import Statements, db
+from models.db import Statements, db, locking_select_sql
 from models.domain import DomainError, Status, fmt_money
 from models.tables import (AuthorizationHold, BlockedIssue, ClientProfile,
                            GiftCertificate, SalesOrder)
@@ -71,12 +70,18 @@ def held_locks():
         _HELD.reset(token)
 
 
+#: The advisory lock keys: ``LOCK_NAMESPACE + ORDER_KEY + orderId`` (or ``CLIENT_KEY +
+#: clientId``), hashed by ``hashtextextended(key, 0)``. actors.inbox takes the same lock in SQL
+#: from these constants.
+LOCK_NAMESPACE, ORDER_KEY, CLIENT_KEY = "gcp-", "order:", "client:"
+
+
 def lock_key(key: str) -> None:
     """A transaction-scoped advisory lock on ``key`` (released at commit or rollback)."""
     held = _HELD.get()
     if held is not None and key in held:
         return
-    db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("gcp-" + key,))
+    db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + key,))
     if held is not None:
         held.add(key)
 
@@ -90,7 +95,7 @@ def mark_locked(key: str) -> None:
 
 def lock_order(order_id: str) -> None:
     """Serialize everything about one order until the end of the current transaction."""
-    lock_key("order:" + order_id)
+    lock_key(ORDER_KEY + order_id)
 
 
 @dataclass
@@ -171,11 +176,6 @@ def issued_codes(order_id: str) -> dict[str, str]:
 
 # ---- recording what the messages say -------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _order_for_update_sql() -> str:
-    return SalesOrder.select().where(SalesOrder.order_id == "").for_update().sql()[0]
-
-
 def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock).
     Returns the row when the order is new (its first message), else None.
@@ -186,7 +186,7 @@ def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     """
     order_id, event_type = msg["orderId"], msg["eventType"]
     occurred = parse_time(msg.get("occurredAt"))
-    row = next(iter(SalesOrder.raw(_order_for_update_sql(), order_id)), None)
+    row = next(iter(SalesOrder.raw(locking_select_sql(SalesOrder, "order_id"), order_id)), None)
     new = row is None
     content = dict(channel=msg["channel"], currency=msg["currency"], total=Decimal(msg["total"]),
                    lines=msg.get("lines") or [], tenders=msg.get("tenders") or [],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import datetime as dt
 import logging
 import uuid
@@ -22,7 +21,7 @@ from peewee import IntegrityError, fn
 
 from config import get_settings
 from models import cache, cvc as cvc_secret
-from models.db import Statements, db
+from models.db import Statements, db, locking_select_sql
 from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
                            fmt_money, hold_overdue, reservation_lapsed,
                            valid_code, ZERO)
@@ -135,14 +134,6 @@ def transaction():
         cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
 
 
-@functools.lru_cache(maxsize=None)
-def _lock_sql() -> str:
-    """``SELECT ... FOR UPDATE`` of one certificate by code, built once (the hottest query)."""
-    sql, _params = (GiftCertificate.select().where(GiftCertificate.code == "")
-                    .for_update().sql())
-    return sql
-
-
 class UnitOfWork:
     """One transaction: state changes, ledger, audit and outbox commit together or not at all.
 
@@ -200,7 +191,7 @@ class UnitOfWork:
         """The certificate row, locked until commit; 404 if unknown."""
         if not valid_code(code):
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
-        row = next(iter(GiftCertificate.raw(_lock_sql(), code)), None)
+        row = next(iter(GiftCertificate.raw(locking_select_sql(GiftCertificate, "code"), code)), None)
         if row is None:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
         return row
@@ -528,10 +519,11 @@ def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> 
         extra.update(cvc_encrypted=cvc_secret.encrypt(secret), cvc_disclosable=True,
                      notification_status="NOTIFICATION_REQUESTED", notification_channel="SMS")
     uow.save(row, cert, before, **extra)
+    after = snapshot(row)
     if notify and row.kind == "ELECTRONIC":
         uow.emit(Event("notification.requested", "NOTIFICATION_REQUESTED",
-                       {"notificationChannel": "SMS"}), row, before=before, after=snapshot(row))
-    return snapshot(row)
+                       {"notificationChannel": "SMS"}), row, before=before, after=after)
+    return after
 
 
 # -- authorization holds --------------------------------------------------------------------

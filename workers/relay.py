@@ -247,12 +247,12 @@ def _hand_over_sms(rows) -> None:
     """With an SMS gateway configured, each published ``notification.requested`` is sent."""
     if not get_settings().sms_gateway_url:
         return
-    wanted = [(json.loads(env), ) for _id, _key, t, _c, env in rows if t == "notification.requested"]
+    wanted = [json.loads(env) for _id, _key, t, _c, env in rows if t == "notification.requested"]
     if not wanted:
         return
     from actors.sms import send_sms
 
-    for (envelope,) in wanted:
+    for envelope in wanted:
         send_sms.send(envelope["payload"]["code"], envelope["eventId"])
 
 

@@ -1,13 +1,11 @@
 """The inbox actor and the correlation rules against real PostgreSQL (no Kafka in between):
 each message goes through the inbox exactly as the pump leaves it."""
-import json
 from decimal import Decimal
 
 import pytest
 
 from models import orders, services as svc
 from models.db import db
-from models.domain import DomainError
 from models.tables import (AuthorizationHold, BlockedIssue, GiftCertificate, InboxMessage,
                            OrderEffect, OutboxEvent)
 from tests.e2e import flow
@@ -421,3 +419,44 @@ def test_an_order_without_certificates_is_not_kept_until_one_concerns_them():
                                     gc={"code": code, "operation": "REDEMPTION"}))
     assert SalesOrder.get_or_none(SalesOrder.order_id == order_id) is not None
     assert cert(code).remaining_balance == D("90.00")
+
+
+def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
+    """The actor locks the order in SQL (one round trip); other paths call orders.lock_order.
+    Both must lock the same key, or an order's messages and its scheduler expiry could race."""
+    import threading
+
+    from actors.inbox import _LOCK_AND_LOAD
+    from config import get_settings
+
+    order_id = uid("order-")
+    msg = flow.payment(order_id, "10.00")
+    inbox_id = (InboxMessage.insert(event_id=msg["eventId"], topic=flow.topic_of("payment"), partition=0,
+                                    offset=0, message_key=order_id, payload=msg, received_at=svc.utcnow())
+                .execute())
+    held, release = threading.Event(), threading.Event()
+
+    def actor_side():
+        with db.connection_context(), db.atomic():
+            db.execute_sql(_LOCK_AND_LOAD, {
+                "id": inbox_id, "clients": get_settings().topic_clients, "ns": orders.LOCK_NAMESPACE,
+                "client": orders.CLIENT_KEY, "order": orders.ORDER_KEY}).fetchall()
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=actor_side)
+    t.start()
+    try:
+        assert held.wait(10)
+        # then the key orders.lock_order would lock is taken
+        with db.atomic():
+            taken = db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                                   (orders.LOCK_NAMESPACE + orders.ORDER_KEY + order_id,)).fetchone()[0]
+        assert taken is False
+    finally:
+        release.set()
+        t.join()
+    with db.atomic():
+        free = db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                              (orders.LOCK_NAMESPACE + orders.ORDER_KEY + order_id,)).fetchone()[0]
+    assert free is True
