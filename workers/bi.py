@@ -1,0 +1,49 @@
+"""The ``bi`` process: the certificate mart fed only from Kafka (see :mod:`bi.consumer`).
+
+``python -m workers.bi`` creates the ``bi`` schema if missing, serves its Prometheus metrics on
+``BI_METRICS_PORT`` (default 9108; 0 turns it off) and consumes until SIGTERM or SIGINT.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from config import get_settings
+
+log = logging.getLogger("gcp.bi")
+
+
+def start_metrics_server() -> int | None:
+    """Serve ``/metrics`` of this process; returns the port (None when turned off)."""
+    port = int(os.environ.get("BI_METRICS_PORT") or 9108)
+    if port <= 0:
+        return None
+    from prometheus_client import start_http_server
+
+    from observability import REGISTRY
+
+    start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "0.0.0.0", registry=REGISTRY)
+    return port
+
+
+def main() -> None:
+    from bi.consumer import BiConsumer
+    from observability import setup_logging
+    from workers.kafka import ensure_topics
+
+    setup_logging()
+    get_settings()
+    ensure_topics()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    consumer = BiConsumer()
+    port = start_metrics_server()
+    log.info("bi metrics", extra={"port": port})
+    consumer.run(stop)
+
+
+if __name__ == "__main__":
+    main()
