@@ -5,6 +5,7 @@
     python app.py token --client ID --scope "S1 S2" [--channel POS]
     python app.py run                          what `make run` does: servers, migrate, topics, Procfile
     python app.py dlq list | dlq replay [--id ...]
+    python app.py rotate-cvc-key               re-seal CVCs made with a retired key
 
 Gunicorn serves ``app:create_app()``.
 """
@@ -43,7 +44,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     from models.db import close_db, init_db
     from observability import HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, request_id_var, setup_logging
 
-    settings = settings or get_settings()
+    settings = config.require_safe_settings(settings or get_settings())
     setup_logging()
     app = Flask("gcp")
     app.config.update(
@@ -186,6 +187,25 @@ def token(client_id, scope, channel, ttl):
     click.echo(issue_token(client_id, scope, channel, ttl))
 
 
+@cli.command("rotate-cvc-key")
+@click.option("--batch", default=1000, show_default=True, help="rows re-sealed per transaction")
+def rotate_cvc_key(batch):
+    """Re-seal stored CVCs made with a retired key (CVC_OLD_KEYS) with CVC_ENCRYPTION_KEY."""
+    from models.db import init_db
+    from models.rotation import rotate_cvc_keys
+
+    config.require_safe_settings()
+    init_db(get_settings().database_url)
+    result = rotate_cvc_keys(batch)
+    click.echo(f"re-sealed with key {result.key_id}: {result.resealed} rows")
+    if result.hash_only:
+        click.echo(f"{result.hash_only} rows keep only a hash made with an older key (a CVC that "
+                   "was sent, or a printed card's): they are re-sealed at their next correct CVC; "
+                   "keep their keys in CVC_OLD_KEYS until then")
+    if result.unreadable:
+        raise click.ClickException(f"{result.unreadable} encrypted copies fit no configured key")
+
+
 @cli.group()
 def dlq():
     """Inspect and replay GiftCertificates.DLQ."""
@@ -229,6 +249,12 @@ def run(no_procs):
         (config.LOCAL_DIR / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in stack.env().items()))
     elif not (settings.database_url and settings.redis_url and settings.kafka_bootstrap_servers):
         raise click.ClickException("set all three of DATABASE_URL, REDIS_URL, KAFKA_BOOTSTRAP_SERVERS, or none")
+    else:
+        problems = config.check_settings(settings)
+        if problems:
+            raise click.ClickException("refusing to start: " + "; ".join(problems))
+    if stack is not None:  # the embedded default is development, also for the processes
+        env["GCP_ENV"] = "development"
     os.environ.update(env)
     config.reset_settings()
     settings = get_settings()

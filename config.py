@@ -26,6 +26,23 @@ def _str(name: str, default: str | None = None) -> str | None:
     return raw if raw not in (None, "") else default
 
 
+def _bool(name: str, default: bool = False) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    return default if not raw else raw in ("1", "true", "yes", "on")
+
+
+#: The development-only HS256 secret (in the repository: never accepted outside development).
+DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123"
+#: Shortest HS256 secret accepted outside development (RFC 7518 3.2: at least the hash size).
+MIN_SECRET_BYTES = 32
+#: The CVC length the contract allows a deployment to choose.
+CVC_LENGTH_RANGE = (4, 12)
+
+
+class ConfigError(RuntimeError):
+    """A setting a restart cannot mend: the process refuses to start, naming the setting."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """A snapshot of the environment; read once with :func:`get_settings`."""
@@ -33,11 +50,13 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8080
+    #: ``development`` relaxes the production checks (see :func:`check_settings`).
+    gcp_env: str | None = None
 
     # Auth: HS256 with a shared secret in development, RS256 through JWKS in production.
-    jwt_secret: str = "dev-only-secret-change-me-in-production-0123"
+    jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwks_url: str | None = None
     jwt_issuer: str | None = None
@@ -46,7 +65,9 @@ class Settings:
     # Certificates.
     cvc_length: int = 6
     cvc_encryption_key: str | None = None
+    cvc_old_keys: tuple[str, ...] = ()
     cvc_max_attempts: int = 5
+    cvc_client_budget: str | None = "20/10 minutes"
     certificate_validity_days: int | None = None
     hold_ttl_seconds: int = 15 * 60
     reservation_ttl_seconds: int = 30 * 60
@@ -57,6 +78,12 @@ class Settings:
     rate_limit: str = "200/second"
     max_body_bytes: int = 1_048_576
     cache_ttl_seconds: int = 300
+    metrics_token: str | None = None
+    ready_requires_workers: bool = False
+
+    # PostgreSQL, per connection.
+    db_lock_timeout_ms: int = 5_000
+    db_statement_timeout_ms: int = 30_000
 
     # Kafka topics (contract names; overridable so test runs can isolate themselves).
     topic_sales_order: str = "All_SalesOrder"
@@ -77,6 +104,7 @@ class Settings:
     sms_gateway_url: str | None = None
     inbox_sweep_after_ms: int = 30_000
     scheduler_interval_ms: int = 1_000
+    heartbeat_interval_s: float = 5.0
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -85,6 +113,15 @@ class Settings:
     def embedded(self) -> bool:
         """True when no external server URL is configured."""
         return not (self.database_url or self.redis_url or self.kafka_bootstrap_servers)
+
+    @property
+    def development(self) -> bool:
+        """The embedded default, or ``GCP_ENV=development`` said explicitly."""
+        return self.embedded or self.gcp_env == "development"
+
+    @property
+    def accepts_hs256(self) -> bool:
+        return any(a.upper().startswith("HS") for a in self.jwt_algorithms)
 
     @property
     def topics_in(self) -> tuple[str, str, str]:
@@ -101,8 +138,9 @@ def load_settings() -> Settings:
         database_url=_str("DATABASE_URL"),
         redis_url=_str("REDIS_URL"),
         kafka_bootstrap_servers=_str("KAFKA_BOOTSTRAP_SERVERS"),
-        host=_str("HOST", "0.0.0.0"),
+        host=_str("HOST", "127.0.0.1"),
         port=_int("PORT", 8080),
+        gcp_env=(_str("GCP_ENV") or "").strip().lower() or None,
         jwt_secret=_str("JWT_SECRET", Settings.jwt_secret),
         jwt_algorithms=algorithms,
         jwks_url=_str("JWKS_URL"),
@@ -110,7 +148,9 @@ def load_settings() -> Settings:
         jwt_audience=_str("JWT_AUDIENCE"),
         cvc_length=_int("CVC_LENGTH", 6),
         cvc_encryption_key=_str("CVC_ENCRYPTION_KEY"),
+        cvc_old_keys=tuple(k.strip() for k in (_str("CVC_OLD_KEYS") or "").split(",") if k.strip()),
         cvc_max_attempts=_int("CVC_MAX_ATTEMPTS", 5),
+        cvc_client_budget=_budget(_str("CVC_CLIENT_BUDGET", "20/10 minutes")),
         certificate_validity_days=int(validity) if validity else None,
         hold_ttl_seconds=_int("HOLD_TTL_SECONDS", 15 * 60),
         reservation_ttl_seconds=_int("RESERVATION_TTL_SECONDS", 30 * 60),
@@ -119,6 +159,10 @@ def load_settings() -> Settings:
         rate_limit=_str("RATE_LIMIT", "200/second"),
         max_body_bytes=_int("MAX_BODY_BYTES", 1_048_576),
         cache_ttl_seconds=_int("CACHE_TTL_SECONDS", 300),
+        metrics_token=_str("METRICS_TOKEN"),
+        ready_requires_workers=_bool("READY_REQUIRES_WORKERS"),
+        db_lock_timeout_ms=_int("DB_LOCK_TIMEOUT_MS", 5_000),
+        db_statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 30_000),
         topic_sales_order=_str("TOPIC_SALES_ORDER", "All_SalesOrder"),
         topic_payments=_str("TOPIC_PAYMENTS", "All_Payments"),
         topic_clients=_str("TOPIC_CLIENTS", "All_Clients"),
@@ -135,9 +179,61 @@ def load_settings() -> Settings:
         sms_gateway_url=_str("SMS_GATEWAY_URL"),
         inbox_sweep_after_ms=_int("INBOX_SWEEP_AFTER_MS", 30_000),
         scheduler_interval_ms=_int("SCHEDULER_INTERVAL_MS", 1_000),
+        heartbeat_interval_s=_int("HEARTBEAT_INTERVAL_MS", 5_000) / 1000.0,
         log_level=_str("LOG_LEVEL", "INFO"),
         log_json=_str("LOG_FORMAT", "json") == "json",
     )
+
+
+def _budget(raw: str | None) -> str | None:
+    """``CVC_CLIENT_BUDGET``: a rate such as ``20/10 minutes``; ``off`` (or 0) disables it."""
+    if raw is None or raw.strip().lower() in ("off", "0", "none", "false"):
+        return None
+    return raw.strip()
+
+
+def check_settings(s: Settings) -> list[str]:
+    """Every setting that makes this configuration unsafe or unusable, one line each.
+
+    Outside development (see :attr:`Settings.development`) the built-in secrets are refused.
+    """
+    problems = []
+    low, high = CVC_LENGTH_RANGE
+    if not low <= s.cvc_length <= high:
+        problems.append(f"CVC_LENGTH must be between {low} and {high} digits, not {s.cvc_length}")
+    if s.cvc_client_budget is not None:
+        from limits import parse
+
+        try:
+            parse(s.cvc_client_budget)
+        except ValueError:
+            problems.append(f"CVC_CLIENT_BUDGET must be a rate like '20/10 minutes' or 'off', "
+                            f"not {s.cvc_client_budget!r}")
+    if s.development:
+        return problems
+    if s.accepts_hs256:
+        if s.jwt_secret == DEV_JWT_SECRET:
+            problems.append("JWT_SECRET is the built-in development secret: set a secret of your own "
+                            f"({MIN_SECRET_BYTES}+ bytes), or accept only asymmetric JWT_ALGORITHMS")
+        elif len(s.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            problems.append(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes while HS256 is accepted")
+    if not s.cvc_encryption_key:
+        problems.append("CVC_ENCRYPTION_KEY is not set: CVCs cannot be hashed and encrypted safely")
+    elif len(s.cvc_encryption_key.encode()) < MIN_SECRET_BYTES:
+        problems.append(f"CVC_ENCRYPTION_KEY is shorter than {MIN_SECRET_BYTES} bytes")
+    if s.jwks_url and not (s.jwt_issuer and s.jwt_audience):
+        problems.append("JWKS_URL is set without JWT_ISSUER and JWT_AUDIENCE: tokens of any issuer "
+                        "or audience would be accepted")
+    return problems
+
+
+def require_safe_settings(s: Settings | None = None) -> Settings:
+    """Refuse to start (:class:`ConfigError`, naming the settings) on an unsafe configuration."""
+    s = s or get_settings()
+    problems = check_settings(s)
+    if problems:
+        raise ConfigError("refusing to start: " + "; ".join(problems))
+    return s
 
 
 _settings: Settings | None = None

@@ -30,13 +30,27 @@ log = logging.getLogger("gcp.actors.broker")
 WAKE_CHANNEL = "gcp:dramatiq:wake"
 
 
-class StructuredLogs(Middleware):
-    """The worker processes log like every other process: JSON lines (observability)."""
+class ProcessBoot(Middleware):
+    """The worker processes start like every other process (``observability.boot``): JSON
+    logs, the configuration checked (an unsafe one exits, saying why), and a heartbeat."""
+
+    def __init__(self):
+        self.heartbeat = None
 
     def after_process_boot(self, broker):
-        from observability import setup_logging
+        from observability import boot
 
-        setup_logging()
+        boot()
+
+    def after_worker_boot(self, broker, worker):
+        from observability import Heartbeat
+
+        self.heartbeat = Heartbeat("worker").start()
+
+    def before_worker_shutdown(self, broker, worker):
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
 
 
 class _Waker:
@@ -133,7 +147,7 @@ def make_broker() -> RedisBroker:
         Retries(max_retries=s.actor_max_retries, min_backoff=s.actor_min_backoff_ms,
                 max_backoff=s.actor_max_backoff_ms),
         CurrentMessage(),
-        StructuredLogs(),
+        ProcessBoot(),
     ]
     return WakingRedisBroker(url=s.redis_url, middleware=middleware, heartbeat_timeout=15_000,
                              dead_message_ttl=7 * 24 * 3600 * 1000)

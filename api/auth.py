@@ -15,6 +15,7 @@ from flask import g, request
 
 from api.errors import ApiError
 from config import get_settings
+from models.domain import CHANNELS
 
 SCOPES = ("certificates:reserve", "certificates:read", "certificates:redeem", "certificates:cvc",
           "certificates:admin", "batches:write")
@@ -62,12 +63,21 @@ def decode(token: str) -> Principal:
             audience=s.jwt_audience, issuer=s.jwt_issuer,
             options={"require": ["sub", "exp"], "verify_aud": bool(s.jwt_audience)}, leeway=30)
     except (jwt.PyJWTError, ValueError) as exc:
-        raise ApiError(401, "UNAUTHORIZED", f"invalid token: {exc}",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise _invalid(str(exc)) from None
     scope = claims.get("scope") or ""
-    scopes = frozenset(scope.split() if isinstance(scope, str) else scope)
+    if isinstance(scope, list) and all(isinstance(x, str) for x in scope):
+        scope = " ".join(scope)
+    if not isinstance(scope, str):
+        raise _invalid("the scope claim must be a space-separated string")
     channel = claims.get("channel")
-    return Principal(str(claims["sub"]), scopes, channel if isinstance(channel, str) else None)
+    if channel is not None and channel not in CHANNELS:  # never "no channel", i.e. every channel
+        raise _invalid(f"the channel claim must be one of {', '.join(CHANNELS)}")
+    return Principal(str(claims["sub"]), frozenset(scope.split()), channel)
+
+
+def _invalid(why: str) -> ApiError:
+    return ApiError(401, "UNAUTHORIZED", f"invalid token: {why}",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def current_principal() -> Principal:

@@ -41,14 +41,17 @@ class Authorizations(MethodView):
     @blp.response(201, s.AuthorizationSchema, description="the hold is placed")
     @s.errors(blp, {403: ["CHANNEL_FORBIDDEN", "CVC_MISMATCH"], 404: ["CERTIFICATE_NOT_FOUND"],
                     409: ["INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}, body=True)
+                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"],
+                    429: ["CVC_ATTEMPTS_EXCEEDED"]}, body=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):
         """Authorize: check the CVC and hold an amount (certificates:redeem)
 
         The hold lowers `available` until it is captured, voided or expires (`expiresAt`,
         15 minutes by default). A wrong CVC is 403 CVC_MISMATCH; the fifth wrong one in a row
-        locks the certificate (reason CVC_ATTEMPTS) and raises an alert.
+        locks the certificate (reason CVC_ATTEMPTS) and raises an alert. A client whose wrong
+        CVCs reach `CVC_CLIENT_BUDGET` (20 per 10 minutes by default), over any certificates,
+        gets 429 CVC_ATTEMPTS_EXCEEDED (with `Retry-After`) until the window moves on.
         """
         check_channel(args["channel"])
         command = svc.Authorize(code, args["channel"], args["orderId"], args["amount"], args["cvc"],

@@ -74,16 +74,57 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_domain_error(error: DomainError):
-    return error_response(error.http_status, error.code, error.message, error.details)
+    headers = {}
+    if error.http_status == 429:
+        headers["Retry-After"] = str(error.details.get("retryAfter", 1))
+    return error_response(error.http_status, error.code, error.message, error.details, headers)
 
 
 def handle_api_error(error: ApiError):
     return error_response(error.status, error.code, error.message, error.details, error.headers)
 
 
+def database_error(error: BaseException):
+    """The psycopg2 error behind a (Peewee-wrapped) database exception, or None."""
+    import psycopg2
+
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, psycopg2.Error):
+            return error
+        inner = [a for a in getattr(error, "args", ()) if isinstance(a, BaseException)]
+        error = inner[0] if inner else (error.__cause__ or error.__context__)
+        seen += 1
+    return None
+
+
+def dependency_refusal(error: BaseException):
+    """A database refusal the caller can act on, in the error model: a lock not granted in
+    ``DB_LOCK_TIMEOUT_MS`` (409 ``LOCK_TIMEOUT``), a statement past ``DB_STATEMENT_TIMEOUT_MS``
+    or a lost connection (503). None for anything else."""
+    import psycopg2
+    import psycopg2.errors as pg
+
+    cause = database_error(error)
+    if isinstance(cause, pg.LockNotAvailable):
+        return error_response(409, "LOCK_TIMEOUT", "the certificate is busy with another operation; "
+                              "retry shortly", {}, {"Retry-After": "1"})
+    if isinstance(cause, pg.QueryCanceled):
+        return error_response(503, "STATEMENT_TIMEOUT", "the database did not answer in time; retry",
+                              {}, {"Retry-After": "1"})
+    if isinstance(cause, (psycopg2.OperationalError, psycopg2.InterfaceError)):  # lost, refused, down
+        return error_response(503, "DEPENDENCY_UNAVAILABLE", "the database is unavailable; retry",
+                              {"dependency": "postgres"}, {"Retry-After": "2"})
+    return None
+
+
 def handle_unexpected(error: Exception):
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
+    refusal = dependency_refusal(error)
+    if refusal is not None:
+        log.warning("database refused the request: %s", type(database_error(error)).__name__)
+        return refusal
     log.exception("unhandled error")
     return error_response(500, "INTERNAL_ERROR", "internal error")
 

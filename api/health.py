@@ -1,15 +1,17 @@
 """Liveness, readiness (PostgreSQL, Redis, Kafka) and Prometheus metrics. No auth."""
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 
-from flask import Response
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from api.errors import ApiError
 from config import get_settings
-from observability import metrics_payload
+from observability import heartbeats, metrics_payload
 
 blp = Blueprint("health", __name__, description="Health checks and metrics")
 _admin = None
@@ -55,7 +57,12 @@ class Live(MethodView):
 @blp.route("/health/ready")
 class Ready(MethodView):
     def get(self):
-        """Readiness: PostgreSQL, Redis and Kafka answer (503 names the failing part)."""
+        """Readiness: PostgreSQL, Redis and Kafka answer (503 names the failing part)
+
+        `processes` names each long-running process (worker, pump, relay, scheduler) with the
+        age of its newest heartbeat. A missing one fails readiness only where
+        `READY_REQUIRES_WORKERS=true`, so a load balancer in front of `web` keeps its meaning.
+        """
         checks, ok = {}, True
         for name, check in CHECKS:
             started = time.perf_counter()
@@ -66,7 +73,14 @@ class Ready(MethodView):
                 ok = False
                 checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
         failing = [n for n, c in checks.items() if c["status"] != "ok"]
-        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        processes = {}
+        if checks["redis"]["status"] == "ok":
+            processes = heartbeats()
+            missing = [n for n, p in processes.items() if p["status"] != "ok"]
+            if missing and get_settings().ready_requires_workers:
+                ok = False
+                failing += missing
+        body = {"status": "ok" if ok else "unavailable", "checks": checks, "processes": processes}
         if failing:
             body["failing"] = failing
         return body, 200 if ok else 503
@@ -75,6 +89,12 @@ class Ready(MethodView):
 @blp.route("/metrics")
 class Metrics(MethodView):
     def get(self):
-        """Prometheus metrics (text format)."""
+        """Prometheus metrics (text format); `Authorization: Bearer <METRICS_TOKEN>` when set"""
+        token = get_settings().metrics_token
+        if token:
+            kind, _, given = request.headers.get("Authorization", "").partition(" ")
+            if kind.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise ApiError(401, "UNAUTHORIZED", "the metrics need the METRICS_TOKEN bearer token",
+                               headers={"WWW-Authenticate": "Bearer"})
         data, content_type = metrics_payload()
         return Response(data, content_type=content_type)

@@ -27,13 +27,14 @@ from api.auth import current_principal
 from api.errors import ApiError
 from api.schemas import IDEMPOTENCY_KEY_PATTERN
 from models import services as svc
+from models.housekeeping import IDEMPOTENCY_KEY_TTL, purge_idempotency_keys
 from models.domain import DomainError
 from models.tables import IdempotencyKey
 
 #: The request header (contract section 3).
 HEADER = "Idempotency-Key"
 #: How long a key is remembered.
-KEY_TTL = dt.timedelta(hours=24)
+KEY_TTL = IDEMPOTENCY_KEY_TTL
 #: An IN_PROGRESS key older than this belongs to a crashed call and may be taken over.
 ABANDONED_AFTER = dt.timedelta(minutes=5)
 #: How long a concurrent call with the same key waits for the first one's answer.
@@ -162,6 +163,5 @@ def idempotent(view):
 
 
 def purge_expired(now: dt.datetime | None = None) -> int:
-    """Delete keys older than 24 hours (for a periodic cleanup); returns how many."""
-    now = now or _now()
-    return IdempotencyKey.delete().where(IdempotencyKey.created_at < now - KEY_TTL).execute()
+    """Delete keys older than 24 hours (the scheduler does it every minute); returns how many."""
+    return purge_idempotency_keys(now or _now())

@@ -150,6 +150,50 @@ def capture_mismatch(tender_code: str, tender_amount: Decimal, authorization_id:
     return None
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A certificate as the issue rule sees it: who reserved it, for what."""
+    code: str
+    status: str
+    channel: str | None
+    order_id: str | None
+    line_id: str | None
+    nominal: Decimal | None
+    currency: str
+    kind: str = "ELECTRONIC"
+
+
+def line_mismatch(order: Order, line: Line, own: Reservation | None,
+                  others: tuple[Reservation, ...] = ()) -> str | None:
+    """Why a paid line contradicts a reservation that still stands (None when it does not).
+
+    ``own`` is what the order's own channel reserved for ``(channel, orderId, lineId)``;
+    ``others`` are the other certificates in play (another channel's reservation of the same
+    order line contradicts; a code the line names that was lost to another order does not:
+    the line then gets a fresh certificate, invariant 5). Contract section 4:
+    a line is issued only when its ``certificateCode``, its ``amount`` and the order's
+    ``currency`` match its reservation (code, nominal, currency).
+    """
+    if own is not None:
+        if own.status != "RESERVED":
+            return None  # already sold (a replay): nothing to compare
+        problems = []
+        if line.code is not None and line.code != own.code:
+            problems.append(f"the line names certificate {line.code}, the reservation is {own.code}")
+        if own.nominal != line.amount:
+            problems.append(f"the line amount is {fmt_money(line.amount)}, the reserved nominal "
+                            f"{fmt_money(own.nominal)}")
+        if own.currency != order.currency:
+            problems.append(f"the order is in {order.currency}, the reservation in {own.currency}")
+        return "; ".join(problems) or None
+    for other in others:  # a code reserved for another order is no reservation of this line
+        if (other.status == "RESERVED" and other.channel != order.channel
+                and other.order_id == order.order_id and other.line_id == line.line_id):
+            return (f"order line {line.line_id} was reserved by channel {other.channel} "
+                    f"({other.code}), not by the order's channel {order.channel}")
+    return None
+
+
 def line_for_code(order: Order, code: str | None, issued: dict[str, str]) -> Line | None:
     """The certificate line a payment's ``giftCertificate.code`` refers to (the line's code or
     the certificate actually issued for it)."""

@@ -173,12 +173,23 @@ class PipelinedPostgresqlDatabase(PooledPostgresqlDatabase):
         return opened
 
 
+def session_options() -> str:
+    """libpq ``options`` of every service connection: a stuck lock or a runaway statement ends
+    in an error the caller can answer (409/503), never in a hung request."""
+    from config import get_settings
+
+    s = get_settings()
+    return (f"-c lock_timeout={max(s.db_lock_timeout_ms, 0)}"
+            f" -c statement_timeout={max(s.db_statement_timeout_ms, 0)}")
+
+
 def init_db(url: str, max_connections: int = 32) -> PooledPostgresqlDatabase:
     """Bind :data:`db` to ``url`` with a connection pool (thread-safe, one connection a thread)."""
     params = connect_params(url)
     database = params.pop("database")
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "gcp")
+    params.setdefault("options", session_options())
     real = PipelinedPostgresqlDatabase(database, max_connections=max_connections, stale_timeout=300,
                                        timeout=10, **params)
     db.initialize(real)
@@ -194,11 +205,13 @@ def close_db() -> None:
 def migrate() -> list[str]:
     """Apply pending migrations; safe to run twice and from two processes at once."""
     with db.connection_context():
+        db.execute_sql("SET lock_timeout = 0; SET statement_timeout = 0")  # a migration may be long
         db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             return Runner(db.obj, str(MIGRATIONS_DIR)).up()
         finally:
             db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            db.execute_sql("RESET lock_timeout; RESET statement_timeout")  # back to the pool's
 
 
 def migration_status() -> list[tuple[str, object]]:

@@ -156,17 +156,34 @@ def load_payments(order_id: str) -> list[corr.Payment]:
     return out
 
 
-@dataclass(frozen=True)
-class LineCertificate:
-    code: str
-    status: str
+_RESERVATION_COLUMNS = "code, status, channel, order_id, line_id, nominal, currency, kind"
 
 
-def certificate_for_line(order_id: str, line_id: str) -> LineCertificate | None:
-    """The certificate reserved or sold for an order line (whatever the channel)."""
-    row = db.execute_sql("SELECT code, status FROM gift_certificate WHERE order_id = %s AND line_id = %s"
-                         " LIMIT 1", (order_id, line_id)).fetchone()
-    return LineCertificate(*row) if row else None
+def _reservation(row) -> corr.Reservation:
+    code, status, channel, order_id, line_id, nominal, currency, kind = row
+    return corr.Reservation(code, status, channel, order_id, line_id, nominal, currency.strip(), kind)
+
+
+def _reservation_view(r: corr.Reservation) -> dict:
+    return {"certificateCode": r.code, "status": r.status, "channel": r.channel,
+            "orderId": r.order_id, "lineId": r.line_id, "nominal": fmt_money(r.nominal),
+            "currency": r.currency}
+
+
+def certificate_for_line(channel: str, order_id: str, line_id: str) -> corr.Reservation | None:
+    """The certificate that ``channel`` reserved (or sold) for an order line."""
+    row = db.execute_sql(f"SELECT {_RESERVATION_COLUMNS} FROM gift_certificate WHERE channel = %s"
+                         " AND order_id = %s AND line_id = %s", (channel, order_id, line_id)).fetchone()
+    return _reservation(row) if row else None
+
+
+def reservations_for_line(order_id: str, line_id: str, code: str | None) -> list[corr.Reservation]:
+    """Every certificate reserved or sold for an order line by any channel, and the one the
+    line names (one round trip)."""
+    rows = db.execute_sql(f"SELECT {_RESERVATION_COLUMNS} FROM gift_certificate"
+                          " WHERE (order_id = %s AND line_id = %s) OR code = %s ORDER BY id",
+                          (order_id, line_id, code)).fetchall()
+    return [_reservation(r) for r in rows]
 
 
 def issued_codes(order_id: str) -> dict[str, str]:
@@ -275,7 +292,7 @@ class _Applier:
         return outcome, detail
 
     def _line_code(self, params: dict) -> str:
-        row = certificate_for_line(self.order.order_id, params["line_id"])
+        row = certificate_for_line(self.order.channel, self.order.order_id, params["line_id"])
         code = row.code if row is not None else params.get("code")
         if not code:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no certificate for this order line",
@@ -285,15 +302,28 @@ class _Applier:
     # -- the actions: each returns (outcome, detail)
     def _issue(self, p: dict, ctx: svc.Context):
         order, line_id = self.order, p["line_id"]
-        row = certificate_for_line(order.order_id, line_id)
-        named = None
-        if row is None and p.get("code"):
-            named = GiftCertificate.get_or_none(GiftCertificate.code == p["code"])
-        if row is not None:  # the usual case: the reservation is there
-            if row.status != Status.RESERVED.value:
-                return "SKIPPED", f"certificate {row.code} is {row.status}"
-            svc.handle(svc.Issue(row.code), ctx)
-            return "APPLIED", row.code
+        line = corr.Line(line_id, corr.GC, p["nominal"], p.get("code"))
+        found = reservations_for_line(order.order_id, line_id, line.code)
+        own = next((r for r in found if r.channel == order.channel and r.order_id == order.order_id
+                    and r.line_id == line_id), None)
+        others = tuple(r for r in found if r is not own)
+        mismatch = corr.line_mismatch(order, line, own, others)
+        if mismatch is not None:  # issue nothing: support sorts it out
+            svc.handle(svc.RaiseAlert(
+                "alert", "LINE_MISMATCH", f"order {order.order_id} line {line_id}: {mismatch}",
+                self.source, certificate_code=(own.code if own else line.code), key=order.order_id,
+                details={"orderId": order.order_id, "lineId": line_id,
+                         "line": {"certificateCode": line.code, "amount": fmt_money(line.amount),
+                                  "currency": order.currency, "channel": order.channel},
+                         "reservation": _reservation_view(own or others[0]) if (own or others) else None}),
+                ctx)
+            return "REFUSED", f"LINE_MISMATCH: {mismatch}"
+        if own is not None:  # the usual case: the reservation is there
+            if own.status != Status.RESERVED.value:
+                return "SKIPPED", f"certificate {own.code} is {own.status}"
+            svc.handle(svc.Issue(own.code), ctx)
+            return "APPLIED", own.code
+        named = next((r for r in others if r.code == line.code), None)
         with db.atomic():  # reserve again, then issue: both or neither
             return self._reissue(p, ctx, named)
 
@@ -302,10 +332,9 @@ class _Applier:
         row = None
         if named is not None and named.status == Status.AVAILABLE.value:
             # the reservation lapsed but the very code is still free: sell it after all
-            svc.handle(svc.Reserve(order.channel, order.order_id, line_id,
-                                   named.nominal or p["nominal"], named.currency.strip(),
-                                   code=named.code), ctx)
-            row = certificate_for_line(order.order_id, line_id)
+            svc.handle(svc.Reserve(order.channel, order.order_id, line_id, p["nominal"],
+                                   order.currency, code=named.code), ctx)
+            row = certificate_for_line(order.channel, order.order_id, line_id)
         if row is None:  # the reservation was lost: a fresh certificate from the pool
             try:
                 svc.handle(svc.Reserve(order.channel, order.order_id, line_id, p["nominal"],
@@ -319,14 +348,15 @@ class _Applier:
                                     status="BLOCKED", causation_id=ctx.causation_id,
                                     created_at=svc.utcnow()).on_conflict_ignore().execute()
                 return "BLOCKED", "POOL_EMPTY"
-            row = certificate_for_line(order.order_id, line_id)
+            row = certificate_for_line(order.channel, order.order_id, line_id)
         svc.handle(svc.Issue(row.code), ctx)
         return "APPLIED", row.code
 
     def _release(self, p: dict, ctx: svc.Context):
         released = []
         rows = (GiftCertificate.select(GiftCertificate.code)
-                .where((GiftCertificate.order_id == self.order.order_id)
+                .where((GiftCertificate.channel == self.order.channel)
+                       & (GiftCertificate.order_id == self.order.order_id)
                        & (GiftCertificate.status == Status.RESERVED.value)).order_by(GiftCertificate.id))
         for row in rows:
             svc.handle(svc.Release(row.code, p["reason"]), ctx)
@@ -575,7 +605,7 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[
                 row.status, row.resolved_at = "CANCELLED", svc.utcnow()
                 row.save()
                 continue
-            cert = certificate_for_line(row.order_id, row.line_id)
+            cert = certificate_for_line(row.channel, row.order_id, row.line_id)
             if cert is None:
                 try:
                     with db.atomic():
@@ -586,7 +616,7 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[
                         raise
                     exhausted.add(want)  # the savepoint dropped the repeated issue.blocked
                     continue
-                cert = certificate_for_line(row.order_id, row.line_id)
+                cert = certificate_for_line(row.channel, row.order_id, row.line_id)
             if cert.status == Status.RESERVED.value:
                 svc.handle(svc.Issue(cert.code), line_ctx)
                 issued.append(cert.code)

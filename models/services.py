@@ -20,7 +20,7 @@ from typing import Any, Callable
 from peewee import IntegrityError, fn
 
 from config import get_settings
-from models import cache, cvc as cvc_secret
+from models import cache, cvc as cvc_secret, cvc_budget
 from models.db import Statements, db, locking_select_sql
 from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
                            fmt_money, hold_overdue, reservation_lapsed,
@@ -454,15 +454,16 @@ class ExpireReservation:
     code: str
 
 
-def payment_seen(order_id: str | None) -> bool:
-    """Payments reported money for this order (the rule: ``correlation.payment_seen``)."""
+def payment_seen(order_id: str | None, channel: str | None) -> bool:
+    """Payments reported money for this order on this channel (the rule:
+    ``correlation.payment_seen``); another channel's payment never pins a reservation."""
     from models import correlation  # pure rules of the order correlation
 
     if not order_id:
         return False
     rows = (OrderPayment.select(OrderPayment.event_id, OrderPayment.payment_id, OrderPayment.event_type,
                                 OrderPayment.amount, OrderPayment.currency)
-            .where(OrderPayment.order_id == order_id).tuples())
+            .where((OrderPayment.order_id == order_id) & (OrderPayment.channel == channel)).tuples())
     return correlation.payment_seen([correlation.Payment(*r) for r in rows])
 
 
@@ -474,7 +475,7 @@ def expire_reservation(cmd: ExpireReservation, ctx: Context) -> dict | None:
         row = uow.lock_certificate(cmd.code)
         if row.status != Status.RESERVED.value:
             return None
-        if not reservation_lapsed(row.reserved_until, uow.now, payment_seen(row.order_id)):
+        if not reservation_lapsed(row.reserved_until, uow.now, payment_seen(row.order_id, row.channel)):
             return None
         uow.ctx = dataclasses.replace(uow.ctx, correlation_id=uow.ctx.correlation_id or row.order_id)
         before = snapshot(row)
@@ -513,10 +514,10 @@ def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> 
         expires = uow.now + dt.timedelta(days=settings.certificate_validity_days)
     cert.issue(expires)
     secret = cvc_secret.generate()
-    extra = dict(issued_at=uow.now, reserved_until=None, cvc_hash=cvc_secret.digest(row.code, secret),
-                 cvc_failed_attempts=0)
+    extra = dict(issued_at=uow.now, reserved_until=None, cvc_failed_attempts=0,
+                 **cvc_secret.hashed(row.code, secret))
     if notify and row.kind == "ELECTRONIC":
-        extra.update(cvc_encrypted=cvc_secret.encrypt(secret), cvc_disclosable=True,
+        extra.update(cvc_secret.sealed(row.code, secret), cvc_disclosable=True,
                      notification_status="NOTIFICATION_REQUESTED", notification_channel="SMS")
     uow.save(row, cert, before, **extra)
     after = snapshot(row)
@@ -552,12 +553,20 @@ def authorize(cmd: Authorize, ctx: Context) -> dict:
         before = snapshot(row)
         cert = to_domain(row)
         cert.ensure_usable(uow.now)
-        ok = cvc_secret.matches(row.code, cmd.cvc, row.cvc_hash)
+        budget = cvc_budget.CvcBudget.for_client(ctx.actor)
+        if budget.exhausted():
+            raise budget.refusal()
+        ok = cvc_secret.matches(row.code, cmd.cvc, row.cvc_hash, row.cvc_key_id)
         cert.check_cvc(ok, settings.cvc_max_attempts)
         if not ok:
             uow.save(row, cert, before)
+            if budget.spend():  # this wrong CVC used up the client's budget: tell the stream
+                uow.emit(budget.alert_event(), None, key=row.code)
             raise Deferred(DomainError("CVC_MISMATCH", "CVC does not match",
                                        attemptsLeft=max(settings.cvc_max_attempts - cert.cvc_failed_attempts, 0)))
+        if cvc_secret.needs_reseal(row.cvc_key_id):  # made with a retired key: seal it anew
+            for name, value in cvc_secret.reseal(row.code, cmd.cvc, row.cvc_encrypted).items():
+                setattr(row, name, value)
         expire_overdue_holds(uow, row, cert)
         hold = Hold("auth-" + uuid.uuid4().hex, cmd.amount,
                     uow.now + dt.timedelta(seconds=settings.hold_ttl_seconds))
@@ -842,8 +851,8 @@ def request_notification(cmd: RequestNotification, ctx: Context) -> dict:
                               "NOTIFICATION_FAILED", notificationStatus=row.notification_status)
         before = snapshot(row)
         secret = cvc_secret.generate()
-        row.cvc_hash = cvc_secret.digest(row.code, secret)
-        row.cvc_encrypted = cvc_secret.encrypt(secret)
+        for name, value in cvc_secret.sealed(row.code, secret).items():
+            setattr(row, name, value)
         row.cvc_disclosable = True
         row.notification_status = "NOTIFICATION_REQUESTED"
         uow.touch(row)
@@ -909,12 +918,14 @@ class RaiseAlert:
     source: str
     certificate_code: str | None = None
     key: str | None = None
+    details: dict | None = None  # more payload fields (never a secret)
 
 
 @handler(RaiseAlert)
 def raise_alert(cmd: RaiseAlert, ctx: Context) -> dict:
     def body(uow: UnitOfWork) -> dict:
-        payload = {"code": cmd.code, "message": cmd.message, "source": cmd.source}
+        payload = {**(cmd.details or {}), "code": cmd.code, "message": cmd.message,
+                   "source": cmd.source}
         if cmd.certificate_code:
             payload["certificateCode"] = cmd.certificate_code
         status = "ALERT" if cmd.event_type == "alert" else "ERROR"

@@ -56,6 +56,7 @@ class GiftCertificate(Base):
     expires_at = DateTimeTZField(null=True)
     cvc_hash = TextField(null=True)
     cvc_encrypted = TextField(null=True)
+    cvc_key_id = TextField(null=True)  # the models.cvc key that made cvc_hash and cvc_encrypted
     cvc_failed_attempts = IntegerField(default=0)
     cvc_disclosable = BooleanField(default=False)
     notification_status = TextField(null=True)

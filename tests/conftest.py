@@ -91,6 +91,8 @@ def stack():
         "TOPIC_PARTITIONS": "3",
         "KAFKA_CONSUMER_GROUP": "gcp-pump" + suffix,
         "JWT_SECRET": "test-secret-for-the-gcp-suite-0123456789",
+        "CVC_ENCRYPTION_KEY": "test-cvc-key-for-the-gcp-suite-0123456789",
+        "CVC_CLIENT_BUDGET": "100000/minute",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT": "100000/second",
     }

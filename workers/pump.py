@@ -288,10 +288,10 @@ def _json(message: dict) -> str:
 
 def main() -> None:
     from models.db import init_db
-    from observability import setup_logging
+    from observability import boot
     from workers.kafka import ensure_topics
 
-    setup_logging()
+    heartbeat = boot("pump")
     settings = get_settings()
     init_db(settings.database_url, max_connections=4)
     ensure_topics()
@@ -300,7 +300,10 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Pump().run(stop)
+    try:
+        Pump().run(stop)
+    finally:
+        heartbeat.stop()
 
 
 if __name__ == "__main__":

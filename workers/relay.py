@@ -257,10 +257,10 @@ def _hand_over_sms(rows) -> None:
 
 
 def main() -> None:
-    from observability import setup_logging
+    from observability import boot
     from workers.kafka import ensure_topics
 
-    setup_logging()
+    heartbeat = boot("relay")
     ensure_topics()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,7 +268,10 @@ def main() -> None:
     if get_settings().sms_gateway_url:
         import actors  # noqa: F401  (the broker, for the SMS hand-over)
     relay = Relay()
-    relay.run(stop)
+    try:
+        relay.run(stop)
+    finally:
+        heartbeat.stop()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from config import get_settings
 from models import orders, services as svc
 from models.db import connection, listening_connection, wait_for_notify
 from models.domain import DomainError
+from models.housekeeping import purge_idempotency_keys
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
 
 log = logging.getLogger("gcp.scheduler")
@@ -35,6 +36,8 @@ SCHEDULER_LOCK = 0x6763_7003
 BATCH = 200
 #: Blocked issues are retried at least this often even without a NOTIFY (seconds).
 BLOCKED_FALLBACK = 60.0
+#: Expired idempotency keys are purged this often (seconds).
+HOUSEKEEPING_EVERY = 60.0
 SYSTEM_CTX = svc.Context(actor="scheduler")
 
 
@@ -44,6 +47,7 @@ class TickResult:
     reservations_released: list[str] = field(default_factory=list)
     certificates_expired: list[str] = field(default_factory=list)
     blocked_issued: list[str] = field(default_factory=list)
+    idempotency_keys_purged: int = 0
 
 
 def expire_holds(now) -> list[str]:
@@ -99,8 +103,9 @@ def resolve_blocked() -> list[str]:
     return svc.handle(orders.ResolveBlockedIssues(), svc.Context(actor="scheduler"))
 
 
-def tick(blocked: bool = False) -> TickResult:
-    """One round of every time-driven change (and of blocked issues when ``blocked``)."""
+def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
+    """One round of every time-driven change (and of blocked issues when ``blocked``, and the
+    purge of expired idempotency keys when ``housekeeping``)."""
     result = TickResult()
     with connection():
         now = svc.utcnow()
@@ -109,8 +114,11 @@ def tick(blocked: bool = False) -> TickResult:
         result.certificates_expired = expire_certificates(now)
         if blocked:
             result.blocked_issued = resolve_blocked()
-    if any(vars(result).values()):
-        log.info("tick", extra={k: len(v) for k, v in vars(result).items()})
+        if housekeeping:
+            result.idempotency_keys_purged = purge_idempotency_keys(now)
+    counts = {k: v if isinstance(v, int) else len(v) for k, v in vars(result).items()}
+    if any(counts.values()):
+        log.info("tick", extra=counts)
     return result
 
 
@@ -129,16 +137,19 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         interval = self.settings.scheduler_interval_ms / 1000.0
-        refilled, last_blocked = True, 0.0
+        refilled, last_blocked, last_housekeeping = True, 0.0, 0.0
         log.info("scheduler started", extra={"intervalMs": self.settings.scheduler_interval_ms})
         while not stop.is_set():
             started = time.monotonic()
             if self.try_lead():
                 due = refilled or started - last_blocked >= BLOCKED_FALLBACK
+                housekeeping = started - last_housekeeping >= HOUSEKEEPING_EVERY
                 try:
-                    tick(blocked=due)
+                    tick(blocked=due, housekeeping=housekeeping)
                     if due:
                         refilled, last_blocked = False, started
+                    if housekeeping:
+                        last_housekeeping = started
                 except Exception:
                     log.exception("tick failed")
             if self._wait(max(0.0, interval - (time.monotonic() - started))):
@@ -152,14 +163,17 @@ class Scheduler:
 
 def main() -> None:
     from models.db import init_db
-    from observability import setup_logging
+    from observability import boot
 
-    setup_logging()
+    heartbeat = boot("scheduler")
     init_db(get_settings().database_url, max_connections=4)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Scheduler().run(stop)
+    try:
+        Scheduler().run(stop)
+    finally:
+        heartbeat.stop()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_payment_hours_before_the_order_issues_when_the_order_arrives():
     code, order_id = reserved()
     # given the payment first (the scheduler keeps the reservation: a payment was seen)
     deliver("payment", flow.payment(order_id, "2000.00", minute=0))
-    assert svc.payment_seen(order_id)
+    assert svc.payment_seen(order_id, "ONLINE_STORE") and not svc.payment_seen(order_id, "POS")
     assert cert(code).status == "RESERVED"
     # when the order arrives hours later, then it is issued, by the order's event
     created = sale(code, order_id, minute=180)
@@ -460,3 +460,72 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
         free = db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
                               (orders.LOCK_NAMESPACE + orders.ORDER_KEY + order_id,)).fetchone()[0]
     assert free is True
+
+
+# ---- cross-channel and line safety (contract section 4, Issue) --------------------------------
+
+def alerts(order_id: str, code: str = "LINE_MISMATCH") -> list[dict]:
+    return [e["payload"] for e in events(order_id)
+            if e["eventType"] == "alert" and e["payload"]["code"] == code]
+
+
+def test_an_order_line_is_issued_only_with_its_own_channels_reservation():
+    currency = unique_currency()
+    online_code, pos_code = load(2, "1000.00", currency)
+    order_id = uid("web-order-")
+    # given the customer's online reservation, and a POS token reserving against the same order line
+    svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), currency, code=online_code))
+    svc.handle(svc.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
+    # when the online order is paid (its line names no code)
+    deliver("order", flow.order(order_id, [{"lineId": "1", "type": "GIFT_CERTIFICATE", "amount": "1000.00"}],
+                                "1000.00", currency=currency))
+    deliver("payment", flow.payment(order_id, "1000.00", currency=currency))
+    # then the customer's own reservation is issued, never the POS one
+    assert cert(online_code).status == "ISSUED"
+    assert cert(pos_code).status == "RESERVED" and cert(pos_code).order_id == order_id
+    # and the online payment does not pin the POS reservation: it lapses back to the pool
+    GiftCertificate.update(reserved_until=svc.utcnow()).where(GiftCertificate.code == pos_code).execute()
+    assert svc.handle(orders.ExpireOrderReservation(pos_code, order_id)) is not None
+    assert cert(pos_code).status == "AVAILABLE"
+
+
+def test_another_channels_reservation_of_the_line_issues_nothing_and_alerts():
+    currency = unique_currency()
+    (pos_code,) = load(1, "1000.00", currency)
+    order_id = uid("web-order-")
+    svc.handle(svc.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
+    deliver("order", flow.order(order_id, [flow.gc_line(pos_code, "1000.00")], "1000.00", currency=currency))
+    deliver("payment", flow.payment(order_id, "1000.00", currency=currency))
+    assert cert(pos_code).status == "RESERVED"
+    (alert,) = alerts(order_id)
+    assert "POS" in alert["message"] and alert["reservation"]["channel"] == "POS"
+    assert alert["line"]["channel"] == "ONLINE_STORE" and alert["source"] == "All_Payments"
+    effect = OrderEffect.get((OrderEffect.order_id == order_id) & (OrderEffect.effect_key == "issue:1"))
+    assert effect.outcome == "REFUSED" and "LINE_MISMATCH" in effect.detail
+
+
+@pytest.mark.parametrize("line_amount, order_currency, names_other_code, expect", [
+    ("500.00", None, False, "the line amount is 500.00, the reserved nominal 5000.00"),
+    ("5000.00", "EUR", False, "the order is in EUR, the reservation in"),
+    ("5000.00", None, True, "the line names certificate"),
+])
+def test_a_line_that_contradicts_its_reservation_issues_nothing(line_amount, order_currency,
+                                                               names_other_code, expect):
+    currency = unique_currency()
+    code, other = load(2, "5000.00", currency)
+    order_id = uid("order-")
+    svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("5000.00"), currency, code=code))
+    paid_in = order_currency or currency
+    line = flow.gc_line(other if names_other_code else code, line_amount)
+    # when the order sells the line for another amount / currency / code, and is paid in full
+    deliver("order", flow.order(order_id, [line], line_amount, currency=paid_in))
+    deliver("payment", flow.payment(order_id, line_amount, currency=paid_in))
+    # then nothing is issued, and one LINE_MISMATCH alert names both values
+    assert cert(code).status == "RESERVED" and cert(code).remaining_balance == 0
+    assert cert(other).status == "AVAILABLE"
+    (alert,) = alerts(order_id)
+    assert expect in alert["message"], alert
+    assert alert["reservation"]["certificateCode"] == code
+    assert alert["reservation"]["nominal"] == "5000.00"
+    assert alert["line"]["amount"] == line_amount and alert["line"]["currency"] == paid_in
+    flow.assert_valid_stream(events(order_id))

@@ -200,6 +200,26 @@ def s_rate_limited(c):
     return is_error(resp, 429, "RATE_LIMITED")
 
 
+def s_cvc_attempts_exceeded(c):
+    import os
+
+    from config import reset_settings
+
+    before = os.environ.get("CVC_CLIENT_BUDGET")
+    os.environ["CVC_CLIENT_BUDGET"] = "1/minute"
+    reset_settings()
+    try:
+        headers = auth(channel="POS")
+        (code, cvc), (other, other_cvc) = issued_with_cvc(), issued_with_cvc()
+        assert authorize(c, code, "1" + cvc, "1.00", headers=headers).status_code == 403
+        resp = authorize(c, other, other_cvc, "1.00", headers=headers)
+        assert int(resp.headers["Retry-After"]) >= 1
+        return is_error(resp, 429, "CVC_ATTEMPTS_EXCEEDED")
+    finally:
+        os.environ["CVC_CLIENT_BUDGET"] = before
+        reset_settings()
+
+
 SCENARIOS = {name[2:].upper(): fn for name, fn in dict(globals()).items() if name.startswith("s_")}
 
 

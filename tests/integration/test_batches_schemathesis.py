@@ -20,7 +20,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def _spec() -> dict:
     """The OpenAPI document from an app bound to no database (schemathesis' lazy ``from_fixture``
     does not work with this pytest, so the schema is loaded at collection)."""
-    spec_app = create_app(dataclasses.replace(load_settings(), database_url=None, redis_url=None))
+    spec_app = create_app(dataclasses.replace(load_settings(), database_url=None, redis_url=None,
+                                                gcp_env="development"))
     return spec_app.test_client().get("/openapi.json").json
 
 

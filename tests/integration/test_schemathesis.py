@@ -25,7 +25,8 @@ def _spec() -> dict:
 
     (schemathesis' lazy ``from_fixture`` does not work with this pytest, so the schema is
     loaded at collection and the real app is handed to each call.)"""
-    spec_app = create_app(dataclasses.replace(load_settings(), database_url=None, redis_url=None))
+    spec_app = create_app(dataclasses.replace(load_settings(), database_url=None, redis_url=None,
+                                                gcp_env="development"))
     return spec_app.test_client().get("/openapi.json").json
 
 
