@@ -267,7 +267,9 @@ def run(no_procs):
                    f"ready: /health/ready)\n  DATABASE_URL={settings.database_url}\n"
                    f"  REDIS_URL={settings.redis_url}\n  KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}")
         if not no_procs:
-            _run_procfile(env, settings)
+            rc = _run_procfile(env, settings)
+            if rc:  # a process died on its own: say so to whoever started us
+                raise click.ClickException(f"a Procfile process exited (honcho rc={rc}); see its log above")
     finally:
         if stack is not None:
             click.echo("stopping embedded servers ...")
@@ -312,7 +314,8 @@ def seed_demo_batch() -> int:
         return result.accepted
 
 
-def _run_procfile(env: dict, settings) -> None:
+def _run_procfile(env: dict, settings) -> int:
+    """Run the Procfile under honcho until Ctrl-C; 0 when stopped by us, else honcho's code."""
     prom = config.LOCAL_DIR / "prometheus"
     if prom.exists():
         for f in prom.glob("*.db"):
@@ -345,6 +348,7 @@ def _run_procfile(env: dict, settings) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+    return 0 if stopping else proc.returncode
 
 
 if __name__ == "__main__":

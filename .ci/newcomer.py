@@ -46,12 +46,12 @@ def free_port() -> int:
 
 def died_process_log(text: str) -> str:
     """The lines of the Procfile process that exited first (honcho prefixes each line)."""
-    match = re.search(r"^\S+ (\w+)\.\d+\s+\| .*(?:exited with code|exited)", text, re.M)
+    match = re.search(r"^\S+ system\s+\| (\w+)\.\d+ stopped \(rc=(?!-15\))", text, re.M)
     if not match:
         return text[-6000:]
     name = match.group(1)
     lines = [line for line in text.splitlines() if re.match(rf"^\S+ {name}\.\d+\s+\|", line)]
-    return f"process '{name}' died; its log:\n" + "\n".join(lines[-80:])
+    return f"process '{name}' died first; its log:\n" + "\n".join(lines[-80:]) + "\n\n" + text[-1500:]
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> dict:
@@ -128,6 +128,18 @@ def sell_one(base: str, kafka: str) -> dict:
     raise Failed(f"no `issue` of {code} on GiftCertificates.Stream within 90 s")
 
 
+def ancestors() -> set[int]:
+    """This process and the ones that started it (a shell in this checkout is not a leftover)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
 def leftovers(own: set[int]) -> list[str]:
     """Processes still running from this checkout (cwd or command line in it)."""
     found = []
@@ -153,7 +165,7 @@ def main() -> int:
     log = open(LOG, "w")
     proc = subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    own = {os.getpid()}
+    own = ancestors()
     try:
         try:
             ready = wait_ready(base, proc, timeout=240)
