@@ -175,7 +175,7 @@ class Mart:
             m = outcome.measures
             if outcome.applied:
                 result.applied += 1
-                if currency:
+                if currency and m != rules.Measures():  # no row for what moves no figure
                     rules.fold(daily, booked, event["channel"], cert_channel, currency, m)
                 key = rules.pool_key(event)
                 if key:

@@ -96,7 +96,9 @@ def charts(tables: dict[str, Table], low_water_mark: int) -> list[tuple[str, str
     import matplotlib.pyplot as plt
 
     daily = [dict(zip(DAILY_COLUMNS, r)) for r in tables["daily_snapshot"].rows]
-    series = sorted({(r["channel"], r["currency"]) for r in daily})
+    money_fields = [c for c in DAILY_COLUMNS if c.endswith("_amount")] + ["liability"]
+    series = sorted({(r["channel"], r["currency"]) for r in daily
+                     if any(r[f] for f in money_fields)})  # a channel with nothing to draw stays out
     out = []
 
     def by_day(key, field):
