@@ -147,12 +147,14 @@ class Cvc(MethodView):
     @require("certificates:cvc")
     @blp.response(200, s.CvcSchema, headers={"Cache-Control": {"schema": {"type": "string"},
                                                                 "description": "no-store"}})
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 409: ["CVC_ALREADY_DISCLOSED", "INVALID_STATE"]})
+    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"],
+                    409: ["CVC_ALREADY_DISCLOSED", "NO_NOTIFICATION_PENDING", "INVALID_STATE"]})
     def get(self, code):
         """Disclose the CVC to send it to the buyer, once per notification request (certificates:cvc)
 
-        Again before a new notification request: 409 CVC_ALREADY_DISCLOSED. The disclosure is
-        in the audit trail; the CVC is never logged.
+        Again before a new notification request: 409 CVC_ALREADY_DISCLOSED. With no
+        notification pending (not yet issued, a PHYSICAL card, delivery confirmed or failed):
+        409 NO_NOTIFICATION_PENDING. The disclosure is in the audit trail; the CVC is never logged.
         """
         result = svc.handle(svc.DiscloseCvc(code), service_context())
         return result, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -216,7 +218,7 @@ class Notifications(MethodView):
     @require(*ADMIN)
     @idempotent
     @blp.arguments(s.EmptyRequest, required=False)
-    @blp.response(202, s.CertificateSchema, description="a new notification (with a new CVC) is requested")
+    @blp.response(202, s.CertificateSchema, description="a new notification (of the same CVC) is requested")
     @s.errors(blp, ACTION_ERRORS, body=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):

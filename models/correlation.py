@@ -228,6 +228,14 @@ def decide(order: Order | None, payments: list[Payment], done: dict[str, str],
     seen = payment_seen(payments)
     ordered = sorted(payments, key=_time_key)
 
+    # -- a captured payment in another currency does not count; it is said, once
+    for p in ordered:
+        if p.event_type == CAPTURED and p.currency != order.currency:
+            add(f"currency_mismatch:{p.payment_id}", "currency_error", p.event_id,
+                message=f"payment {p.payment_id} of {fmt_money(p.amount)} {p.currency} for order "
+                        f"{order.order_id} in {order.currency} does not count towards its total",
+                payment_id=p.payment_id)
+
     # -- cancellation and issue
     if order.cancelled_by is not None:
         if seen:

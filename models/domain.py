@@ -34,6 +34,7 @@ ERROR_STATUS: dict[str, int] = {
     "NOT_REDEEMABLE": 409,
     "INSUFFICIENT_FUNDS": 409,
     "CVC_ALREADY_DISCLOSED": 409,
+    "NO_NOTIFICATION_PENDING": 409,
     "AUTHORIZATION_NOT_ACTIVE": 409,
     "AUTHORIZATION_EXPIRED": 409,
     "NOMINAL_MISMATCH": 409,
@@ -384,7 +385,7 @@ class Certificate:
                               held=fmt_money(self.held))
         refundable = min(self.balance, requested)
         self.status = S.REFUND_PENDING
-        self._record("refund", refundableAmount=fmt_money(refundable))
+        self._record("refund", amount=fmt_money(refundable), refundableAmount=fmt_money(refundable))
         return refundable
 
     def refund_needs_details(self, reason: str | None) -> None:

@@ -392,6 +392,13 @@ class _Applier:
         svc.handle(svc.RefundToCertificate(p["code"], p["amount"], p["currency"]), ctx)
         return "APPLIED", p["code"]
 
+    def _currency_error(self, p: dict, ctx: svc.Context):
+        svc.handle(svc.RaiseAlert("error", "CURRENCY_MISMATCH", p["message"], PAYMENTS,
+                                  key=self.order.order_id,
+                                  details={"orderId": self.order.order_id, "paymentId": p["payment_id"]}),
+                   ctx)
+        return "APPLIED", p["payment_id"]
+
     def _alert(self, p: dict, ctx: svc.Context):
         svc.handle(svc.RaiseAlert("alert", p["alert"], p["message"], self.source,
                                   key=self.order.order_id), ctx)

@@ -31,6 +31,11 @@ from models.tables import (AuditLog, AuthorizationHold, GiftCertificate,
 log = logging.getLogger("gcp.services")
 #: Events that are not about one certificate's life and carry no ``sequence``.
 UNSEQUENCED = frozenset({"issue.blocked", "error", "alert"})
+#: Events that move money: their payload's ``orderId`` is the operation's order and ``amount``
+#: the operation's amount (contract section 4, example 21).
+MONEY_MOVEMENTS = frozenset({"redeem.partial", "redeem.full", "refund", "authorization.created",
+                             "authorization.captured", "authorization.voided",
+                             "authorization.expired", "adjust"})
 #: PostgreSQL channel the outbox relay listens on.
 OUTBOX_CHANNEL = "gcp_outbox"
 #: PostgreSQL channel notified when a batch adds certificates (blocked paid orders wait on it).
@@ -241,6 +246,8 @@ class UnitOfWork:
             self.touch(row)
         payload = dict(after or (snapshot(row) if row is not None else {}))
         payload.update({k: v for k, v in event.payload.items() if v is not None})
+        if event.type in MONEY_MOVEMENTS and self.ctx.correlation_id:
+            payload["orderId"] = self.ctx.correlation_id  # the operation's order, not the sale's
         if event.type in ("error", "alert"):
             payload = dict(event.payload)
             payload.setdefault("source", self.ctx.actor if self.ctx.actor != SYSTEM else "GCP")
@@ -819,7 +826,10 @@ def disclose_cvc(cmd: DiscloseCvc, ctx: Context) -> dict:
     """CRM fetches the CVC once per notification request."""
     def body(uow: UnitOfWork) -> dict:
         row = uow.lock_certificate(cmd.code)
-        if not row.cvc_disclosable or not row.cvc_encrypted:
+        if row.notification_status != "NOTIFICATION_REQUESTED" or not row.cvc_encrypted:
+            raise DomainError("NO_NOTIFICATION_PENDING", "no CVC notification is pending for this "
+                              "certificate", notificationStatus=row.notification_status)
+        if not row.cvc_disclosable:
             raise DomainError("CVC_ALREADY_DISCLOSED",
                               "the CVC was already disclosed for this notification request")
         secret = cvc_secret.decrypt(row.cvc_encrypted)
@@ -841,7 +851,8 @@ class RequestNotification:
 
 @handler(RequestNotification)
 def request_notification(cmd: RequestNotification, ctx: Context) -> dict:
-    """Support asks for the CVC notification again after NOTIFICATION_FAILED: a fresh CVC."""
+    """Support asks for the CVC notification again after NOTIFICATION_FAILED: the same CVC
+    (the buyer may already hold it), from the copy kept until delivery is confirmed."""
     def body(uow: UnitOfWork) -> dict:
         row = uow.lock_certificate(cmd.code)
         cert = to_domain(row)
@@ -849,10 +860,9 @@ def request_notification(cmd: RequestNotification, ctx: Context) -> dict:
         if row.notification_status != "NOTIFICATION_FAILED":
             raise DomainError("INVALID_STATE", "a notification can be requested again only after "
                               "NOTIFICATION_FAILED", notificationStatus=row.notification_status)
+        if not row.cvc_encrypted or cvc_secret.decrypt(row.cvc_encrypted) is None:
+            raise DomainError("INVALID_STATE", "no CVC copy is kept to send again")
         before = snapshot(row)
-        secret = cvc_secret.generate()
-        for name, value in cvc_secret.sealed(row.code, secret).items():
-            setattr(row, name, value)
         row.cvc_disclosable = True
         row.notification_status = "NOTIFICATION_REQUESTED"
         uow.touch(row)

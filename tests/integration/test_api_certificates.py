@@ -257,7 +257,7 @@ def test_cancel_voids_active_holds(client):
     assert cap.status_code == 409 and cap.json["code"] == "AUTHORIZATION_NOT_ACTIVE"
 
 
-def test_notification_requested_again_after_failure_with_a_fresh_cvc(client):
+def test_notification_requested_again_after_failure_resends_the_same_cvc(client):
     # given a certificate whose notification failed, after CRM fetched its CVC
     from models import services as svc
 
@@ -269,12 +269,15 @@ def test_notification_requested_again_after_failure_with_a_fresh_cvc(client):
         svc.handle(svc.NotificationResult(code, delivered=False, reason="UNREACHABLE"))
     # when support requests the notification again
     resp = client.post(f"/certificates/{code}/notifications", headers=admin)
-    # then it is accepted, and CRM can fetch the new CVC once
+    # then it is accepted, and CRM can fetch the very same CVC once more (the buyer may hold it)
     assert early.status_code == 409 and early.json["code"] == "INVALID_STATE"
     assert resp.status_code == 202 and resp.json["notificationStatus"] == "NOTIFICATION_REQUESTED"
     new = client.get(f"/certificates/{code}/cvc", headers=auth("certificates:cvc"))
-    assert new.status_code == 200 and new.json["cvc"] == cvc_of(code)
-    assert len(old_cvc) == len(new.json["cvc"])
+    assert new.status_code == 200 and new.json["cvc"] == old_cvc == cvc_of(code)
+    again = client.get(f"/certificates/{code}/cvc", headers=auth("certificates:cvc"))
+    assert again.status_code == 409 and again.json["code"] == "CVC_ALREADY_DISCLOSED"
+    # and the buyer's CVC still authorizes
+    assert authorize(client, code, old_cvc, "1.00").status_code == 201
 
 
 def test_expired_certificate_cannot_be_authorized(client):

@@ -10,6 +10,7 @@ import pytest
 
 from app import create_app
 from config import get_settings
+from models import services as svc
 from models.db import db
 from models.domain import ERROR_STATUS
 from models.tables import AuthorizationHold
@@ -198,6 +199,13 @@ def s_rate_limited(c):
     other = limited.get("/certificates/NOSUCHCODE1", headers=auth())  # another client is not limited
     assert other.status_code == 404
     return is_error(resp, 429, "RATE_LIMITED")
+
+
+def s_no_notification_pending(c):
+    code = issued()
+    crm = auth("certificates:cvc")
+    svc.handle(svc.NotificationResult(code, True))  # delivered: nothing is pending any more
+    return is_error(c.get(f"/certificates/{code}/cvc", headers=crm), 409, "NO_NOTIFICATION_PENDING")
 
 
 def s_cvc_attempts_exceeded(c):

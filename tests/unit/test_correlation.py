@@ -52,7 +52,11 @@ def test_a_repeated_payment_id_counts_once_and_other_currencies_not_at_all():
     payments = [pay("1000.00"), pay("1000.00", minute=1), pay("1000.00", pid="p9", currency="USD")]
     # then the order is not paid in full
     assert not corr.paid_in_full(o, payments)
-    assert corr.decide(o, payments, {}) == []
+    # and the payment in another currency is said once, as a CURRENCY_MISMATCH error
+    (said,) = corr.decide(o, payments, {})
+    assert said.key == "currency_mismatch:p9" and said.action == "currency_error"
+    assert "1000.00 USD" in said.params["message"] and "in RUB" in said.params["message"]
+    assert corr.decide(o, payments, {"currency_mismatch:p9": "APPLIED"}) == []
 
 
 def test_cancelled_order_releases_unless_a_payment_was_seen():
