@@ -1,7 +1,8 @@
 """The ``bi`` process: the certificate mart fed only from Kafka (see :mod:`bi.consumer`).
 
 ``python -m workers.bi`` creates the ``bi`` schema if missing, serves its Prometheus metrics on
-``BI_METRICS_PORT`` (default 9108; 0 turns it off) and consumes until SIGTERM or SIGINT.
+``BI_METRICS_PORT`` (default 9108; 0 turns it off; a port already taken is logged and the mart
+goes on without it) and consumes until SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def start_metrics_server() -> int | None:
 
     from observability import REGISTRY
 
-    start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "0.0.0.0", registry=REGISTRY)
+    try:
+        start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "0.0.0.0", registry=REGISTRY)
+    except OSError as exc:  # the port is taken: the mart goes on, without its /metrics
+        log.error("bi metrics server not started", extra={"port": port, "error": str(exc)})
+        return None
     return port
 
 
