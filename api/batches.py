@@ -45,7 +45,7 @@ _CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 #: The domain's code rule, inlined for speed; fullmatch: a pattern's "$" also matches before a
 #: trailing newline, which must never reach COPY.
 _code_ok = re.compile(CODE_PATTERN).fullmatch
-_ITEM_FIELDS = frozenset({"code", "nominal", "expiresAt"})
+_ITEM_FIELDS = frozenset({"code", "nominal", "expiresAt", "cvc"})
 _BODY_FIELDS = frozenset({"batchId", "kind", "currency", "dryRun", "nominal", "expiresAt",
                           "certificates"})
 READ_POOL = ("batches:write", "certificates:read", "certificates:admin")
@@ -61,6 +61,10 @@ class BatchCertificateSchema(s.Strict):
     expiresAt = s.UtcDateTime(allow_none=True, load_default=None, metadata={
         "description": "RFC 3339, in the future; null or absent: no validity limit "
                        "(or CERTIFICATE_VALIDITY_DAYS from the issue)"})
+    cvc = ma.fields.String(load_only=True, validate=validate.Regexp(r"^[0-9]{4,12}$"), metadata={
+        "description": "the CVC printed under a PHYSICAL card's scratch panel (CVC_LENGTH digits): "
+                       "required for PHYSICAL, refused for ELECTRONIC (generated at issue). The "
+                       "service keeps only its keyed hash, never notifies nor discloses it"})
 
 
 class BatchRequestSchema(s.Strict):
@@ -209,6 +213,7 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
         items = []
     money: dict = {}
     times: dict = {}
+    physical, cvc_length = kind == "PHYSICAL", get_settings().cvc_length
     default_nominal = _money(body.get("nominal"), money, problems.add, "nominal")
     default_expires = _time(body.get("expiresAt"), times, now, problems.add, "expiresAt")
     for index, item in enumerate(items):  # checked in place: thousands of items per request
@@ -221,6 +226,13 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
         code = item.get("code")
         if type(code) is not str or not _code_ok(code):
             problems.item(index, "code", f"a code matching {CODE_PATTERN}")
+        printed = item.get("cvc")
+        if physical:
+            if not (type(printed) is str and len(printed) == cvc_length and printed.isascii()
+                    and printed.isdigit()):
+                problems.item(index, "cvc", f"a PHYSICAL card needs its printed CVC: {cvc_length} digits")
+        elif "cvc" in item:
+            problems.item(index, "cvc", "an ELECTRONIC certificate brings no CVC: it is generated at issue")
         if "nominal" not in item:
             item["nominal"] = default_nominal
         else:

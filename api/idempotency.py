@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -26,7 +27,7 @@ from api import errors
 from api.auth import current_principal
 from api.errors import ApiError
 from api.schemas import IDEMPOTENCY_KEY_PATTERN
-from models import services as svc
+from models import cvc, services as svc
 from models.housekeeping import IDEMPOTENCY_KEY_TTL, purge_idempotency_keys
 from models.domain import DomainError
 from models.tables import IdempotencyKey
@@ -53,14 +54,16 @@ PARAMETER = {
 
 
 def request_hash() -> str:
-    """SHA-256 over method, path, sorted query and the canonical JSON body."""
+    """A keyed hash (HMAC-SHA-256) over method, path, sorted query and the canonical JSON body:
+    a body may hold a printed card's CVC, and a plain hash of a small body could be brute-forced."""
     raw = request.get_data(cache=True)
     try:
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")) if raw.strip() else ""
     except (ValueError, RecursionError):  # the body check refuses these before; be safe anyway
         body = raw.hex()
     query = json.dumps(sorted(request.args.items(multi=True)))
-    return hashlib.sha256("\n".join((request.method, request.path, query, body)).encode()).hexdigest()
+    text = "\n".join((request.method, request.path, query, body)).encode()
+    return hmac.new(cvc.request_key(), text, hashlib.sha256).hexdigest()
 
 
 def _now() -> dt.datetime:

@@ -33,7 +33,7 @@ from decimal import Decimal
 import psycopg2.errors
 
 from config import get_settings
-from models import services as svc
+from models import cvc as cvc_secret, services as svc
 from models.db import db
 from models.domain import DomainError, Event, Status, fmt_money
 from models.tables import BatchRejection, CertificateBatch, PoolLowWater
@@ -55,16 +55,16 @@ LOW_WATER_LOCK = 0x6763_7002
 #: Per-connection staging table of the slow path (emptied at every commit).
 STAGE = "gcp_batch_stage"
 _COLUMNS = ("code, batch_id, kind, currency, open_value, nominal, remaining_balance, status, "
-            "batch_expires_at, created_at, updated_at")
+            "batch_expires_at, cvc_hash, cvc_key_id, created_at, updated_at")
 _COPY_DIRECT = f"COPY gift_certificate ({_COLUMNS}) FROM STDIN"
-_COPY_STAGE = f"COPY {STAGE} (code, nominal, expires_at) FROM STDIN"
+_COPY_STAGE = f"COPY {STAGE} (code, nominal, expires_at, cvc_hash, cvc_key_id) FROM STDIN"
 _CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (code text, nominal numeric(14, 2), "
-                 "expires_at timestamptz) ON COMMIT DELETE ROWS")
+                 "expires_at timestamptz, cvc_hash text, cvc_key_id text) ON COMMIT DELETE ROWS")
 _INSERT_STAGED = f"""
 WITH ins AS (
     INSERT INTO gift_certificate ({_COLUMNS})
     SELECT s.code, %(batch)s, %(kind)s, %(currency)s, s.nominal IS NULL, s.nominal, 0,
-           'AVAILABLE', s.expires_at, %(now)s, %(now)s
+           'AVAILABLE', s.expires_at, s.cvc_hash, s.cvc_key_id, %(now)s, %(now)s
     FROM {STAGE} s
     ON CONFLICT (code) DO NOTHING
     RETURNING code)
@@ -83,11 +83,14 @@ def _copy_text(value: str) -> str:
             .replace("\r", "\\r"))
 
 
-def _prepare(cmd: svc.LoadBatch) -> tuple[list[tuple[str, str, str]], list[dict]]:
-    """The chunk's rows as COPY fields ``(code, nominal, expires_at)``, the first of each code
-    kept; the repeats are refused ``DUPLICATE_IN_BATCH``."""
+def _prepare(cmd: svc.LoadBatch) -> tuple[list[tuple[str, str, str, str]], list[dict]]:
+    """The chunk's rows as COPY fields ``(code, nominal, expires_at, cvc_hash\tcvc_key_id)``,
+    the first of each code kept; the repeats are refused ``DUPLICATE_IN_BATCH``. A printed
+    card's CVC is kept only as its keyed hash: the plain CVC goes no further than here."""
     seen: set[str] = set()
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = []
+    key_id = cvc_secret.current_key_id()
+    no_cvc = f"{_NULL}\t{_NULL}"
     rejected: list[dict] = []
     money: dict = {None: _NULL}
     times: dict = {None: _NULL}
@@ -106,14 +109,16 @@ def _prepare(cmd: svc.LoadBatch) -> tuple[list[tuple[str, str, str]], list[dict]
         if when is None:
             when = times[expires] = (expires.astimezone(dt.timezone.utc).isoformat()
                                      if isinstance(expires, dt.datetime) else _copy_text(str(expires)))
-        rows.append((code, text, when))
+        printed = item.get("cvc")
+        sealed = f"{cvc_secret.digest(code, printed)}\t{key_id}" if printed else no_cvc
+        rows.append((code, text, when, sealed))
     return rows, rejected
 
 
 def _stage(cursor, rows: list[tuple[str, str, str]]) -> None:
     cursor.execute(_CREATE_STAGE)
     cursor.execute(f"TRUNCATE {STAGE}")
-    cursor.copy_expert(_COPY_STAGE, io.StringIO("".join(f"{c}\t{n}\t{e}\n" for c, n, e in rows)))
+    cursor.copy_expert(_COPY_STAGE, io.StringIO("".join(f"{c}\t{n}\t{e}\t{h}\n" for c, n, e, h in rows)))
 
 
 def _copy_direct(cursor, cmd: svc.LoadBatch, rows: list[tuple[str, str, str]], now: dt.datetime) -> bool:
@@ -124,7 +129,7 @@ def _copy_direct(cursor, cmd: svc.LoadBatch, rows: list[tuple[str, str, str]], n
     fixed = f"\t{batch}\t{cmd.kind}\t{cmd.currency}\t"
     tail = "\t0\tAVAILABLE\t"
     end = f"\t{stamp}\t{stamp}\n"
-    text = "".join(f"{c}{fixed}{'t' if n == _NULL else 'f'}\t{n}{tail}{e}{end}" for c, n, e in rows)
+    text = "".join(f"{c}{fixed}{'t' if n == _NULL else 'f'}\t{n}{tail}{e}\t{h}{end}" for c, n, e, h in rows)
     try:
         with db.atomic():  # a savepoint (a fresh cursor sends it first: see models.db)
             db.cursor().copy_expert(_COPY_DIRECT, io.StringIO(text))

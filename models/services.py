@@ -335,7 +335,7 @@ class LoadBatch:
     batch_id: str
     kind: str
     currency: str
-    certificates: tuple  # of {"code", "nominal"?, "expiresAt"?} dicts, already validated
+    certificates: tuple  # of {"code", "nominal"?, "expiresAt"?, "cvc"?} dicts, already validated
     dry_run: bool = False
 
 
@@ -520,9 +520,12 @@ def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> 
     if expires is None and settings.certificate_validity_days:
         expires = uow.now + dt.timedelta(days=settings.certificate_validity_days)
     cert.issue(expires)
-    secret = cvc_secret.generate()
-    extra = dict(issued_at=uow.now, reserved_until=None, cvc_failed_attempts=0,
-                 **cvc_secret.hashed(row.code, secret))
+    extra = dict(issued_at=uow.now, reserved_until=None, cvc_failed_attempts=0)
+    if row.kind == "PHYSICAL" and row.cvc_hash:
+        secret = None  # printed under the scratch panel: its hash came with the batch
+    else:  # generated once, here (a physical card of a batch loaded without CVCs: unknowable)
+        secret = cvc_secret.generate()
+        extra.update(cvc_secret.hashed(row.code, secret))
     if notify and row.kind == "ELECTRONIC":
         extra.update(cvc_secret.sealed(row.code, secret), cvc_disclosable=True,
                      notification_status="NOTIFICATION_REQUESTED", notification_channel="SMS")

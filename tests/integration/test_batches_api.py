@@ -196,7 +196,10 @@ def test_a_batch_keeps_its_kind_and_currency(client):
     body = batch(1)
     post(client, body)
     for change in ({"kind": "PHYSICAL"}, {"currency": unique_currency()}):
-        resp = post(client, dict(batch(1), batchId=body["batchId"], **change))
+        more = batch(1)
+        if change.get("kind") == "PHYSICAL":
+            more["certificates"][0]["cvc"] = "123456"
+        resp = post(client, dict(more, batchId=body["batchId"], **change))
         # then 422, nothing added
         assert resp.status_code == 422 and resp.json["code"] == "VALIDATION_ERROR"
         assert resp.json["details"]["batchId"] == body["batchId"]
@@ -205,7 +208,7 @@ def test_a_batch_keeps_its_kind_and_currency(client):
 
 def test_physical_batches_and_the_default_currency(client):
     # given a PHYSICAL batch without a currency
-    body = {"batchId": uid("p-"), "kind": "PHYSICAL", "certificates": [{"code": unique_code("P")}]}
+    body = {"batchId": uid("p-"), "kind": "PHYSICAL", "certificates": [{"code": unique_code("P"), "cvc": "123456"}]}
     # then it is loaded in the default currency as PHYSICAL
     assert post(client, body).status_code == 201
     row = rows([body["certificates"][0]["code"]])[body["certificates"][0]["code"]]
@@ -320,7 +323,7 @@ def test_the_pool_by_nominal_and_its_gauge(client):
     body["certificates"].append({"code": unique_code("O")})
     post(client, body)
     post(client, {"batchId": uid("p-"), "kind": "PHYSICAL", "currency": currency,
-                  "certificates": [{"code": unique_code("P"), "nominal": "500.00"}]})
+                  "certificates": [{"code": unique_code("P"), "nominal": "500.00", "cvc": "123456"}]})
     # when the pool is read
     resp = client.get("/pool", headers=auth("certificates:read"))
     # then its segments, the total, the low-water mark, and the gauge agree
