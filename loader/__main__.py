@@ -65,7 +65,10 @@ def cli():
 @click.option("--format", "fmt", type=click.Choice(reader.FORMATS), default=None,
               help="default: from the file name")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
-def generate(count, out, prefix, nominal, expires, length, fmt, force):
+@click.option("--with-cvc", is_flag=True,
+              help="PHYSICAL cards: a random CVC per code (CVC_LENGTH digits) for the printer to "
+                   "print under the scratch panel; keep the file as secret as the cards")
+def generate(count, out, prefix, nominal, expires, length, fmt, force, with_cvc):
     """Write COUNT unique random codes (with a Luhn mod 36 check character) to a batch file."""
     try:
         codes.check_prefix(prefix, length)
@@ -81,20 +84,30 @@ def generate(count, out, prefix, nominal, expires, length, fmt, force):
     if out.exists() and not force:
         raise Fatal(f"{out} exists (use --force to overwrite)")
     tmp = out.with_name(out.name + ".tmp")
+    cvc = _printed_cvc if with_cvc else None
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         if fmt == "csv":
-            f.write("code,nominal,expiresAt\n")
-            tail = f",{nominal or ''},{expires_at or ''}\n"
+            f.write("code,nominal,expiresAt" + (",cvc" if cvc else "") + "\n")
+            tail = f",{nominal or ''},{expires_at or ''}"
             for block in _blocks(codes.generate(count, prefix, length)):
-                f.write("".join(code + tail for code in block))
+                f.write("".join(code + tail + (f",{cvc()}" if cvc else "") + "\n" for code in block))
         else:
             tail = (f',"nominal":"{nominal}"' if nominal else "") + \
-                   (f',"expiresAt":"{expires_at}"' if expires_at else "") + "}\n"
+                   (f',"expiresAt":"{expires_at}"' if expires_at else "")
             for block in _blocks(codes.generate(count, prefix, length)):
-                f.write("".join('{"code":"' + code + '"' + tail for code in block))
+                f.write("".join('{"code":"' + code + '"' + tail + (f',"cvc":"{cvc()}"' if cvc else "")
+                                + "}\n" for code in block))
     os.replace(tmp, out)
     click.echo(f"wrote {count} codes to {out}")
     return loading.OK
+
+
+def _printed_cvc() -> str:
+    import secrets
+
+    from config import get_settings
+
+    return "".join(secrets.choice("0123456789") for _ in range(get_settings().cvc_length))
 
 
 def _blocks(items, size: int = 10_000):

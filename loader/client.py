@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from config import get_settings
 from loader import reader
 from loader.report import Report
 
@@ -168,10 +169,10 @@ class Loader:
     def _body(self, rows: list[reader.Row]) -> bytes:
         """The request: the first row's nominal and expiry become the chunk's defaults, so most
         certificates are just ``{"code": ...}``; the others carry their own values."""
-        default = rows[0][2]
+        default = rows[0][2][:2] + (None,)
         head = self._heads.get(default)
         if head is None:
-            nominal, expires = default
+            nominal, expires, _ = default
             fields = {**self._base, **({"nominal": nominal} if nominal else {}),
                       **({"expiresAt": expires} if expires else {})}
             head = self._heads[default] = json.dumps(fields)[:-1] + ',"certificates":['
@@ -184,9 +185,11 @@ class Loader:
         """A certificate's own values, nulls included (they override the chunk's defaults)."""
         text = self._owns.get(values)
         if text is None:
-            nominal, expires = values
-            text = self._owns[values] = ('","nominal":' + json.dumps(nominal) + ',"expiresAt":'
-                                         + json.dumps(expires) + "}")
+            nominal, expires, cvc = values
+            text = ('","nominal":' + json.dumps(nominal) + ',"expiresAt":' + json.dumps(expires)
+                    + (',"cvc":' + json.dumps(cvc) if cvc else "") + "}")
+            if cvc is None:  # a printed card's values are its own: not worth remembering
+                self._owns[values] = text
         return text
 
     def _send(self, rows: list[reader.Row]) -> Outcome:
@@ -282,7 +285,8 @@ class Loader:
         self.report.meta.update(format=fmt, sha256=digest, batchId=batch_id)
         self._base = {"batchId": batch_id, "kind": opts.kind, "currency": opts.currency,
                       "dryRun": opts.dry_run}
-        validator = reader.Validator(check_digit=opts.check_digit)
+        validator = reader.Validator(check_digit=opts.check_digit, kind=opts.kind,
+                                     cvc_length=get_settings().cvc_length)
         progress = _Progress(opts.progress, max(lines - (1 if fmt == "csv" else 0), 0), opts.dry_run)
         with progress, ThreadPoolExecutor(max(opts.workers, 1), thread_name_prefix="loader") as pool:
             try:

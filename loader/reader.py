@@ -24,7 +24,7 @@ from loader import codes
 from models.domain import CODE_PATTERN, DomainError, loadable_expiry, positive_money
 
 #: The columns (CSV) or keys (JSON Lines) of a row; only ``code`` is required.
-FIELDS = ("code", "nominal", "expiresAt")
+FIELDS = ("code", "nominal", "expiresAt", "cvc")
 FORMATS = ("csv", "jsonl")
 
 #: Reasons a row is refused by the loader (the service adds DUPLICATE_CODE).
@@ -33,6 +33,7 @@ INVALID_CODE = "INVALID_CODE"
 INVALID_CHECK_DIGIT = "INVALID_CHECK_DIGIT"
 INVALID_NOMINAL = "INVALID_NOMINAL"
 INVALID_EXPIRES_AT = "INVALID_EXPIRES_AT"
+INVALID_CVC = "INVALID_CVC"
 EXPIRED = "EXPIRED"
 DUPLICATE_IN_FILE = "DUPLICATE_IN_FILE"
 
@@ -56,9 +57,9 @@ class Rejection:
         return {"line": self.line, "code": self.code, "reason": self.reason, "message": self.message}
 
 
-#: A valid row: ``(line, code, values)``, ``values`` = ``(nominal, expiresAt)`` as they will be
-#: sent (``"1500.00"`` or None; RFC 3339 UTC or None). A plain tuple: a million of them go by,
-#: and rows with the same values share one ``values`` tuple.
+#: A valid row: ``(line, code, values)``, ``values`` = ``(nominal, expiresAt, cvc)`` as they will
+#: be sent (``"1500.00"`` or None; RFC 3339 UTC or None; a PHYSICAL card's printed CVC or None).
+#: A plain tuple: a million of them go by, and rows with the same values share one ``values``.
 Row = tuple
 
 
@@ -92,7 +93,7 @@ def batch_id_for(digest: str) -> str:
 
 # ---- raw rows -------------------------------------------------------------------------------
 
-#: A raw row: (line, code, nominal, expiresAt, problem); ``problem`` = (reason, message) or None.
+#: A raw row: (line, code, nominal, expiresAt, problem, cvc); ``problem`` = (reason, message) or None.
 RawRow = tuple
 
 
@@ -106,11 +107,11 @@ def read_csv(lines: Iterable[str]) -> Iterator[RawRow]:
     names = [h.strip() for h in header]
     unknown = [n for n in names if n not in FIELDS]
     if "code" not in names or unknown or len(set(names)) != len(names):
-        raise FileError(f"CSV header {','.join(names)!r}: expected the columns code[,nominal][,expiresAt]"
+        raise FileError(f"CSV header {','.join(names)!r}: expected the columns code[,nominal][,expiresAt][,cvc]"
                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
     width = len(names)
     at = {name: names.index(name) for name in names}
-    i_code, i_nominal, i_expires = at["code"], at.get("nominal"), at.get("expiresAt")
+    i_code, i_nominal, i_expires, i_cvc = at["code"], at.get("nominal"), at.get("expiresAt"), at.get("cvc")
     for row in reader:
         if not row:
             continue
@@ -119,11 +120,12 @@ def read_csv(lines: Iterable[str]) -> Iterator[RawRow]:
             if len(row) == 1 and not row[0].strip():
                 continue
             yield (line, row[i_code] if i_code < len(row) else None, None, None,
-                   (INVALID_ROW, f"expected {width} fields, found {len(row)}"))
+                   (INVALID_ROW, f"expected {width} fields, found {len(row)}"), None)
             continue
         nominal = row[i_nominal] if i_nominal is not None else ""
         expires = row[i_expires] if i_expires is not None else ""
-        yield line, row[i_code] or None, nominal or None, expires or None, None
+        cvc = row[i_cvc] if i_cvc is not None else ""
+        yield line, row[i_code] or None, nominal or None, expires or None, None, cvc or None
 
 
 def read_jsonl(lines: Iterable[str]) -> Iterator[RawRow]:
@@ -134,18 +136,18 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[RawRow]:
         try:
             doc = json.loads(text)
         except ValueError:
-            yield line, None, None, None, (INVALID_ROW, "not a JSON object")
+            yield line, None, None, None, (INVALID_ROW, "not a JSON object"), None
             continue
         if not isinstance(doc, dict):
-            yield line, None, None, None, (INVALID_ROW, "not a JSON object")
+            yield line, None, None, None, (INVALID_ROW, "not a JSON object"), None
             continue
         unknown = sorted(set(doc) - set(FIELDS))
         code = doc.get("code")
         if unknown:
             yield (line, code if isinstance(code, str) else None, None, None,
-                   (INVALID_ROW, f"unknown field(s): {', '.join(unknown)}"))
+                   (INVALID_ROW, f"unknown field(s): {', '.join(unknown)}"), None)
             continue
-        yield line, code, doc.get("nominal"), doc.get("expiresAt"), None
+        yield line, code, doc.get("nominal"), doc.get("expiresAt"), None, doc.get("cvc")
 
 
 def read_rows(path: Path, fmt: str) -> Iterator[RawRow]:
@@ -183,8 +185,11 @@ class Validator:
         now: the time an ``expiresAt`` must be after.
     """
 
-    def __init__(self, check_digit: bool = True, now: dt.datetime | None = None):
+    def __init__(self, check_digit: bool = True, now: dt.datetime | None = None,
+                 kind: str = "ELECTRONIC", cvc_length: int = 6):
         self.check_digit = check_digit
+        self.kind = kind
+        self.cvc_length = cvc_length
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self.seen: set[int] = set()
         self.suspects: list[Row] = []
@@ -209,13 +214,14 @@ class Validator:
             if not loadable_expiry(moment, self.now):
                 return Rejection(line, code, EXPIRED, f"expiresAt {expires} has already passed")
             when = format_time(moment)
-        self._values[(nominal, expires)] = values = (nominal, when)
+        self._values[(nominal, expires)] = values = (nominal, when, None)
         return values
 
     def check(self, raw: RawRow) -> Row | Rejection | None:
         """A valid row ``(line, code, values)``, a :class:`Rejection`, or None for a suspected
         duplicate (held back until :meth:`resolve_suspects`)."""
-        line, code, nominal, expires, problem = raw
+        line, code, nominal, expires, problem, *rest = raw
+        cvc = rest[0] if rest else None
         if problem is not None:
             return Rejection(line, code if isinstance(code, str) else None, *problem)
         if type(code) is not str or not _code_ok(code):
@@ -232,6 +238,14 @@ class Validator:
             values = self._check_values(line, code, nominal, expires)
             if type(values) is not tuple:
                 return values
+        if self.kind == "PHYSICAL":  # the CVC printed under the scratch panel comes with the card
+            if not (type(cvc) is str and len(cvc) == self.cvc_length and cvc.isascii() and cvc.isdigit()):
+                return Rejection(line, code, INVALID_CVC, f"a PHYSICAL card needs its printed CVC: "
+                                 f"{self.cvc_length} digits")
+            values = values[:2] + (cvc,)
+        elif cvc is not None:
+            return Rejection(line, code, INVALID_CVC, "an ELECTRONIC certificate brings no CVC: "
+                             "it is generated at issue")
         row = (line, code, values)
         key = hash(code) & _MASK
         if key in self.seen:
@@ -245,12 +259,12 @@ class Validator:
         line they repeat) and the rows that only shared a hash (to load after all)."""
         if not self.suspects:
             return [], []
-        keys = {hash(code) & _MASK for _, code, _ in self.suspects}
+        keys = {hash(row[1]) & _MASK for row in self.suspects}
         first: dict[str, int] = {}
         for raw in rows:
             code = raw[1]
             if isinstance(code, str) and (hash(code) & _MASK) in keys and code not in first:
-                again = Validator(self.check_digit, self.now)
+                again = Validator(self.check_digit, self.now, self.kind, self.cvc_length)
                 if type(again.check(raw)) is tuple:
                     first[code] = raw[0]
         load, dupes = [], []

@@ -88,14 +88,14 @@ class Demo:
         self.send(self.s.topic_payments, order_id, msg)
         return msg
 
-    def reserve(self, channel, order_id, nominal, line_id="1", currency="RUB"):
-        resp = self.call("POST", "/certificates/next", channel, json={
-            "channel": channel, "orderId": order_id, "lineId": line_id, "nominal": nominal, "currency": currency})
-        return resp
+    def reserve(self, channel, order_id, nominal, line_id="1", currency="RUB", code=None):
+        body = {"channel": channel, "orderId": order_id, "lineId": line_id, "nominal": nominal,
+                "currency": currency, **({"code": code} if code else {})}
+        return self.call("POST", "/certificates/next", channel, json=body)
 
-    def sale(self, channel, nominal, payment_first=False, label="sold"):
+    def sale(self, channel, nominal, payment_first=False, label="sold", code=None):
         order_id = f"demo-{self.run}-{uuid.uuid4().hex[:6]}"
-        resp = self.reserve(channel, order_id, nominal)
+        resp = self.reserve(channel, order_id, nominal, code=code)
         if resp.status_code not in (200, 201):
             print(f"  reserve {nominal} failed: {resp.status_code} {resp.json().get('code')}")
             return None, order_id
@@ -159,6 +159,26 @@ class Demo:
         sold = [c for c in sold if c]
         self.producer.flush(10)
         self.wait(lambda: all(self.has(c, "issue") for c in sold))
+
+        print("POS: a printed card (PHYSICAL batch, CVC under the scratch panel) is scanned, sold, "
+              "then paid with: authorized with its printed CVC and captured")
+        card, printed = f"DMP{self.run}0001", f"{uuid.uuid4().int % 10 ** self.s.cvc_length:0{self.s.cvc_length}d}"
+        self.call("POST", "/batches", "LOADER", json={
+            "batchId": f"demo-{self.run}-cards", "kind": "PHYSICAL", "currency": "RUB",
+            "certificates": [{"code": card, "nominal": "2000.00", "cvc": printed}]})
+        card = self.sale("POS", "2000.00", label="printed card sold at a POS", code=card)[0]
+        if card:
+            self.producer.flush(10)
+            self.wait(lambda: self.has(card, "issue"))
+            hold = self.call("POST", f"/certificates/{card}/authorizations", "POS", json={
+                "channel": "POS", "orderId": f"demo-{self.run}-till", "amount": "700.00", "cvc": printed})
+            if hold.status_code == 201:
+                captured = self.call("POST", f"/authorizations/{hold.json()['authorizationId']}/capture", "POS", json={})
+                print(f"  {card}: authorized with the printed CVC, captured 700.00 -> "
+                      f"{captured.json().get('remainingBalance')} left")
+                self.story[card] = "printed card: sold at a POS, 700.00 captured with its printed CVC"
+            else:
+                print(f"  {card}: authorization failed: {hold.status_code} {hold.json().get('code')}")
 
         print("CRM: fetches the CVCs and reports the SMS delivered")
         cvcs = {}

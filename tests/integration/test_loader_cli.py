@@ -101,8 +101,8 @@ def test_a_clean_batch_is_generated_and_loaded(server, token, tmp_path, capsys):
 def test_a_jsonl_open_value_physical_batch(server, token, tmp_path):
     # given 40 open-value codes in JSON Lines
     path = tmp_path / "cards.jsonl"
-    assert run("generate", "--count", 40, "--out", path) == 0
-    assert json.loads(path.read_text().splitlines()[0]).keys() == {"code"}
+    assert run("generate", "--count", 40, "--out", path, "--with-cvc") == 0
+    assert json.loads(path.read_text().splitlines()[0]).keys() == {"code", "cvc"}
     # when loaded as PHYSICAL cards
     code, report = load_cmd(server, token, path, "--kind", "PHYSICAL", "--currency", unique_currency())
     # then they are open-value PHYSICAL codes in the pool
@@ -111,6 +111,18 @@ def test_a_jsonl_open_value_physical_batch(server, token, tmp_path):
         kinds = {(r.kind, r.open_value) for r in GiftCertificate.select()
                  .where(GiftCertificate.batch == report["batchId"])}
     assert kinds == {("PHYSICAL", True)}
+    # and each keeps only the keyed hash of its printed CVC
+    from models import cvc as cvc_secret
+
+    printed = json.loads(path.read_text().splitlines()[0])
+    with db.connection_context():
+        row = GiftCertificate.get(GiftCertificate.code == printed["code"])
+    assert row.cvc_encrypted is None and cvc_secret.matches(row.code, printed["cvc"], row.cvc_hash, row.cvc_key_id)
+    # and a physical file without CVCs is refused row by row, before anything is sent
+    bare = tmp_path / "bare.jsonl"
+    run("generate", "--count", 3, "--out", bare)
+    code, report = load_cmd(server, token, bare, "--kind", "PHYSICAL", "--dry-run")
+    assert report["counts"]["accepted"] == 0 and {r["reason"] for r in report["rejected"]} == {"INVALID_CVC"}
 
 
 def test_every_kind_of_bad_row_is_reported_with_its_line(server, token, tmp_path):
@@ -271,7 +283,9 @@ def test_refusals_stop_the_load_with_exit_2(server, token, tmp_path):
     # an existing batch id of another kind: the service's 422
     batch = uid("k-")
     assert load_cmd(server, token, path, "--batch-id", batch)[0] == 0
-    code, report = load_cmd(server, token, path, "--batch-id", batch, "--kind", "PHYSICAL")
+    cards = tmp_path / "cards.csv"
+    run("generate", "--count", 5, "--out", cards, "--with-cvc")
+    code, report = load_cmd(server, token, cards, "--batch-id", batch, "--kind", "PHYSICAL")
     assert code == 2 and "VALIDATION_ERROR" in report["error"]
     # a header the loader does not know
     bad = tmp_path / "header.csv"

@@ -88,10 +88,10 @@ def test_valid_rows_carry_the_values_as_they_will_be_sent():
             (4, good("GCKK03"), None, "2030-06-01T09:00:00.250z", None),
             (5, good("GCKK04"), "1500.00", "2030-06-01T12:00:00+03:00", None)]
     _, out = check_all(rows)
-    # then each is (line, code, (nominal, expiresAt in UTC)), equal values shared
-    assert [r[2] for r in out] == [("1500.00", "2030-06-01T09:00:00Z"), (None, None),
-                                   (None, "2030-06-01T09:00:00.250000Z"),
-                                   ("1500.00", "2030-06-01T09:00:00Z")]
+    # then each is (line, code, (nominal, expiresAt in UTC, no CVC)), equal values shared
+    assert [r[2] for r in out] == [("1500.00", "2030-06-01T09:00:00Z", None), (None, None, None),
+                                   (None, "2030-06-01T09:00:00.250000Z", None),
+                                   ("1500.00", "2030-06-01T09:00:00Z", None)]
     assert out[0][2] is out[3][2]
     assert [r[:2] for r in out] == [(2, good("GCKK01")), (3, good("GCKK02")), (4, good("GCKK03")),
                                     (5, good("GCKK04"))]
@@ -174,3 +174,22 @@ def test_report_merges_late_rejections_in_line_order_and_counts_reasons(tmp_path
     assert doc["counts"]["rejected"] == 5 and doc["exitCode"] == 1 and doc["peakRssMb"] > 0
     report.write(None, {})  # no report path: nothing to write
     report.close()
+
+
+@pytest.mark.parametrize("kind, cvc, reason", [
+    ("PHYSICAL", "482913", None), ("PHYSICAL", None, "INVALID_CVC"), ("PHYSICAL", "48291", "INVALID_CVC"),
+    ("PHYSICAL", "4829l3", "INVALID_CVC"), ("ELECTRONIC", "482913", "INVALID_CVC"), ("ELECTRONIC", None, None),
+])
+def test_a_physical_card_needs_its_printed_cvc_and_an_electronic_one_none(kind, cvc, reason):
+    v = reader.Validator(check_digit=True, now=NOW, kind=kind, cvc_length=6)
+    out = v.check((2, good("GCPP01"), "1500.00", None, None, cvc))
+    if reason is None:
+        assert out == (2, good("GCPP01"), ("1500.00", None, cvc))
+    else:
+        assert out.reason == reason and out.line == 2
+
+
+def test_csv_and_jsonl_carry_the_cvc_column():
+    csv_rows = list(reader.read_csv(io.StringIO(f"code,nominal,cvc\n{good('GCPP02')},10.00,123456\n")))
+    jsonl_rows = list(reader.read_jsonl(io.StringIO(json.dumps({"code": good("GCPP03"), "cvc": "654321"}))))
+    assert csv_rows[0][5] == "123456" and jsonl_rows[0][5] == "654321"
