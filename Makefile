@@ -29,6 +29,7 @@ test: $(DEV_STAMP)
 ## make demo: play the channels against a running service (start `make run` first)
 demo: $(RUNTIME_STAMP)
 	$(PY) -m workers.demo
+	@sleep 2; $(PY) app.py report
 
 ## make bench: the benchmarks under bench/
 bench: $(DEV_STAMP)

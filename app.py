@@ -351,5 +351,14 @@ def _run_procfile(env: dict, settings) -> int:
     return 0 if stopping else proc.returncode
 
 
+def _add_bi_commands() -> None:
+    from bi.cli import reconcile as bi_reconcile, report as bi_report
+
+    cli.add_command(bi_report)
+    cli.add_command(bi_reconcile)
+
+
+_add_bi_commands()
+
 if __name__ == "__main__":
     cli()

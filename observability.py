@@ -115,7 +115,7 @@ class _ProcessMetrics:
 #: Redis sorted set: member ``process|instance``, score = the time of its last beat.
 HEARTBEAT_KEY = "gcp:heartbeats"
 #: The long-running processes `/health/ready` reports on (the Procfile's names).
-PROCESSES = ("worker", "pump", "relay", "scheduler")
+PROCESSES = ("worker", "pump", "relay", "scheduler", "bi")
 #: A process whose newest beat is older than this many intervals counts as missing.
 STALE_AFTER_INTERVALS = 3
 #: Beats older than this are dropped from the set (instances long gone).

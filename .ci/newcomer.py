@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Producer
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / ".local"
 LOG = ROOT / ".local-newcomer.log"
-PROCESSES = ("worker", "pump", "relay", "scheduler")
+PROCESSES = ("worker", "pump", "relay", "scheduler", "bi")
 SERVER_VARS = ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")
 
 

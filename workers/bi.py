@@ -26,7 +26,7 @@ def start_metrics_server() -> int | None:
     from observability import REGISTRY
 
     try:
-        start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "0.0.0.0", registry=REGISTRY)
+        start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "127.0.0.1", registry=REGISTRY)
     except OSError as exc:  # the port is taken: the mart goes on, without its /metrics
         log.error("bi metrics server not started", extra={"port": port, "error": str(exc)})
         return None
@@ -35,10 +35,10 @@ def start_metrics_server() -> int | None:
 
 def main() -> None:
     from bi.consumer import BiConsumer
-    from observability import setup_logging
+    from observability import boot
     from workers.kafka import ensure_topics
 
-    setup_logging()
+    heartbeat = boot("bi")
     get_settings()
     ensure_topics()
     stop = threading.Event()
@@ -47,7 +47,10 @@ def main() -> None:
     consumer = BiConsumer()
     port = start_metrics_server()
     log.info("bi metrics", extra={"port": port})
-    consumer.run(stop)
+    try:
+        consumer.run(stop)
+    finally:
+        heartbeat.stop()
 
 
 if __name__ == "__main__":

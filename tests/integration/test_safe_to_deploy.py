@@ -261,7 +261,7 @@ def test_ready_names_each_process_with_its_heartbeat_age(env, stack):
     from observability import HEARTBEAT_KEY, Heartbeat
 
     cache.client().delete(HEARTBEAT_KEY)
-    beats = [Heartbeat(name, interval=0.2).start() for name in ("worker", "pump", "scheduler")]
+    beats = [Heartbeat(name, interval=0.2).start() for name in ("worker", "pump", "scheduler", "bi")]
     try:
         time.sleep(0.3)
         client = create_app(get_settings()).test_client()
