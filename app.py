@@ -114,6 +114,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     # first of all hooks, before the rate limiter's: a 429 gets a request id and a duration too
     app.before_request_funcs.setdefault(None, []).insert(0, start_request)
+    # first in the list, so it runs after every other response hook (the limiter's included)
+    app.after_request_funcs.setdefault(None, []).insert(0, errors.keep_retry_after)
 
     @app.after_request
     def finish_request(response):

@@ -9,7 +9,7 @@ import json
 import logging
 
 import marshmallow as ma
-from flask import jsonify, request
+from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models.domain import DomainError
@@ -48,7 +48,22 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     resp.status_code = status
     for k, v in (headers or {}).items():
         resp.headers[k] = v
+    if "Retry-After" in (headers or {}):
+        g.gcp_retry_after = int(headers["Retry-After"])  # see keep_retry_after
     return resp
+
+
+def keep_retry_after(response):
+    """The last response hook: the rate limiter rewrites ``Retry-After`` on every response,
+    truncating to whole seconds (so 1 s can become 0); an error's own value is a floor."""
+    own = g.pop("gcp_retry_after", None)
+    if own is not None:
+        try:
+            given = int(response.headers.get("Retry-After", 0))
+        except ValueError:
+            given = 0
+        response.headers["Retry-After"] = str(max(own, given, 1))
+    return response
 
 
 def handle_http_exception(error: HTTPException):
