@@ -385,7 +385,7 @@ class ProxyTrap:
 #: time, component updates, account check): not the page's. Anything else fails the test.
 BROWSER_OWN = (re.compile(r"^GET http://clients2\.google\.com/time/1/current\?"),
                re.compile(r"^POST http://update\.googleapis\.com/service/update2/json\?"),
-               re.compile(r"^CONNECT (update\.googleapis\.com|accounts\.google\.com):443 "))
+               re.compile(r"^CONNECT (update\.googleapis\.com|accounts\.google\.com|www\.google\.com):443 "))
 
 
 def page_requests(requests_seen: list[str]) -> list[str]:
@@ -428,7 +428,7 @@ def test_report_renders_in_headless_chromium_with_no_external_resource_and_the_m
     # then the page loaded nothing from anywhere: no request of the page reached the proxy
     # (every http and https request goes through it), and every resource in the rendered DOM
     # is an inline data: URI
-    assert page_requests(proxy.requests) == []
+    assert page_requests(proxy.requests) == [], proxy.requests
     dom = Tables()
     dom.feed(done.stdout)
     assert dom.resources and all(r.startswith("img.src=data:image/png;base64,") for r in dom.resources), dom.resources
