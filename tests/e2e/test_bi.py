@@ -414,6 +414,7 @@ def test_report_renders_in_headless_chromium_with_no_external_resource_and_the_m
                                                    "pool_level.csv", "anomalies.csv"}
     text = page.read_text()
     assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
+    assert "google" not in text.lower()  # so the browser's own calls to Google are not the page's
     proxy = ProxyTrap()
     profile = Path(tempfile.mkdtemp(prefix="gcp-chromium-"))
     try:
