@@ -101,6 +101,7 @@ def metrics_payload() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         registry.register(_ProcessMetrics())
     registry.register(HeartbeatCollector())
+    registry.register(OutageCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -154,7 +155,15 @@ class Heartbeat:
         pipe.execute()
 
     def _run(self) -> None:
+        from workers.alive import alive_file
+
+        path = alive_file(self.process)
         while not self._stop.is_set():
+            try:  # the local liveness file of a container healthcheck, Redis or not
+                with open(path, "a"):
+                    os.utime(path)
+            except OSError:
+                pass
             try:
                 self.beat()
                 if self._failing:
@@ -239,3 +248,114 @@ def boot(process: str | None = None) -> Heartbeat | None:
         print(f"gcp {process or ''}: {exc}".replace("  ", " "), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     return Heartbeat(process).start() if process else None
+
+
+# ---- riding through an outage of PostgreSQL, Redis or Kafka ---------------------------------
+#: Redis hash ``process|dependency`` -> outages that ended, so the web's /metrics shows the
+#: counts of every process (only the web and bi serve /metrics).
+OUTAGES_KEY = "gcp:outages"
+#: Bounded exponential backoff between reconnection attempts (seconds).
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+DEPENDENCY_OUTAGES = Counter("gcp_dependency_outages_total",
+                             "Outages of a dependency seen by this process (begun)",
+                             ["process", "dependency"], registry=REGISTRY)
+DEPENDENCY_DOWN = Gauge("gcp_dependency_down", "1 while this process cannot reach the dependency",
+                        ["process", "dependency"], registry=REGISTRY)
+
+
+
+def dependency_of(error: BaseException | None) -> str | None:
+    """``"postgres"``, ``"redis"`` or ``"kafka"`` when ``error`` (or its cause, as Peewee wraps
+    them) is a lost or refused connection to that server, which a retry can mend; None for
+    anything else (a bug, a refused statement, a lock timeout)."""
+    import psycopg2
+    import psycopg2.errors as pg
+    import redis
+    from confluent_kafka import KafkaError, KafkaException
+
+    seen = 0
+    while error is not None and seen < 6:
+        # libpq's own errors (refused, lost: plain OperationalError), a closed connection, and
+        # the server's "going away / not yet" answers (class 08, 57P01..03)
+        if (type(error) is psycopg2.OperationalError or isinstance(error, (
+                psycopg2.InterfaceError, pg.ConnectionException, pg.AdminShutdown, pg.CrashShutdown,
+                pg.CannotConnectNow))):
+            return "postgres"
+        if isinstance(error, psycopg2.Error):
+            return None  # an answer of a live server: a lock not granted, a statement cancelled
+        if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+            return "redis"
+        if isinstance(error, KafkaException):
+            err = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+            return "kafka" if err is None or err.retriable() or err.code() in (
+                KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT) else None
+        inner = [a for a in getattr(error, "args", ()) if isinstance(a, BaseException)]
+        error = getattr(error, "orig", None) or (inner[0] if inner else (error.__cause__ or error.__context__))
+        seen += 1
+    return None
+
+
+class Outages:
+    """One process's dependencies: the first failure of an outage is logged once (not every
+    attempt), and counted; the next success logs the recovery with its duration.
+    :meth:`failed` returns how long to wait before the next attempt (bounded exponential
+    backoff with jitter)."""
+
+    def __init__(self, process: str):
+        self.process = process
+        self.down: dict[str, tuple[float, int]] = {}  # dependency -> (since, failed attempts)
+        self.log = logging.getLogger("gcp." + process)
+
+    def failed(self, dependency: str, error: BaseException) -> float:
+        import random
+
+        since, attempts = self.down.get(dependency, (time.monotonic(), 0))
+        if not attempts:
+            self.log.warning("%s unreachable: riding through (retrying with backoff)", dependency,
+                             extra={"dependency": dependency, "error": f"{type(error).__name__}: {error}"[:300]})
+            DEPENDENCY_OUTAGES.labels(self.process, dependency).inc()
+            DEPENDENCY_DOWN.labels(self.process, dependency).set(1)
+        self.down[dependency] = (since, attempts + 1)
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempts) * random.uniform(0.5, 1.0)
+
+    def ok(self, *dependencies: str) -> None:
+        """The dependencies answered again (all of them when none are named)."""
+        if not self.down:
+            return
+        for dependency in dependencies or tuple(self.down):
+            if dependency not in self.down:
+                continue
+            since, attempts = self.down.pop(dependency)
+            seconds = round(time.monotonic() - since, 2)
+            self.log.warning("%s reachable again after %.2f s", dependency, seconds,
+                             extra={"dependency": dependency, "outageSeconds": seconds, "attempts": attempts})
+            DEPENDENCY_DOWN.labels(self.process, dependency).set(0)
+            try:
+                from models import cache
+
+                cache.client().hincrby(OUTAGES_KEY, f"{self.process}|{dependency}", 1)
+            except Exception:  # Redis itself still away: this process's own counter has it
+                pass
+
+    def is_down(self, dependency: str) -> bool:
+        return dependency in self.down
+
+
+class OutageCollector:
+    """``gcp_process_outages_total{process,dependency}``: the outages every process rode
+    through, read from Redis at scrape time."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("gcp_process_outages", "Dependency outages each long-running "
+                                     "process rode through (ended)", labels=["process", "dependency"])
+        try:
+            from models import cache
+
+            for field, count in cache.client().hgetall(OUTAGES_KEY).items():
+                process, _, dependency = field.decode().partition("|")
+                family.add_metric([process, dependency], float(count))
+        except Exception:  # Redis down: readiness says so; the scrape still works
+            pass
+        yield family

@@ -32,15 +32,18 @@ WAKE_CHANNEL = "gcp:dramatiq:wake"
 
 class ProcessBoot(Middleware):
     """The worker processes start like every other process (``observability.boot``): JSON
-    logs, the configuration checked (an unsafe one exits, saying why), and a heartbeat."""
+    logs, the configuration checked (an unsafe one exits, saying why), the database awaited
+    (a missing migration exits, saying why), and a heartbeat."""
 
     def __init__(self):
         self.heartbeat = None
 
     def after_process_boot(self, broker):
+        from models.db import await_database
         from observability import boot
 
         boot()
+        await_database("worker")
 
     def after_worker_boot(self, broker, worker):
         from observability import Heartbeat

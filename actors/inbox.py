@@ -7,7 +7,9 @@ turns the message into its command and runs it through ``models.services.handle`
 becomes ``DONE`` in the same
 transaction as every effect, so a message is applied exactly once. Transient faults raise and
 Dramatiq retries with backoff; after the last retry the row becomes ``FAILED`` and the pump
-sends the message to the DLQ.
+sends the message to the DLQ. A lost connection (PostgreSQL restarting, failing over) is no
+fault of the message: it never counts towards ``FAILED``, the row stays ``PENDING``, and the
+pump's sweeper hands it over again once Dramatiq's retries are spent.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import dramatiq
 
 from actors.common import ensure_db, final_attempt
 from config import get_settings
+from observability import Outages, dependency_of
 
 log = logging.getLogger("gcp.actors.inbox")
+#: Outages of this worker process's dependencies, logged once each.
+OUTAGES = Outages("worker")
 #: The Dramatiq queue of input messages.
 QUEUE = "gcp-inbox"
 _MAX_RETRIES = get_settings().actor_max_retries
@@ -101,6 +106,9 @@ def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:
     """Count a failed attempt; after the last one the row is FAILED (the pump dead-letters it)."""
     from models.db import connection, db
 
+    if dependency_of(error) is not None:  # the database went away: not the message's fault
+        OUTAGES.failed(dependency_of(error), error)
+        return
     text = f"{type(error).__name__}: {error}"[:1000]
     try:
         with connection(), db.atomic():
@@ -123,8 +131,10 @@ def process_inbox_batch(inbox_ids: list[int]) -> None:
     for inbox_id in inbox_ids:
         try:
             process(inbox_id)
+            OUTAGES.ok()
         except Exception as exc:
-            log.warning("inbox row %s failed, retrying it on its own: %s", inbox_id, exc)
+            if dependency_of(exc) is None:
+                log.warning("inbox row %s failed, retrying it on its own: %s", inbox_id, exc)
             record_failure(inbox_id, exc, final=False)
             process_inbox.send_with_options(args=(inbox_id,), delay=get_settings().actor_min_backoff_ms)
 
@@ -136,9 +146,11 @@ def process_inbox(inbox_id: int) -> None:
     final = final_attempt(_MAX_RETRIES)
     try:
         process(inbox_id)
+        OUTAGES.ok()
     except Exception as exc:
-        log.warning("inbox row %s failed (%s retry left): %s", inbox_id,
-                    "no" if final else "a", exc)
+        if dependency_of(exc) is None:
+            log.warning("inbox row %s failed (%s retry left): %s", inbox_id,
+                        "no" if final else "a", exc)
         record_failure(inbox_id, exc, final)
         if not final:
             raise

@@ -22,12 +22,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import psycopg2.extensions
 from confluent_kafka import KafkaError, TopicPartition
 from psycopg2.extras import Json, execute_values
 
 from bi import metrics, rules
 from bi.schema import connect, ensure_schema
 from config import get_settings
+from observability import Outages, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer
 
@@ -330,6 +332,7 @@ class BiConsumer:
         self._started = time.time()
         self.caught_up = False
         self.lag: dict[str, tuple[int, float]] = {}
+        self.outages = Outages("bi")
 
     def step(self, timeout: float = 0.2) -> StepResult:
         first = self.consumer.poll(timeout)
@@ -410,28 +413,42 @@ class BiConsumer:
         last_close = 0.0
         while not stop.is_set():
             try:
-                self.step()
+                used_db = self.step().received > 0  # an empty poll did not touch the database
                 if time.monotonic() - last_close > 30 or not self.lag:
                     last_close = time.monotonic()
                     self.mart.close_due_days(utcnow(), self.caught_up)
-            except Exception:  # the database is down, most likely: nothing was committed
-                log.exception("batch failed; retrying from the last committed offsets")
-                self._rewind()
-                stop.wait(1.0)
+                    used_db = True
+                if used_db:
+                    self.outages.ok()
+            except Exception as exc:  # nothing of the batch was committed: read it again
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.exception("batch failed; retrying from the last committed offsets")
+                delay = self.outages.failed(dependency, exc) if dependency else 1.0
+                self._rewind(stop)
+                stop.wait(delay)
         self.close()
 
-    def _rewind(self) -> None:
-        try:
-            if self.conn.closed:
-                self.conn = connect()
-                self.mart = Mart(self.conn)
-            assigned = self.consumer.assignment()
-            if assigned:
-                for tp in self.consumer.committed(assigned, timeout=10):
-                    self.consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, 0))
-        except Exception:
-            log.exception("rewind failed; restarting the process is the safe way out")
-            raise SystemExit(1)
+    def _rewind(self, stop: threading.Event) -> None:
+        """Back to the committed offsets, on a live connection, before anything else is read
+        (PostgreSQL or Kafka still away: retried with backoff)."""
+        while not stop.is_set():
+            try:
+                if self.conn.closed:
+                    self.conn = connect()
+                    self.mart = Mart(self.conn)
+                elif self.conn.status != psycopg2.extensions.STATUS_READY:
+                    self.conn.rollback()
+                assigned = self.consumer.assignment()
+                if assigned:
+                    for tp in self.consumer.committed(assigned, timeout=10):
+                        self.consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, 0))
+                return
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    raise
+                stop.wait(self.outages.failed(dependency, exc))
 
     def close(self) -> None:
         try:

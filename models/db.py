@@ -326,3 +326,53 @@ class Statements:
             return
         cursor = db.obj._plain_cursor()
         db.obj.send(b";".join(cursor.mogrify(sql, params) for sql, params in parts), cursor)
+
+
+# ---- start-up of a long-running process ---------------------------------------------------
+
+def missing_migrations(conn) -> list[str]:
+    """Migration files not applied to the database of the psycopg2 connection ``conn``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('schema_migration') IS NOT NULL")
+        applied = set()
+        if cur.fetchone()[0]:
+            cur.execute("SELECT name FROM schema_migration")
+            applied = {r[0] for r in cur.fetchall()}
+    return sorted(p.stem for p in MIGRATIONS_DIR.glob("[0-9]*.py") if p.stem not in applied)
+
+
+def await_database(process: str, stop=None) -> None:
+    """Wait until PostgreSQL answers (an outage at start-up is ridden through like any other:
+    retried with backoff, logged once); then exit, saying why in one line, if a migration is
+    missing: that is the one database fault a restart cannot mend."""
+    import logging
+    import sys
+
+    import psycopg2
+
+    from config import get_settings
+    from observability import Outages, dependency_of
+
+    outages = Outages(process)
+    while stop is None or not stop.is_set():
+        try:
+            conn = psycopg2.connect(**connect_params(get_settings().database_url),
+                                    connect_timeout=5, application_name=f"gcp-{process}-boot")
+            try:
+                missing = missing_migrations(conn)
+            finally:
+                conn.close()
+        except Exception as exc:
+            if dependency_of(exc) != "postgres":
+                raise
+            delay = outages.failed("postgres", exc)
+            stop.wait(delay) if stop is not None else time.sleep(delay)
+            continue
+        outages.ok()
+        if missing:
+            line = (f"gcp {process}: the database lacks migration(s) {', '.join(missing)}: "
+                    "run `python app.py migrate` first")
+            logging.getLogger("gcp").critical(line)
+            print(line, file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        return

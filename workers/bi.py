@@ -35,7 +35,7 @@ def start_metrics_server() -> int | None:
 
 def main() -> None:
     from bi.consumer import BiConsumer
-    from observability import boot
+    from observability import Outages, boot, dependency_of
     from workers.kafka import ensure_topics
 
     heartbeat = boot("bi")
@@ -44,7 +44,19 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    consumer = BiConsumer()
+    consumer, outages = None, Outages("bi")
+    while consumer is None and not stop.is_set():  # the mart's database away at start-up
+        try:
+            consumer = BiConsumer()
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
+            stop.wait(outages.failed(dependency, exc))
+    if consumer is None:
+        heartbeat.stop()
+        return
+    outages.ok()
     port = start_metrics_server()
     log.info("bi metrics", extra={"port": port})
     try:

@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from config import get_settings
 from models.db import connection, db
+from observability import Outages, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer, producer as make_producer
 
@@ -82,6 +83,7 @@ class Pump:
         self._last_sweep = 0.0
         self._uncommitted: dict[tuple[str, int], int] = {}  # recorded in the inbox, offsets not committed
         self._last_commit = 0.0
+        self.outages = Outages("pump")
 
     # -- hand-over
     def dispatch(self, inbox_ids: list[int]) -> None:
@@ -97,8 +99,10 @@ class Pump:
         try:
             for i in range(0, len(inbox_ids), CHUNK):
                 self._dispatch(inbox_ids[i:i + CHUNK])
-        except Exception as exc:  # Redis down: the rows are safe in PostgreSQL
-            log.error("hand-over to the actors failed (the sweeper will retry): %s", exc)
+        except Exception as exc:  # Redis down: the rows are safe in PostgreSQL, the sweeper
+            self.outages.failed(dependency_of(exc) or "redis", exc)  # hands them over again
+            return
+        self.outages.ok("redis")
 
     # -- the DLQ
     def dead_letter(self, items: list[tuple[bytes | None, bytes | None, list]]) -> None:
@@ -239,35 +243,47 @@ class Pump:
             self._last_sweep = now
             try:
                 self.sweep()
-            except Exception:
-                log.exception("sweep failed")
+                self.outages.ok("postgres")
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.exception("sweep failed")
+                else:  # the next sweep tries again
+                    self.outages.failed(dependency, exc)
 
     def run(self, stop: threading.Event) -> None:
         log.info("pump started", extra={"topics": list(self.settings.topics_in),
                                         "group": self.settings.consumer_group})
         while not stop.is_set():
             try:
-                self.step()
-            except Exception:  # the database is down, most likely: nothing was committed
-                log.exception("batch failed; retrying from the last committed offsets")
-                self._rewind()
-                stop.wait(1.0)
+                if self.step().received:  # an empty poll did not touch the database
+                    self.outages.ok("postgres")
+            except Exception as exc:  # nothing of the batch was committed: read it again
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.exception("batch failed; retrying from the last committed offsets")
+                delay = self.outages.failed(dependency, exc) if dependency else 1.0
+                self._rewind(stop)
+                stop.wait(delay)
             self.maybe_sweep()
         self.close()
 
-    def _rewind(self) -> None:
-        """After a failed batch, go back to the committed offsets so nothing is skipped."""
-        try:
-            assigned = self.consumer.assignment()
-            if assigned:
-                for tp in self.consumer.committed(assigned, timeout=10):
-                    if tp.offset >= 0:
-                        self.consumer.seek(tp)
-                    else:  # nothing committed yet: from the beginning
-                        self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
-        except Exception:
-            log.exception("rewind failed; restarting the consumer is the safe way out")
-            raise SystemExit(1)
+    def _rewind(self, stop: threading.Event) -> None:
+        """After a failed batch, go back to the committed offsets so nothing is skipped. Until
+        that is done nothing else is read (Kafka unreachable: retried with backoff)."""
+        while not stop.is_set():
+            try:
+                assigned = self.consumer.assignment()
+                if assigned:
+                    for tp in self.consumer.committed(assigned, timeout=10):
+                        if tp.offset >= 0:
+                            self.consumer.seek(tp)
+                        else:  # nothing committed yet: from the beginning
+                            self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+                self.outages.ok("kafka")
+                return
+            except Exception as exc:
+                stop.wait(self.outages.failed(dependency_of(exc) or "kafka", exc))
 
     def close(self) -> None:
         try:
@@ -287,19 +303,19 @@ def _json(message: dict) -> str:
 
 
 def main() -> None:
-    from models.db import init_db
+    from models.db import await_database, init_db
     from observability import boot
     from workers.kafka import ensure_topics
 
     heartbeat = boot("pump")
     settings = get_settings()
     init_db(settings.database_url, max_connections=4)
-    ensure_topics()
-    import actors  # noqa: F401  (configures the broker before the hand-over)
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    await_database("pump", stop)
+    ensure_topics()
+    import actors  # noqa: F401  (configures the broker before the hand-over)
     try:
         Pump().run(stop)
     finally:

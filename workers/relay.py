@@ -28,12 +28,12 @@ import threading
 import time
 import uuid
 
-import psycopg2
 from confluent_kafka import Consumer, TopicPartition
 
 from config import get_settings
 from models.db import listening_connection, wait_for_notify
 from models.services import OUTBOX_CHANNEL
+from observability import Outages, dependency_of
 from workers.kafka import consumer_config, producer as make_producer
 
 log = logging.getLogger("gcp.relay")
@@ -58,6 +58,7 @@ class Relay:
         self.acknowledged: list[int] = []
         self.errors: list = []
         self.on_published = on_published or _hand_over_sms
+        self.outages = Outages("relay")
 
     # -- leadership
     def try_lead(self) -> bool:
@@ -181,10 +182,37 @@ class Relay:
                 elif not more:
                     self._wait(IDLE_POLL)  # a NOTIFY, or the fallback poll
                     more = True
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                log.exception("lost the database connection: stopping (the supervisor restarts us)")
-                raise SystemExit(1)
+                self.outages.ok()
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    raise  # a bug, or a produce that failed: the log and the supervisor see it
+                self.reconnect(dependency, exc)
+                more = True
         self.close()
+
+    def reconnect(self, dependency: str, error: BaseException) -> None:
+        """The database went away, and the leadership (a session lock) with it, or Kafka did
+        not answer the takeover's read of the stream. Let Kafka acknowledge what is in flight,
+        forget it (the rows stay unpublished in the table), give the lock up, and connect again
+        with backoff; the next :meth:`try_lead` recovers as any takeover does, marking the rows
+        it finds on the stream, so nothing is produced twice or skipped."""
+        self.leader = False
+        while self.producer.flush(1.0) and not self.stop.is_set():
+            pass  # Kafka down as well: the rows in flight wait for it
+        self.inflight.clear()
+        self.acknowledged.clear()
+        self.conn.close()
+        while not self.stop.is_set():
+            self.stop.wait(self.outages.failed(dependency, error))
+            try:
+                self.conn = listening_connection("gcp-relay", OUTBOX_CHANNEL)
+                return
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    raise
+                error = exc
 
     def _wait(self, timeout: float) -> bool:
         """Wait for a commit's NOTIFY (up to ``timeout``). True when one came."""
@@ -257,14 +285,16 @@ def _hand_over_sms(rows) -> None:
 
 
 def main() -> None:
+    from models.db import await_database
     from observability import boot
     from workers.kafka import ensure_topics
 
     heartbeat = boot("relay")
-    ensure_topics()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    await_database("relay", stop)
+    ensure_topics()
     if get_settings().sms_gateway_url:
         import actors  # noqa: F401  (the broker, for the SMS hand-over)
     relay = Relay()

@@ -28,6 +28,7 @@ from models.db import connection, listening_connection, wait_for_notify
 from models.domain import DomainError
 from models.housekeeping import purge_idempotency_keys
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
+from observability import Outages, dependency_of
 
 log = logging.getLogger("gcp.scheduler")
 #: Advisory lock key held by the working scheduler.
@@ -127,6 +128,7 @@ class Scheduler:
         self.settings = get_settings()
         self.conn = listening_connection("gcp-scheduler", svc.POOL_CHANNEL)
         self.leader = False
+        self.outages = Outages("scheduler")
 
     def try_lead(self) -> bool:
         if not self.leader:
@@ -141,20 +143,42 @@ class Scheduler:
         log.info("scheduler started", extra={"intervalMs": self.settings.scheduler_interval_ms})
         while not stop.is_set():
             started = time.monotonic()
-            if self.try_lead():
-                due = refilled or started - last_blocked >= BLOCKED_FALLBACK
-                housekeeping = started - last_housekeeping >= HOUSEKEEPING_EVERY
-                try:
-                    tick(blocked=due, housekeeping=housekeeping)
-                    if due:
-                        refilled, last_blocked = False, started
-                    if housekeeping:
-                        last_housekeeping = started
-                except Exception:
-                    log.exception("tick failed")
-            if self._wait(max(0.0, interval - (time.monotonic() - started))):
-                refilled = True
+            try:
+                if self.try_lead():
+                    due = refilled or started - last_blocked >= BLOCKED_FALLBACK
+                    housekeeping = started - last_housekeeping >= HOUSEKEEPING_EVERY
+                    try:
+                        tick(blocked=due, housekeeping=housekeeping)
+                        if due:
+                            refilled, last_blocked = False, started
+                        if housekeeping:
+                            last_housekeeping = started
+                    except Exception as exc:
+                        if dependency_of(exc) is not None:
+                            raise
+                        log.exception("tick failed")  # a bug in one change: the next tick tries again
+                if self._wait(max(0.0, interval - (time.monotonic() - started))):
+                    refilled = True
+                self.outages.ok()
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    raise
+                stop.wait(self.outages.failed(dependency, exc))
+                self._reconnect()
+                refilled = True  # a refill may have come meanwhile
         self.conn.close()
+
+    def _reconnect(self) -> None:
+        """A lost connection took the leadership (a session lock) with it: connect again (the
+        next round, after a backoff, tries again if the database is still away)."""
+        self.leader = False
+        self.conn.close()
+        try:
+            self.conn = listening_connection("gcp-scheduler", svc.POOL_CHANNEL)
+        except Exception as exc:
+            if dependency_of(exc) is None:
+                raise
 
     def _wait(self, timeout: float) -> bool:
         """Sleep until the next tick; True when the pool was refilled meanwhile."""
@@ -162,7 +186,7 @@ class Scheduler:
 
 
 def main() -> None:
-    from models.db import init_db
+    from models.db import await_database, init_db
     from observability import boot
 
     heartbeat = boot("scheduler")
@@ -170,6 +194,7 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    await_database("scheduler", stop)
     try:
         Scheduler().run(stop)
     finally:
