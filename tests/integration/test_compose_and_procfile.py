@@ -56,3 +56,50 @@ def test_compose_requires_the_secrets_instead_of_defaulting_them():
     env = compose["x-app"]["environment"]
     for name in ("JWT_SECRET", "CVC_ENCRYPTION_KEY"):
         assert env[name].startswith("${" + name + ":?"), env[name]
+
+
+def test_every_process_has_a_restart_policy_and_a_healthcheck_of_its_own():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in procfile_processes():
+        service = compose["services"][name]
+        assert service.get("restart") == "unless-stopped", name
+        test = service["healthcheck"]["test"]
+        assert test[-1] == name or "/health/ready" in " ".join(test), (name, test)
+
+
+def test_the_healthcheck_of_a_process_follows_its_heartbeat_file(tmp_path):
+    import os
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HEARTBEAT_INTERVAL_MS": "1000"}
+    check = [sys.executable, "-m", "workers.alive", "pump"]
+    assert subprocess.run(check, cwd=ROOT, env=env, capture_output=True).returncode == 1  # never beat
+    beat = tmp_path / "gcp-pump.alive"
+    beat.touch()
+    assert subprocess.run(check, cwd=ROOT, env=env, capture_output=True).returncode == 0
+    old = time.time() - 10
+    os.utime(beat, (old, old))
+    stale = subprocess.run(check, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert stale.returncode == 1 and "last heartbeat" in stale.stderr
+
+
+def test_a_heartbeat_touches_the_file_the_healthcheck_reads(stack):
+    import os
+    import time
+
+    from observability import Heartbeat
+    from workers.alive import alive_file
+
+    path = alive_file("test-alive")
+    if os.path.exists(path):
+        os.remove(path)
+    beat = Heartbeat("test-alive", interval=0.1).start()
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.time() - os.path.getmtime(path) < 2
+    finally:
+        beat.stop()
+        os.remove(path)
