@@ -26,6 +26,17 @@ def _str(name: str, default: str | None = None) -> str | None:
     return raw if raw not in (None, "") else default
 
 
+def _secret(name: str) -> str | None:
+    """A secret from ``NAME``, or from the file named by ``NAME_FILE`` (a mounted secret)."""
+    path = _str(name + "_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:  # reported by check_settings, never with the secret
+            return f"\0unreadable:{exc.strerror}"
+    return _str(name)
+
+
 def _bool(name: str, default: bool = False) -> bool:
     raw = (os.environ.get(name) or "").strip().lower()
     return default if not raw else raw in ("1", "true", "yes", "on")
@@ -35,6 +46,14 @@ def _bool(name: str, default: bool = False) -> bool:
 DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123"
 #: Shortest HS256 secret accepted outside development (RFC 7518 3.2: at least the hash size).
 MIN_SECRET_BYTES = 32
+#: The SMS text's default: Russian, code, CVC, nominal and currency, the expiry where there is
+#: one, and the secrecy line. Placeholders: {code} {cvc} {nominal} {currency} {expiry}.
+DEFAULT_SMS_TEMPLATE = ("Подарочный сертификат {code}: CVC {cvc}, номинал {nominal} {currency}{expiry}. "
+                        "Никому не сообщайте CVC.")
+#: The JSON body of the `http` gateway; each placeholder is replaced inside a JSON string.
+DEFAULT_SMS_HTTP_BODY = '{"to": "{to}", "text": "{text}", "reference": "{reference}"}'
+NOTIFY_PATHS = ("sms", "crm")
+SMS_GATEWAYS = ("log", "http", "smpp")
 #: The CVC length the contract allows a deployment to choose.
 CVC_LENGTH_RANGE = (4, 12)
 
@@ -102,6 +121,25 @@ class Settings:
     worker_timeout_ms: int = 200
     sms_max_retries: int = 5
     sms_gateway_url: str | None = None
+
+    # CVC delivery: NOTIFY_VIA sms (we send) or crm (CRM fetches /cvc once); the SMS gateway.
+    notify_via: str = "crm"
+    sms_gateway: str | None = None
+    sms_template: str = DEFAULT_SMS_TEMPLATE
+    sms_log_path: str = str(LOCAL_DIR / "sms.log")
+    sms_http_method: str = "POST"
+    sms_http_auth_header: str = "Authorization"
+    sms_http_auth: str | None = None
+    sms_http_timeout_ms: int = 5_000
+    sms_http_body: str = DEFAULT_SMS_HTTP_BODY
+    smpp_host: str | None = None
+    smpp_port: int = 2775
+    smpp_system_id: str | None = None
+    smpp_password: str | None = None
+    smpp_source_addr: str = "GiftCard"
+    smpp_timeout_ms: int = 5_000
+    smpp_receipt_wait_ms: int = 10_000
+    sms_sweep_after_ms: int = 30_000
     inbox_sweep_after_ms: int = 30_000
     scheduler_interval_ms: int = 1_000
     heartbeat_interval_s: float = 5.0
@@ -132,6 +170,11 @@ def load_settings() -> Settings:
     """Build :class:`Settings` from ``os.environ`` (no caching)."""
     validity = _str("CERTIFICATE_VALIDITY_DAYS")
     algorithms = tuple(a.strip() for a in (_str("JWT_ALGORITHMS") or "").split(",") if a.strip())
+    development = (not any(_str(v) for v in URL_VARS)
+                   or (_str("GCP_ENV") or "").strip().lower() == "development")
+    gateway = (_str("SMS_GATEWAY") or ("http" if _str("SMS_GATEWAY_URL") else None)
+               or ("log" if development else None))
+    gateway = gateway.strip().lower() if gateway else None
     if not algorithms:
         algorithms = ("RS256",) if _str("JWKS_URL") else ("HS256",)
     return Settings(
@@ -177,6 +220,23 @@ def load_settings() -> Settings:
         worker_timeout_ms=_int("WORKER_TIMEOUT_MS", 200),
         sms_max_retries=_int("SMS_MAX_RETRIES", 5),
         sms_gateway_url=_str("SMS_GATEWAY_URL"),
+        notify_via=(_str("NOTIFY_VIA") or ("sms" if gateway else "crm")).strip().lower(),
+        sms_gateway=gateway,
+        sms_template=_str("SMS_TEMPLATE", DEFAULT_SMS_TEMPLATE),
+        sms_log_path=_str("SMS_LOG_PATH", str(LOCAL_DIR / "sms.log")),
+        sms_http_method=_str("SMS_HTTP_METHOD", "POST").upper(),
+        sms_http_auth_header=_str("SMS_HTTP_AUTH_HEADER", "Authorization"),
+        sms_http_auth=_secret("SMS_HTTP_AUTH"),
+        sms_http_timeout_ms=_int("SMS_HTTP_TIMEOUT_MS", 5_000),
+        sms_http_body=_str("SMS_HTTP_BODY", DEFAULT_SMS_HTTP_BODY),
+        smpp_host=_str("SMPP_HOST"),
+        smpp_port=_int("SMPP_PORT", 2775),
+        smpp_system_id=_str("SMPP_SYSTEM_ID"),
+        smpp_password=_secret("SMPP_PASSWORD"),
+        smpp_source_addr=_str("SMPP_SOURCE_ADDR", "GiftCard"),
+        smpp_timeout_ms=_int("SMPP_TIMEOUT_MS", 5_000),
+        smpp_receipt_wait_ms=_int("SMPP_RECEIPT_WAIT_MS", 10_000),
+        sms_sweep_after_ms=_int("SMS_SWEEP_AFTER_MS", 30_000),
         inbox_sweep_after_ms=_int("INBOX_SWEEP_AFTER_MS", 30_000),
         scheduler_interval_ms=_int("SCHEDULER_INTERVAL_MS", 1_000),
         heartbeat_interval_s=_int("HEARTBEAT_INTERVAL_MS", 5_000) / 1000.0,
@@ -209,8 +269,12 @@ def check_settings(s: Settings) -> list[str]:
         except ValueError:
             problems.append(f"CVC_CLIENT_BUDGET must be a rate like '20/10 minutes' or 'off', "
                             f"not {s.cvc_client_budget!r}")
+    problems += _delivery_problems(s)
     if s.development:
         return problems
+    if s.sms_gateway == "log":
+        problems.append("SMS_GATEWAY=log writes CVCs to a local file: development only; "
+                        "choose http or smpp")
     if s.accepts_hs256:
         if s.jwt_secret == DEV_JWT_SECRET:
             problems.append("JWT_SECRET is the built-in development secret: set a secret of your own "
@@ -224,6 +288,39 @@ def check_settings(s: Settings) -> list[str]:
     if s.jwks_url and not (s.jwt_issuer and s.jwt_audience):
         problems.append("JWKS_URL is set without JWT_ISSUER and JWT_AUDIENCE: tokens of any issuer "
                         "or audience would be accepted")
+    return problems
+
+
+def _delivery_problems(s: Settings) -> list[str]:
+    """NOTIFY_VIA and the SMS gateway's settings (never naming a secret's value)."""
+    problems = []
+    if s.notify_via not in NOTIFY_PATHS:
+        problems.append(f"NOTIFY_VIA must be one of {', '.join(NOTIFY_PATHS)}, not {s.notify_via!r}")
+    if s.sms_gateway is not None and s.sms_gateway not in SMS_GATEWAYS:
+        problems.append(f"SMS_GATEWAY must be one of {', '.join(SMS_GATEWAYS)}, not {s.sms_gateway!r}")
+    if s.notify_via == "sms" and s.sms_gateway is None:
+        problems.append("NOTIFY_VIA=sms needs an SMS_GATEWAY (http or smpp)")
+    if s.sms_gateway == "http" and not s.sms_gateway_url:
+        problems.append("SMS_GATEWAY=http needs SMS_GATEWAY_URL")
+    if s.sms_gateway == "smpp" and not (s.smpp_host and s.smpp_system_id):
+        problems.append("SMS_GATEWAY=smpp needs SMPP_HOST and SMPP_SYSTEM_ID")
+    if s.sms_gateway == "smpp" and s.smpp_password and len(s.smpp_password) > 8:
+        problems.append("SMPP_PASSWORD is longer than 8 characters, the SMPP 3.4 limit: the SMSC "
+                        "would see it cut short")
+    for name, value in (("SMS_HTTP_AUTH", s.sms_http_auth), ("SMPP_PASSWORD", s.smpp_password)):
+        if value and value.startswith("\0unreadable:"):
+            problems.append(f"{name}_FILE cannot be read ({value.split(':', 1)[1]})")
+    if s.sms_gateway == "http":
+        import json
+
+        try:
+            json.loads(s.sms_http_body)
+        except ValueError:
+            problems.append("SMS_HTTP_BODY must be a JSON template, e.g. " + DEFAULT_SMS_HTTP_BODY)
+    try:
+        s.sms_template.format(code="", cvc="", nominal="", currency="", expiry="")
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(f"SMS_TEMPLATE has an unknown placeholder: {exc}")
     return problems
 
 

@@ -1,31 +1,41 @@
-"""The SMS actor: sends a certificate's CVC to the buyer through the configured gateway.
+"""The SMS actor: sends a certificate's CVC to the buyer, exactly once per notification request.
 
-Used when ``SMS_GATEWAY_URL`` is set (otherwise CRM fetches the CVC once through
+Used when ``NOTIFY_VIA=sms`` (otherwise CRM fetches the CVC once through
 ``GET /certificates/{code}/cvc`` and reports on All_Clients). The relay hands over every
-``notification.requested`` event it publishes; the actor sends at most one SMS per
-notification request (``sms_message`` unique on the event id, and the event id as the
-gateway's ``Idempotency-Key``), retries with backoff, and reports the outcome as
-``notification.sent`` / ``notification.failed``. Neither the CVC nor the full phone number is
-ever logged.
+``notification.requested`` it publishes; the scheduler's sweeper hands over again a request whose
+send is missing (a hand-off lost with the relay or Redis) or stuck (a worker killed mid-send).
+
+Exactly one SMS per request (``sms_message``, unique on the request's event id):
+
+1. under the certificate's and the message's row locks an attempt takes a lease (``SENDING``
+   until ``sending_until``) and commits it; a second trigger meanwhile finds the lease and
+   sends nothing;
+2. the gateway gets the request's event id as its idempotency key (``reference``), so the
+   retry of an attempt that died after the gateway accepted is answered "already sent";
+   a gateway with no such key (SMPP) is never submitted to twice: an attempt found dead there
+   ends the request ``NOTIFICATION_FAILED`` (``UNKNOWN_OUTCOME``) with an alert, and support's
+   re-request starts a new round;
+3. the outcome is recorded with the notification result in one transaction.
+
+Failures are retried by Dramatiq with exponential backoff, ``SMS_MAX_RETRIES`` times; the last
+one gives ``notification.failed`` and an ``alert``. No phone: ``notification.failed`` with reason
+``NO_PHONE`` at once. Neither the CVC nor the full phone number is ever logged.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import dramatiq
-import requests
 
 from actors.common import ensure_db, final_attempt
+from actors.gateways import GatewayError, GatewayRefused, Sms, gateway, masked
 from config import get_settings
 
 log = logging.getLogger("gcp.actors.sms")
 #: The Dramatiq queue of SMS sends.
 QUEUE = "gcp-sms"
 _MAX_RETRIES = get_settings().sms_max_retries
-
-
-class GatewayError(RuntimeError):
-    """The gateway refused or could not be reached (retried)."""
 
 
 def phone_for(certificate) -> str | None:
@@ -45,25 +55,34 @@ def phone_for(certificate) -> str | None:
     return None
 
 
-def sms_text(code: str, cvc: str, nominal: str | None, currency: str) -> str:
-    return (f"Your gift certificate {code}: CVC {cvc}, balance {nominal} {currency}. "
-            "Keep the CVC secret.")
+def sms_text(code: str, cvc: str, nominal: str | None, currency: str,
+             expires_at: dt.datetime | None = None, template: str | None = None) -> str:
+    """The SMS from ``SMS_TEMPLATE`` (Russian by default)."""
+    expiry = f", до {expires_at.astimezone(dt.timezone.utc):%d.%m.%Y}" if expires_at else ""
+    return (template or get_settings().sms_template).format(
+        code=code, cvc=cvc, nominal=nominal or "", currency=currency, expiry=expiry)
 
 
-def _report(code: str, delivered: bool, reason: str | None, event_id: str) -> None:
+def _report(code: str, delivered: bool, reason: str | None, event_id: str, gateway_id: str | None = None,
+            alert: bool = False) -> None:
     from models import services as svc
     from models.domain import DomainError
     from models.tables import SmsMessage
 
+    now = svc.utcnow()
     with svc.transaction():
-        (SmsMessage.update(status="SENT" if delivered else "FAILED", last_error=reason,
-                           sent_at=svc.utcnow() if delivered else None)
+        (SmsMessage.update(status="SENT" if delivered else "FAILED", last_error=reason, touched_at=now,
+                           sending_until=None, gateway_id=gateway_id, sent_at=now if delivered else None)
          .where(SmsMessage.notification_event_id == event_id).execute())
+        ctx = svc.Context(actor="sms-gateway", causation_id=event_id)
         try:
-            svc.handle(svc.NotificationResult(code, delivered, reason),
-                       svc.Context(actor="sms-gateway", causation_id=event_id))
+            svc.handle(svc.NotificationResult(code, delivered, reason), ctx)
         except DomainError as refused:  # e.g. cancelled meanwhile: nothing to report on
             log.warning("notification result for %s refused: %s", code, refused.code)
+        if alert:
+            svc.handle(svc.RaiseAlert("alert", "NOTIFICATION_FAILED", f"the CVC SMS could not be sent: {reason}",
+                                      "sms-gateway", certificate_code=code,
+                                      details={"notificationId": event_id}), ctx)
 
 
 def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
@@ -71,53 +90,101 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     from models import cvc as cvc_secret
     from models.db import connection, db
     from models.domain import fmt_money
-    from models.tables import GiftCertificate, SmsMessage
     from models.services import utcnow
+    from models.tables import GiftCertificate, SmsMessage
     from observability import mask_phone
 
-    gateway = get_settings().sms_gateway_url
-    if not gateway:
-        return "no-gateway"
+    settings = get_settings()
+    if settings.notify_via != "sms":
+        return "crm-path"
+    sender = gateway(settings)
+    lease = dt.timedelta(milliseconds=settings.sms_sweep_after_ms)
     with connection():
         with db.atomic():
             cert = GiftCertificate.select().where(GiftCertificate.code == code).for_update().first()
             if (cert is None or cert.notification_status != "NOTIFICATION_REQUESTED"
-                    or not cert.cvc_encrypted or not cert.cvc_disclosable):
+                    or not cert.cvc_encrypted):
                 return "not-requested"
+            now = utcnow()
             SmsMessage.insert(notification_event_id=notification_event_id, code=code, status="PENDING",
-                              created_at=utcnow()).on_conflict_ignore().execute()
+                              created_at=now, touched_at=now).on_conflict_ignore().execute()
             sms = (SmsMessage.select().where(SmsMessage.notification_event_id == notification_event_id)
                    .for_update().get())
-            if sms.status != "PENDING":
+            if sms.status in ("SENT", "FAILED"):
                 return "already-" + sms.status.lower()
-            sms.attempts += 1
-            sms.save()
+            if sms.status == "SENDING" and sms.sending_until and sms.sending_until > now:
+                return "in-flight"  # another attempt holds the lease
+            died_mid_send = sms.status == "SENDING"
             phone = phone_for(cert)
             secret = cvc_secret.decrypt(cert.cvc_encrypted)
-            text = None if secret is None else sms_text(code, secret, fmt_money(cert.nominal),
-                                                        cert.currency.strip())
-        if phone is None or text is None:
+            if not died_mid_send or sender.idempotent:
+                sms.status, sms.sending_until, sms.touched_at = "SENDING", now + lease, now
+                sms.attempts += 1
+                sms.save()
+        if died_mid_send and not sender.idempotent:  # maybe sent: never submit twice
+            _report(code, False, "UNKNOWN_OUTCOME", notification_event_id, alert=True)
+            return "failed"
+        if phone is None or secret is None:
             _report(code, False, "NO_PHONE" if phone is None else "CVC_UNREADABLE", notification_event_id)
             return "failed"
+        text = sms_text(code, secret, fmt_money(cert.nominal), cert.currency.strip(), cert.expires_at,
+                        settings.sms_template)
+        message = Sms(phone, text, notification_event_id, masked(text, secret))
         try:
-            resp = requests.post(gateway, json={"to": phone, "text": text,
-                                                "reference": notification_event_id},
-                                 headers={"Idempotency-Key": notification_event_id}, timeout=5)
-            if resp.status_code >= 300:
-                raise GatewayError(f"gateway answered {resp.status_code}")
-        except (requests.RequestException, GatewayError) as exc:
-            reason = str(exc)[:300] if isinstance(exc, GatewayError) else type(exc).__name__
-            log.warning("sms to %s for %s failed: %s", mask_phone(phone), code, reason)
+            accepted = sender.send(message)
+        except GatewayRefused as exc:
+            log.warning("sms to %s for %s refused: %s", mask_phone(phone), code, exc)
+            _report(code, False, str(exc)[:300], notification_event_id, alert=True)
+            return "failed"
+        except GatewayError as exc:
+            reason = str(exc)[:300]
+            log.warning("sms to %s for %s failed (%s): %s", mask_phone(phone), code,
+                        "last attempt" if final else "retrying", reason)
             with db.atomic():
-                SmsMessage.update(last_error=reason).where(
+                SmsMessage.update(status="PENDING", sending_until=None, last_error=reason, touched_at=utcnow()).where(
                     SmsMessage.notification_event_id == notification_event_id).execute()
             if final:
-                _report(code, False, reason, notification_event_id)
+                _report(code, False, reason, notification_event_id, alert=True)
                 return "failed"
             raise
-        _report(code, True, None, notification_event_id)
-        log.info("sms sent", extra={"code": code, "to": mask_phone(phone)})
-        return "sent"
+        _report(code, accepted.delivered, accepted.reason, notification_event_id, accepted.gateway_id,
+                alert=not accepted.delivered)
+        log.info("sms sent" if accepted.delivered else "sms undelivered",
+                 extra={"code": code, "to": mask_phone(phone), "reference": notification_event_id})
+        return "sent" if accepted.delivered else "failed"
+
+
+def stuck_requests(limit: int = 200) -> list[tuple[str, str]]:
+    """(code, notification event id) of the pending SMS requests whose send is missing (the
+    hand-off was lost) or stuck (an attempt died, a retry was lost), older than
+    ``SMS_SWEEP_AFTER_MS``."""
+    from models.db import db
+
+    after = get_settings().sms_sweep_after_ms / 1000.0
+    cursor = db.execute_sql("""
+        SELECT g.code, o.event_id::text FROM gift_certificate g
+        JOIN LATERAL (SELECT event_id, created_at, published_at FROM outbox_event
+                      WHERE message_key = g.code AND event_type = 'notification.requested'
+                      ORDER BY id DESC LIMIT 1) o ON true
+        LEFT JOIN sms_message m ON m.notification_event_id = o.event_id::text
+        WHERE g.notification_status = 'NOTIFICATION_REQUESTED' AND g.cvc_encrypted IS NOT NULL
+          AND o.published_at IS NOT NULL AND o.created_at < now() - make_interval(secs => %s)
+          AND (m.id IS NULL OR (m.status = 'SENDING' AND m.sending_until < now())
+               OR (m.status = 'PENDING' AND m.touched_at < now() - make_interval(secs => %s)))
+        LIMIT %s""", (after, after, limit))
+    return [(code, event_id) for code, event_id in cursor.fetchall()]
+
+
+def sweep() -> int:
+    """Hand over again every stuck request (the scheduler calls this each tick)."""
+    if get_settings().notify_via != "sms":
+        return 0
+    stuck = stuck_requests()
+    for code, event_id in stuck:
+        send_sms.send(code, event_id)
+    if stuck:
+        log.info("sms sweep", extra={"handedOverAgain": len(stuck)})
+    return len(stuck)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=_MAX_RETRIES)

@@ -272,6 +272,9 @@ class SmsMessage(Base):
     last_error = TextField(null=True)
     created_at = DateTimeTZField()
     sent_at = DateTimeTZField(null=True)
+    sending_until = DateTimeTZField(null=True)
+    touched_at = DateTimeTZField(null=True)
+    gateway_id = TextField(null=True)
 
     class Meta:
         table_name = "sms_message"

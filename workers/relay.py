@@ -272,8 +272,9 @@ def published_ids_in_tail(topic: str, depth: int, timeout: float = 30.0) -> set[
 
 
 def _hand_over_sms(rows) -> None:
-    """With an SMS gateway configured, each published ``notification.requested`` is sent."""
-    if not get_settings().sms_gateway_url:
+    """With ``NOTIFY_VIA=sms``, each published ``notification.requested`` is sent (a hand-off
+    lost here, with Redis or this process, is made good by the scheduler's SMS sweeper)."""
+    if get_settings().notify_via != "sms":
         return
     wanted = [json.loads(env) for _id, _key, t, _c, env in rows if t == "notification.requested"]
     if not wanted:
@@ -295,7 +296,7 @@ def main() -> None:
         signal.signal(sig, lambda *_: stop.set())
     await_database("relay", stop)
     ensure_topics()
-    if get_settings().sms_gateway_url:
+    if get_settings().notify_via == "sms":
         import actors  # noqa: F401  (the broker, for the SMS hand-over)
     relay = Relay()
     try:

@@ -7,6 +7,8 @@ Every ``SCHEDULER_INTERVAL_MS`` it
   order (checked under the order's lock, so a payment being recorded is never overtaken),
 - expires issued certificates past ``expiresAt`` (``expire``),
 
+- hands over again the CVC SMS whose send is missing or stuck (``NOTIFY_VIA=sms``),
+
 and on ``NOTIFY gcp_pool_refilled`` (a batch added codes; also every minute as a fallback) it
 issues the paid order lines blocked by an empty pool, oldest first. Several schedulers may run:
 one holds a PostgreSQL advisory lock and works, the others wait. Each change goes through its
@@ -49,6 +51,7 @@ class TickResult:
     certificates_expired: list[str] = field(default_factory=list)
     blocked_issued: list[str] = field(default_factory=list)
     idempotency_keys_purged: int = 0
+    sms_handed_over: int = 0
 
 
 def expire_holds(now) -> list[str]:
@@ -117,6 +120,10 @@ def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
             result.blocked_issued = resolve_blocked()
         if housekeeping:
             result.idempotency_keys_purged = purge_idempotency_keys(now)
+        if get_settings().notify_via == "sms":
+            from actors.sms import sweep
+
+            result.sms_handed_over = sweep()
     counts = {k: v if isinstance(v, int) else len(v) for k, v in vars(result).items()}
     if any(counts.values()):
         log.info("tick", extra=counts)
@@ -195,6 +202,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     await_database("scheduler", stop)
+    if get_settings().notify_via == "sms":
+        import actors  # noqa: F401  (the broker, for the SMS sweeper's hand-over)
     try:
         Scheduler().run(stop)
     finally:

@@ -104,22 +104,22 @@ def test_gateway_failures_are_retried_then_reported_failed(gateway):
     assert last_types(code) == ["notification.requested"]
     # when the last retry fails too, then the notification is failed
     assert deliver(code, event_id, final=True) == "failed"
-    assert last_types(code) == ["notification.failed"]
+    assert last_types(code, 2) == ["notification.failed", "alert"]
     with db.connection_context():
         sms = SmsMessage.get(SmsMessage.notification_event_id == event_id)
         assert sms.status == "FAILED" and sms.attempts == 2 and "503" in sms.last_error
 
 
-def test_no_phone_fails_at_once_and_no_gateway_means_crm(gateway, monkeypatch):
+def test_no_phone_fails_at_once_and_crm_path_sends_nothing(gateway, monkeypatch):
     from actors.sms import deliver
 
     code, event_id, _ = sold_with_phone(phone=None)
     assert deliver(code, event_id) == "failed" and gateway.received == []
     assert last_types(code) == ["notification.failed"]
-    monkeypatch.delenv("SMS_GATEWAY_URL")
+    monkeypatch.setenv("NOTIFY_VIA", "crm")
     reset_settings()
     other, other_event, _ = sold_with_phone()
-    assert deliver(other, other_event) == "no-gateway"
+    assert deliver(other, other_event) == "crm-path" and gateway.received == []
 
 
 def test_relay_hands_published_notification_requests_to_the_sms_worker(gateway):
