@@ -5,7 +5,9 @@ Every setting is documented in README.md (table "Configuration") with its defaul
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 #: Root of the project checkout (where app.py lives).
@@ -35,6 +37,33 @@ def _secret(name: str) -> str | None:
         except OSError as exc:  # reported by check_settings, never with the secret
             return f"\0unreadable:{exc.strerror}"
     return _str(name)
+
+
+def _money(name: str, default: str) -> Decimal:
+    """A money setting such as ``5000.00`` (two decimals at most, not negative)."""
+    raw = (os.environ.get(name) or "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be an amount like {default}, not {raw!r}") from None
+    if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")):
+        raise ConfigError(f"{name} must be an amount like {default}, not {raw!r}")
+    return value.quantize(Decimal("0.01"))
+
+
+_DURATION_RE = re.compile(r"^([0-9]+)\s*(s|m|h|d)?$")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(name: str, default_seconds: int) -> int:
+    """A duration setting in seconds, or with a unit: ``86400``, ``90s``, ``30m``, ``24h``, ``1d``."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default_seconds
+    match = _DURATION_RE.fullmatch(raw)
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigError(f"{name} must be a positive duration such as 86400, 30m or 24h, not {raw!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _bool(name: str, default: bool = False) -> bool:
@@ -92,6 +121,10 @@ class Settings:
     reservation_ttl_seconds: int = 30 * 60
     pool_low_water_mark: int = 100
     default_currency: str = "RUB"
+    #: Adjustments above this amount wait for a second admin's approval.
+    adjust_approval_limit: Decimal = Decimal("5000.00")
+    #: How long a pending adjustment may wait for its approval (seconds).
+    adjust_approval_ttl_seconds: int = 24 * 3600
 
     # HTTP.
     rate_limit: str = "200/second"
@@ -199,6 +232,8 @@ def load_settings() -> Settings:
         reservation_ttl_seconds=_int("RESERVATION_TTL_SECONDS", 30 * 60),
         pool_low_water_mark=_int("POOL_LOW_WATER_MARK", 100),
         default_currency=_str("DEFAULT_CURRENCY", "RUB"),
+        adjust_approval_limit=_money("ADJUST_APPROVAL_LIMIT", "5000.00"),
+        adjust_approval_ttl_seconds=_duration("ADJUST_APPROVAL_TTL", 24 * 3600),
         rate_limit=_str("RATE_LIMIT", "200/second"),
         max_body_bytes=_int("MAX_BODY_BYTES", 1_048_576),
         cache_ttl_seconds=_int("CACHE_TTL_SECONDS", 300),

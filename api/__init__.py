@@ -9,6 +9,7 @@ BLUEPRINT_MODULES = (
     "api.certificates",
     "api.authorizations",
     "api.batches",
+    "api.support",
 )
 
 

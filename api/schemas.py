@@ -13,8 +13,9 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.errors import ErrorSchema
-from models.domain import (CHANNELS, CODE_PATTERN, CURRENCY_PATTERN, KINDS, MONEY_PATTERN,
-                           DomainError, Status, parse_money, positive_money)
+from models.domain import (ADJUST_REASONS, ADJUSTMENT_STATUSES, CHANNELS, CODE_PATTERN,
+                           CURRENCY_PATTERN, DIRECTIONS, KINDS, MONEY_PATTERN, DomainError, Status,
+                           parse_money, positive_money)
 
 #: Printable text without control characters (they never belong in ids or reasons).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -22,6 +23,8 @@ TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 CVC_PATTERN = r"^[0-9]{1,12}$"
 #: An authorization id as the service makes them.
 AUTHORIZATION_ID_PATTERN = r"^auth-[0-9a-f]{32}$"
+#: An adjustment id as the service makes them.
+ADJUSTMENT_ID_PATTERN = r"^adj-[0-9a-f]{32}$"
 #: The Idempotency-Key header: visible ASCII, 1 to 255 characters.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 #: Largest page size for searches and listings.
@@ -194,6 +197,34 @@ class EmptyRequest(Strict):
     """No fields (an empty body or ``{}``)."""
 
 
+class AdjustRequest(Strict):
+    direction = ma.fields.String(required=True, validate=validate.OneOf(DIRECTIONS), metadata={
+        "description": "CREDIT adds to the balance (never above nominal), DEBIT takes from it "
+                       "(never more than `available`)"})
+    amount = Money(required=True, metadata={"example": "100.00"})
+    reason = ma.fields.String(required=True, validate=validate.OneOf(ADJUST_REASONS))
+    comment = text(max_length=500, load_default=None, metadata={
+        "description": "free text for the approver and the audit (never a card's CVC)"})
+
+
+class DecisionRequest(Strict):
+    comment = text(max_length=500, load_default=None)
+
+
+class TransferRequest(Strict):
+    to = code_field(load_default=None, metadata={
+        "description": "an AVAILABLE code of the same currency (a new card handed over at a "
+                       "POS); default: the next electronic certificate from the pool"})
+    reason = text(max_length=500, required=True, metadata={"example": "DAMAGED_CARD"})
+
+
+class AdjustmentQuery(Query):
+    status = ma.fields.String(validate=validate.OneOf(ADJUSTMENT_STATUSES), load_default=None)
+    code = code_field(load_default=None, metadata={"description": "only this certificate's"})
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
+    page_size = ma.fields.Integer(load_default=20, validate=validate.Range(1, MAX_PAGE_SIZE))
+
+
 # ---- answers ----------------------------------------------------------------------------------
 
 class ReservationSchema(ma.Schema):
@@ -236,11 +267,16 @@ class CertificatePageSchema(ma.Schema):
 class OperationSchema(ma.Schema):
     id = ma.fields.Integer(required=True)
     kind = ma.fields.String(required=True, metadata={
-        "description": "ISSUE, REDEEM, REFUND_CREDIT or PURCHASE_REFUND"})
+        "description": "ISSUE, REDEEM, REFUND_CREDIT, PURCHASE_REFUND, ADJUST_CREDIT, "
+                       "ADJUST_DEBIT, TRANSFER_IN or TRANSFER_OUT"})
     amount = out_money(required=True, metadata={"description": "credits positive, debits negative"})
     balanceAfter = out_money(required=True)
     currency = ma.fields.String(required=True)
     authorizationId = ma.fields.String(required=True, allow_none=True)
+    adjustmentId = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "the adjustment of an ADJUST_* row (its reason, author and approver)"})
+    transferId = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "the transfer of a TRANSFER_* row (the same id on both certificates)"})
     orderId = ma.fields.String(required=True, allow_none=True)
     channel = ma.fields.String(required=True, allow_none=True)
     createdAt = stamp(required=True)
@@ -302,6 +338,54 @@ class VoidSchema(ma.Schema):
     amount = out_money(required=True)
     available = out_money(required=True)
     remainingBalance = out_money(required=True)
+
+
+class AdjustmentSchema(ma.Schema):
+    adjustmentId = ma.fields.String(required=True, metadata={"pattern": ADJUSTMENT_ID_PATTERN})
+    code = ma.fields.String(required=True)
+    direction = ma.fields.String(required=True, validate=validate.OneOf(DIRECTIONS))
+    amount = out_money(required=True)
+    currency = ma.fields.String(required=True)
+    reason = ma.fields.String(required=True, validate=validate.OneOf(ADJUST_REASONS))
+    comment = ma.fields.String(required=True, allow_none=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(ADJUSTMENT_STATUSES), metadata={
+        "description": "APPLIED at once up to ADJUST_APPROVAL_LIMIT, else PENDING_APPROVAL until a "
+                       "second admin approves (APPLIED) or rejects (REJECTED) it, or "
+                       "ADJUST_APPROVAL_TTL passes (EXPIRED)"})
+    requestedBy = ma.fields.String(required=True, metadata={"description": "the author's client id"})
+    requestedAt = stamp(required=True)
+    expiresAt = stamp(required=True, allow_none=True, metadata={
+        "description": "until when a pending adjustment can be approved; null if applied at once"})
+    decidedBy = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "who approved or rejected it"})
+    decidedAt = stamp(required=True, allow_none=True)
+    decisionComment = ma.fields.String(required=True, allow_none=True)
+
+
+class AdjustmentResultSchema(AdjustmentSchema):
+    remainingBalance = out_money(required=True, metadata={"description": "the certificate's, now"})
+    available = out_money(required=True)
+    certificateStatus = ma.fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class AdjustmentPageSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(AdjustmentSchema), required=True)
+    page = ma.fields.Integer(required=True)
+    pageSize = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+
+
+class TransferSchema(ma.Schema):
+    transferId = ma.fields.String(required=True)
+    fromCode = ma.fields.String(required=True)
+    toCode = ma.fields.String(required=True)
+    amount = out_money(required=True, metadata={"description": "the whole balance moved"})
+    currency = ma.fields.String(required=True)
+    reason = ma.fields.String(required=True)
+    source = ma.fields.Nested(CertificateSchema, required=True, metadata={
+        "description": "now CANCELLED, lockReason TRANSFERRED, balance 0.00"})
+    target = ma.fields.Nested(CertificateSchema, required=True, metadata={
+        "description": "now ISSUED with nominal = balance = amount"})
 
 
 # ---- documented errors --------------------------------------------------------------------

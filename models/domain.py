@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 # ---- errors ------------------------------------------------------------------------------
@@ -40,6 +40,13 @@ ERROR_STATUS: dict[str, int] = {
     "NOMINAL_MISMATCH": 409,
     "ALREADY_RESERVED": 409,
     "IDEMPOTENCY_IN_PROGRESS": 409,
+    "EXCEEDS_NOMINAL": 409,
+    "HOLDS_ACTIVE": 409,
+    "TARGET_NOT_AVAILABLE": 409,
+    "ADJUSTMENT_NOT_FOUND": 404,
+    "ADJUSTMENT_NOT_PENDING": 409,
+    "ADJUSTMENT_EXPIRED": 409,
+    "SELF_APPROVAL_FORBIDDEN": 403,
     "CURRENCY_MISMATCH": 422,
     "AMOUNT_EXCEEDS_HOLD": 422,
     "IDEMPOTENCY_KEY_REUSED": 422,
@@ -163,7 +170,20 @@ ALLOWED_FROM: dict[str, frozenset[Status]] = {
     "cancel": WORKING | {S.LOCKED},
     "expire": REDEEMABLE,
     "notify": WORKING,
+    "adjust": WORKING,
+    "transfer_out": REDEEMABLE | {S.LOCKED},
+    "transfer_in": frozenset({S.AVAILABLE}),
 }
+
+#: Why support adjusts a balance (contract section 3, ``actions/adjust``).
+ADJUST_REASONS = ("SUPPORT_CORRECTION", "COMPLIMENTARY", "DAMAGED_CARD", "FRAUD_RECOVERY", "OTHER")
+#: Which way an adjustment moves the balance.
+DIRECTIONS = ("CREDIT", "DEBIT")
+#: An adjustment's life: applied at once, or pending until a second admin decides (or its
+#: time is up).
+ADJUSTMENT_STATUSES = ("PENDING_APPROVAL", "APPLIED", "REJECTED", "EXPIRED")
+#: The lockReason of a certificate whose balance was transferred to another one.
+TRANSFERRED = "TRANSFERRED"
 
 CHANNELS = ("ONLINE_STORE", "POS")
 SYSTEM = "SYSTEM"
@@ -179,16 +199,19 @@ class Event:
     type: str
     status: str
     payload: dict = field(default_factory=dict)
+    correlation_id: str | None = None  # ties events of one operation (a transfer's two sides)
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
     """A balance movement: positive credits, negative debits."""
 
-    kind: str  # ISSUE | REDEEM | REFUND_CREDIT | PURCHASE_REFUND
+    kind: str  # ISSUE | REDEEM | REFUND_CREDIT | PURCHASE_REFUND | ADJUST_* | TRANSFER_*
     amount: Decimal
     balance_after: Decimal
     authorization_id: str | None = None
+    adjustment_id: str | None = None
+    transfer_id: str | None = None
 
 
 @dataclass
@@ -200,6 +223,93 @@ class Hold:
     expires_at: datetime
     status: str = "ACTIVE"  # ACTIVE | CAPTURED | VOIDED | EXPIRED
     captured_amount: Decimal = ZERO
+
+
+def needs_second_approval(amount: Decimal, limit: Decimal) -> bool:
+    """Four eyes: an adjustment above ``ADJUST_APPROVAL_LIMIT`` waits for a second admin."""
+    return amount > limit
+
+
+@dataclass
+class Adjustment:
+    """A support correction of a certificate's balance, and who asked for and decided it.
+
+    Above the approval limit it waits as ``PENDING_APPROVAL`` until ``expires_at``; a different
+    client then approves it (and only then is it applied to the certificate) or rejects it.
+    """
+
+    id: str
+    direction: str  # CREDIT | DEBIT
+    amount: Decimal
+    reason: str
+    requested_by: str
+    expires_at: datetime | None  # None when applied at once
+    status: str = "PENDING_APPROVAL"
+    decided_by: str | None = None
+
+    @classmethod
+    def request(cls, adjustment_id: str, direction: str, amount: Decimal, reason: str, by: str,
+                now: datetime, limit: Decimal, ttl: timedelta) -> "Adjustment":
+        """A new adjustment: applied at once up to ``limit``, else pending for ``ttl``."""
+        if direction not in DIRECTIONS:
+            raise DomainError("VALIDATION_ERROR", "direction must be CREDIT or DEBIT", field="direction")
+        if reason not in ADJUST_REASONS:
+            raise DomainError("VALIDATION_ERROR", "unknown adjustment reason", field="reason")
+        if needs_second_approval(amount, limit):
+            return cls(adjustment_id, direction, amount, reason, by, now + ttl)
+        return cls(adjustment_id, direction, amount, reason, by, None, "APPLIED")
+
+    @property
+    def signed_amount(self) -> Decimal:
+        return self.amount if self.direction == "CREDIT" else -self.amount
+
+    def lapsed(self, now: datetime) -> bool:
+        """A pending adjustment past ``ADJUST_APPROVAL_TTL``: it can no longer be decided."""
+        return (self.status == "PENDING_APPROVAL" and self.expires_at is not None
+                and self.expires_at <= now)
+
+    def effective_status(self, now: datetime) -> str:
+        """The status as support sees it: a pending adjustment past its time is EXPIRED."""
+        return "EXPIRED" if self.lapsed(now) else self.status
+
+    def expire(self, now: datetime) -> bool:
+        """Mark a lapsed pending adjustment EXPIRED; True when it changed."""
+        if self.lapsed(now):
+            self.status = "EXPIRED"
+            return True
+        return False
+
+    def _require_pending(self, now: datetime) -> None:
+        if self.lapsed(now):
+            raise DomainError("ADJUSTMENT_EXPIRED", "the adjustment waited longer than "
+                              "ADJUST_APPROVAL_TTL and can no longer be approved or rejected",
+                              adjustmentStatus="EXPIRED")
+        if self.status != "PENDING_APPROVAL":
+            raise DomainError("ADJUSTMENT_NOT_PENDING", f"adjustment is {self.status}",
+                              adjustmentStatus=self.status)
+
+    def approve(self, by: str, now: datetime) -> None:
+        """A second admin approves (the caller then applies it to the certificate)."""
+        self._require_pending(now)
+        if by == self.requested_by:
+            raise DomainError("SELF_APPROVAL_FORBIDDEN", "an adjustment must be approved by "
+                              "another admin than the one who asked for it",
+                              requestedBy=self.requested_by)
+        self.status, self.decided_by = "APPLIED", by
+
+    def reject(self, by: str, now: datetime) -> None:
+        """Refuse it (its author may withdraw it too: nothing moves)."""
+        self._require_pending(now)
+        self.status, self.decided_by = "REJECTED", by
+
+
+
+def transfer_expiry(source_expires: datetime | None, target_batch_expires: datetime | None
+                    ) -> datetime | None:
+    """A transfer never extends validity: the target keeps the source's ``expiresAt``, or its
+    own batch's if that is earlier (None when neither has one)."""
+    limits = [t for t in (source_expires, target_batch_expires) if t is not None]
+    return min(limits) if limits else None
 
 
 # ---- the aggregate ----------------------------------------------------------------------
@@ -254,17 +364,24 @@ class Certificate:
             return S.ISSUED
         return S.PARTIALLY_REDEEMED
 
-    def _record(self, event_type: str, status: str | None = None, **payload) -> None:
-        self.events.append(Event(event_type, status or self.status.value, payload))
+    def _record(self, event_type: str, status: str | None = None, *,
+                correlation_id: str | None = None, **payload) -> None:
+        self.events.append(Event(event_type, status or self.status.value, payload, correlation_id))
 
-    def _move(self, kind: str, amount: Decimal, authorization_id: str | None = None) -> None:
+    def _move(self, kind: str, amount: Decimal, authorization_id: str | None = None, *,
+              adjustment_id: str | None = None, transfer_id: str | None = None) -> None:
         new_balance = self.balance + amount
         if new_balance < 0:  # the last line of defence; callers check first
             raise DomainError("INSUFFICIENT_FUNDS", "balance would go below zero")
         if self.nominal is not None and new_balance > self.nominal:
             raise DomainError("INVALID_STATE", "balance would exceed the nominal")
         self.balance = new_balance
-        self.ledger.append(LedgerEntry(kind, amount, new_balance, authorization_id))
+        self.ledger.append(LedgerEntry(kind, amount, new_balance, authorization_id,
+                                       adjustment_id, transfer_id))
+
+    def _require_unexpired(self, now: datetime) -> None:
+        if self.expires_at is not None and self.expires_at <= now:
+            raise DomainError("INVALID_STATE", "certificate has expired", status="EXPIRED")
 
     # -- pool: reserve, release, issue
     def reserve(self, nominal: Decimal, currency: str | None = None) -> None:
@@ -402,6 +519,81 @@ class Certificate:
         self.status = S.REFUNDED
         self._record("refund", amount=fmt_money(refunded))
         return refunded
+
+    # -- support corrections: adjust and transfer
+    def check_adjustment(self, direction: str, amount: Decimal, now: datetime) -> None:
+        """Whether an adjustment could be applied now: a working, unexpired certificate; a
+        credit never lifts the balance above nominal, a debit never takes more than available."""
+        self._require("adjust")
+        self._require_unexpired(now)
+        if amount <= 0:
+            raise DomainError("VALIDATION_ERROR", "amount must be greater than 0.00", field="amount")
+        assert self.nominal is not None  # a sold certificate always has one
+        if direction == "CREDIT":
+            room = self.nominal - self.balance
+            if amount > room:
+                raise DomainError("EXCEEDS_NOMINAL", "a credit never lifts the balance above the "
+                                  "nominal", nominal=fmt_money(self.nominal),
+                                  remainingBalance=fmt_money(self.balance), maxCredit=fmt_money(room))
+        elif direction == "DEBIT":
+            if amount > self.available:
+                raise DomainError("INSUFFICIENT_FUNDS", "a debit never takes more than available",
+                                  available=fmt_money(self.available), requested=fmt_money(amount))
+        else:
+            raise DomainError("VALIDATION_ERROR", "direction must be CREDIT or DEBIT", field="direction")
+
+    def adjust(self, adjustment: Adjustment, now: datetime) -> None:
+        """Apply an APPLIED adjustment to the balance (re-checked: the balance may have moved
+        since it was asked for); the status follows the new balance."""
+        if adjustment.status != "APPLIED":
+            raise DomainError("ADJUSTMENT_NOT_PENDING", "only an approved adjustment is applied")
+        self.check_adjustment(adjustment.direction, adjustment.amount, now)
+        kind = "ADJUST_CREDIT" if adjustment.direction == "CREDIT" else "ADJUST_DEBIT"
+        self._move(kind, adjustment.signed_amount, adjustment_id=adjustment.id)
+        self.status = self._spent_status()
+        self._record("adjust", direction=adjustment.direction, amount=fmt_money(adjustment.amount),
+                     reason=adjustment.reason, adjustmentId=adjustment.id,
+                     requestedBy=adjustment.requested_by, approvedBy=adjustment.decided_by)
+
+    def transferable(self, now: datetime) -> Decimal:
+        """The amount a transfer would move (the whole balance), or why it cannot: not from a
+        terminal or unsold status, not past ``expiresAt``, not while holds are active."""
+        self._require("transfer_out")
+        self._require_unexpired(now)
+        if self.held > 0:
+            raise DomainError("HOLDS_ACTIVE", "certificate has active authorization holds: "
+                              "capture or void them first", held=fmt_money(self.held))
+        if self.balance <= 0:
+            raise DomainError("INVALID_STATE", "nothing to transfer: the balance is 0.00")
+        return self.balance
+
+    def transfer_out(self, to_code: str, reason: str, transfer_id: str, now: datetime) -> Decimal:
+        """Move the whole remaining balance away: CANCELLED, lockReason TRANSFERRED, 0.00.
+        Returns the amount moved."""
+        amount = self.transferable(now)
+        self._move("TRANSFER_OUT", -amount, transfer_id=transfer_id)
+        self.status, self.status_before_lock, self.lock_reason = S.CANCELLED, None, TRANSFERRED
+        self._record("transfer", toCode=to_code, amount=fmt_money(amount), reason=reason,
+                     transferId=transfer_id, correlation_id=self.code)
+        return amount
+
+    def transfer_in(self, from_code: str, currency: str, amount: Decimal, reason: str,
+                    transfer_id: str, expires_at: datetime | None, now: datetime) -> None:
+        """Receive a transferred balance: a pool certificate becomes ISSUED with nominal =
+        balance = ``amount`` (an open-value one takes it; a printed one must show it)."""
+        self._require("transfer_in", "TARGET_NOT_AVAILABLE")
+        self._require_currency(currency)
+        if self.open_value:
+            self.nominal = amount
+        elif self.nominal != amount:
+            raise DomainError("NOMINAL_MISMATCH", f"target has nominal {fmt_money(self.nominal)}, "
+                              f"not the {fmt_money(amount)} to transfer", nominal=fmt_money(self.nominal))
+        if expires_at is not None and expires_at <= now:
+            raise DomainError("TARGET_NOT_AVAILABLE", "the target has expired", to=self.code)
+        self.status, self.expires_at = S.ISSUED, expires_at
+        self._move("TRANSFER_IN", amount, transfer_id=transfer_id)
+        self._record("transfer", fromCode=from_code, amount=fmt_money(amount), reason=reason,
+                     transferId=transfer_id, correlation_id=from_code)
 
     # -- support actions and time
     def lock(self, reason: str) -> None:

@@ -10,8 +10,9 @@ from decimal import Decimal
 from peewee import fn
 
 from models.domain import DomainError, Status, ZERO, fmt_money, valid_code
-from models.services import iso, snapshot
-from models.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation
+from models.services import iso, snapshot, utcnow
+from models.support import adjustment_view
+from models.tables import AuditLog, AuthorizationHold, BalanceAdjustment, GiftCertificate, Operation
 
 
 def _certificate(code: str) -> GiftCertificate:
@@ -64,7 +65,8 @@ def operations(code: str, page: int = 1, page_size: int = 100) -> dict:
     total = q.count()
     items = [{"id": op.id, "kind": op.kind, "amount": fmt_money(op.amount),
               "balanceAfter": fmt_money(op.balance_after), "currency": op.currency.strip(),
-              "authorizationId": op.authorization_id, "orderId": op.order_id,
+              "authorizationId": op.authorization_id, "adjustmentId": op.adjustment_id,
+              "transferId": op.transfer_id, "orderId": op.order_id,
               "channel": op.channel, "createdAt": iso(op.created_at)}
              for op in q.order_by(Operation.id).paginate(page, page_size)]
     return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}
@@ -88,3 +90,25 @@ def audit_trail(code: str, page: int = 1, page_size: int = 100) -> dict:
               "after": a.after, "details": a.details, "at": iso(a.created_at)}
              for a in q.order_by(AuditLog.id).paginate(page, page_size)]
     return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def adjustments(status: str | None = None, code: str | None = None, page: int = 1,
+                page_size: int = 20, now: dt.datetime | None = None) -> dict:
+    """Balance adjustments, newest first, for support. A pending one past its time is listed
+    (and filtered) as EXPIRED, whether or not anyone tried to decide it since."""
+    now = now or utcnow()
+    A = BalanceAdjustment
+    q = A.select(A, GiftCertificate.code).join(GiftCertificate, on=(A.certificate == GiftCertificate.id))
+    lapsed = (A.status == "PENDING_APPROVAL") & (A.expires_at <= now)
+    if status == "PENDING_APPROVAL":
+        q = q.where((A.status == "PENDING_APPROVAL") & (A.expires_at > now))
+    elif status == "EXPIRED":
+        q = q.where((A.status == "EXPIRED") | lapsed)
+    elif status:
+        q = q.where(A.status == status)
+    if code:
+        q = q.where(GiftCertificate.code == code)
+    total = q.count()
+    rows = q.order_by(A.requested_at.desc(), A.id.desc()).paginate(page, page_size)
+    items = [adjustment_view(r, r.certificate.code, now) for r in rows]
+    return {"items": items, "page": page, "pageSize": page_size, "total": total}

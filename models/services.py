@@ -215,12 +215,15 @@ class UnitOfWork:
             setattr(row, name, value)
         self.touch(row)
         for entry in cert.ledger:
+            references = {}
+            if entry.adjustment_id or entry.transfer_id:  # support corrections (migration 0005)
+                references = dict(adjustment=entry.adjustment_id, transfer=entry.transfer_id)
             self.writes.insert(
                 Operation, certificate=row.id, kind=entry.kind, amount=entry.amount,
                 balance_after=entry.balance_after, currency=row.currency,
                 authorization=entry.authorization_id, order_id=self.ctx.correlation_id,
                 channel=self.ctx.channel, op_key=self.op_key(entry.kind, row.code, entry),
-                causation_id=self.ctx.cause, created_at=self.now)
+                causation_id=self.ctx.cause, created_at=self.now, **references)
         cert.ledger.clear()
         after = snapshot(row, cert.held)
         for event in cert.events:
@@ -234,7 +237,7 @@ class UnitOfWork:
         Idempotency-Key instead (a client-chosen request id must never collide two operations).
         """
         cause = self.ctx.causation_id or uuid.uuid4().hex
-        ref = entry.authorization_id or ""
+        ref = entry.authorization_id or entry.adjustment_id or entry.transfer_id or ""
         return f"{kind}:{code}:{cause}:{ref}"
 
     def emit(self, event: Event, row: GiftCertificate | None, *, before: dict | None = None,
@@ -259,7 +262,8 @@ class UnitOfWork:
             "occurredAt": iso(self.now),
             "channel": channel,
             "status": event.status,
-            "correlationId": self.ctx.correlation_id or (row.order_id if row is not None else None),
+            "correlationId": (event.correlation_id or self.ctx.correlation_id
+                              or (row.order_id if row is not None else None)),
             "causationId": self.ctx.cause,
             "payload": payload,
         }
@@ -521,6 +525,16 @@ def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> 
         expires = uow.now + dt.timedelta(days=settings.certificate_validity_days)
     cert.issue(expires)
     extra = dict(issued_at=uow.now, reserved_until=None, cvc_failed_attempts=0)
+    extra.update(sale_cvc(row, notify))
+    uow.save(row, cert, before, **extra)
+    return request_cvc_notification(uow, row, before, notify)
+
+
+def sale_cvc(row: GiftCertificate, notify: bool = True) -> dict:
+    """The CVC columns of a certificate being sold (or receiving a transfer): a physical card
+    keeps the CVC printed under its scratch panel; an electronic one gets a fresh CVC, kept
+    sealed for its notification to the buyer. Never logged."""
+    extra: dict = {}
     if row.kind == "PHYSICAL" and row.cvc_hash:
         secret = None  # printed under the scratch panel: its hash came with the batch
     else:  # generated once, here (a physical card of a batch loaded without CVCs: unknowable)
@@ -529,7 +543,13 @@ def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> 
     if notify and row.kind == "ELECTRONIC":
         extra.update(cvc_secret.sealed(row.code, secret), cvc_disclosable=True,
                      notification_status="NOTIFICATION_REQUESTED", notification_channel="SMS")
-    uow.save(row, cert, before, **extra)
+    return extra
+
+
+def request_cvc_notification(uow: UnitOfWork, row: GiftCertificate, before: dict,
+                             notify: bool = True) -> dict:
+    """After :func:`sale_cvc` was saved: the ``notification.requested`` event of an electronic
+    certificate (CRM or the SMS actor sends its CVC). Returns the certificate's view."""
     after = snapshot(row)
     if notify and row.kind == "ELECTRONIC":
         uow.emit(Event("notification.requested", "NOTIFICATION_REQUESTED",
@@ -975,5 +995,7 @@ def pool_summary() -> dict:
     return {"available": sum(b["available"] for b in by), "byNominal": by}
 
 
-# The batch use case registers its handler with the registry above (it imports this module).
+# The batch use case registers its handler with the registry above (it imports this module),
+# and so do support's corrections (adjust, transfer).
 from models import batches as _pool  # noqa: E402,F401
+from models import support as _support  # noqa: E402,F401

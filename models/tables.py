@@ -89,6 +89,45 @@ class AuthorizationHold(Base):
         table_name = "authorization_hold"
 
 
+class BalanceAdjustment(Base):
+    """A support correction of a balance, its author and its approver (migration 0005)."""
+    id = TextField(primary_key=True)
+    certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", backref="adjustments")
+    direction = TextField()
+    amount = Money()
+    currency = CharField(max_length=3)
+    reason = TextField()
+    comment = TextField(null=True)
+    needs_approval = BooleanField()
+    status = TextField()
+    requested_by = TextField()
+    request_id = TextField(null=True)
+    requested_at = DateTimeTZField()
+    expires_at = DateTimeTZField(null=True)
+    decided_by = TextField(null=True)
+    decided_at = DateTimeTZField(null=True)
+    decision_comment = TextField(null=True)
+
+    class Meta:
+        table_name = "balance_adjustment"
+
+
+class CertificateTransfer(Base):
+    """A whole balance moved from one certificate onto another (migration 0005)."""
+    id = TextField(primary_key=True)
+    from_certificate = ForeignKeyField(GiftCertificate, column_name="from_certificate_id")
+    to_certificate = ForeignKeyField(GiftCertificate, column_name="to_certificate_id")
+    amount = Money()
+    currency = CharField(max_length=3)
+    reason = TextField()
+    actor = TextField()
+    request_id = TextField(null=True)
+    created_at = DateTimeTZField()
+
+    class Meta:
+        table_name = "certificate_transfer"
+
+
 class Operation(Base):
     id = BigAutoField()
     certificate = ForeignKeyField(GiftCertificate, column_name="certificate_id", backref="operations")
@@ -102,6 +141,8 @@ class Operation(Base):
     op_key = TextField(unique=True)
     causation_id = TextField(null=True)
     created_at = DateTimeTZField()
+    adjustment = ForeignKeyField(BalanceAdjustment, column_name="adjustment_id", null=True)
+    transfer = ForeignKeyField(CertificateTransfer, column_name="transfer_id", null=True)
 
     class Meta:
         table_name = "gift_certificate_operation"
@@ -315,4 +356,4 @@ class PoolLowWater(Base):
 ALL_TABLES = (CertificateBatch, GiftCertificate, AuthorizationHold, Operation, AuditLog,
               OutboxEvent, InboxMessage, SalesOrder, OrderPayment, IdempotencyKey,
               OrderEffect, BlockedIssue, ClientProfile, SmsMessage, DlqReplay,
-              BatchRejection, PoolLowWater)
+              BatchRejection, PoolLowWater, BalanceAdjustment, CertificateTransfer)
