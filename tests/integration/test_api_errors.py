@@ -228,6 +228,60 @@ def s_cvc_attempts_exceeded(c):
         reset_settings()
 
 
+# -- support tools (issue 16)
+
+def _adjust(c, code, direction, amount, client_id=None):
+    return c.post(f"/certificates/{code}/actions/adjust", headers=auth(client_id=client_id),
+                  json={"direction": direction, "amount": amount, "reason": "SUPPORT_CORRECTION"})
+
+
+def s_exceeds_nominal(c):
+    return is_error(_adjust(c, issued("100.00"), "CREDIT", "0.01"), 409, "EXCEEDS_NOMINAL")
+
+
+def s_holds_active(c):
+    code, cvc = issued_with_cvc()
+    authorize(c, code, cvc, "1.00")
+    return is_error(c.post(f"/certificates/{code}/actions/transfer", json={"reason": "R"}, headers=auth()),
+                    409, "HOLDS_ACTIVE")
+
+
+def s_target_not_available(c):
+    return is_error(c.post(f"/certificates/{issued()}/actions/transfer", json={"to": issued(), "reason": "R"},
+                           headers=auth()), 409, "TARGET_NOT_AVAILABLE")
+
+
+def s_adjustment_not_found(c):
+    return is_error(c.post("/adjustments/adj-" + "f" * 32 + "/approve", headers=auth()), 404,
+                    "ADJUSTMENT_NOT_FOUND")
+
+
+def _pending(c, author="support-a"):
+    return _adjust(c, issued("9000.00"), "DEBIT", "6000.00", client_id=author).json["adjustmentId"]
+
+
+def s_adjustment_not_pending(c):
+    adj = _pending(c)
+    c.post(f"/adjustments/{adj}/reject", headers=auth())
+    return is_error(c.post(f"/adjustments/{adj}/approve", headers=auth()), 409, "ADJUSTMENT_NOT_PENDING")
+
+
+def s_adjustment_expired(c):
+    from models.tables import BalanceAdjustment
+
+    adj = _pending(c)
+    with db.connection_context():
+        BalanceAdjustment.update(expires_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)).where(
+            BalanceAdjustment.id == adj).execute()
+    return is_error(c.post(f"/adjustments/{adj}/approve", headers=auth()), 409, "ADJUSTMENT_EXPIRED")
+
+
+def s_self_approval_forbidden(c):
+    adj = _pending(c, "support-self")
+    return is_error(c.post(f"/adjustments/{adj}/approve", headers=auth(client_id="support-self")), 403,
+                    "SELF_APPROVAL_FORBIDDEN")
+
+
 SCENARIOS = {name[2:].upper(): fn for name, fn in dict(globals()).items() if name.startswith("s_")}
 
 
@@ -242,7 +296,7 @@ def test_every_documented_error_code_has_a_scenario(client):
     spec = client.get("/openapi.json").json
     documented = set()
     for path, ops in spec["paths"].items():
-        if not path.startswith(("/certificates", "/authorizations")):
+        if not path.startswith(("/certificates", "/authorizations", "/adjustments")):
             continue
         for op in ops.values():
             for resp in op.get("responses", {}).values() if isinstance(op, dict) else ():

@@ -99,6 +99,35 @@ def r_void(c, h, ch):
     return c.post(f"/authorizations/{_hold(c, ch)}/void", headers=h)
 
 
+def r_adjust(c, h, ch):
+    return c.post(f"/certificates/{issued(channel=ch)}/actions/adjust", headers=h,
+                  json={"direction": "DEBIT", "amount": "1.00", "reason": "OTHER"})
+
+
+def r_adjustments(c, h, ch):
+    return c.get("/adjustments", query_string={"status": "PENDING_APPROVAL"}, headers=h)
+
+
+def _pending_adjustment(c, ch):
+    """An adjustment above the limit, asked for by another admin than the caller."""
+    return c.post(f"/certificates/{issued('9000.00', channel=ch)}/actions/adjust",
+                  headers=auth("certificates:admin"),
+                  json={"direction": "DEBIT", "amount": "6000.00", "reason": "OTHER"}).json["adjustmentId"]
+
+
+def r_approve(c, h, ch):
+    return c.post(f"/adjustments/{_pending_adjustment(c, ch)}/approve", headers=h)
+
+
+def r_reject(c, h, ch):
+    return c.post(f"/adjustments/{_pending_adjustment(c, ch)}/reject", headers=h)
+
+
+def r_transfer(c, h, ch):
+    return c.post(f"/certificates/{issued(channel=ch)}/actions/transfer", headers=h,
+                  json={"to": load(1, None)[0], "reason": "DAMAGED_CARD"})
+
+
 READ = {"certificates:read", "certificates:admin"}
 MATRIX = {
     ("post", "/certificates/next"): ({"certificates:reserve"}, r_reserve_post, 201, (403, "CHANNEL_FORBIDDEN")),
@@ -112,6 +141,11 @@ MATRIX = {
     ("post", "/certificates/{code}/actions/unlock"): ({"certificates:admin"}, r_unlock, 200, (200, None)),
     ("post", "/certificates/{code}/actions/cancel"): ({"certificates:admin"}, r_cancel, 200, (200, None)),
     ("post", "/certificates/{code}/notifications"): ({"certificates:admin"}, r_notify, 202, (202, None)),
+    ("post", "/certificates/{code}/actions/adjust"): ({"certificates:admin"}, r_adjust, 201, (201, None)),
+    ("post", "/certificates/{code}/actions/transfer"): ({"certificates:admin"}, r_transfer, 200, (200, None)),
+    ("get", "/adjustments"): ({"certificates:admin"}, r_adjustments, 200, (200, None)),
+    ("post", "/adjustments/{adjustment_id}/approve"): ({"certificates:admin"}, r_approve, 200, (200, None)),
+    ("post", "/adjustments/{adjustment_id}/reject"): ({"certificates:admin"}, r_reject, 200, (200, None)),
     ("post", "/certificates/{code}/authorizations"): ({"certificates:redeem"}, r_authorize, 201,
                                                       (403, "CHANNEL_FORBIDDEN")),
     ("post", "/authorizations/{authorization_id}/capture"): ({"certificates:redeem"}, r_capture, 200,
@@ -125,7 +159,7 @@ def test_matrix_covers_every_route_of_the_api(client):
     spec = client.get("/openapi.json").json
     routes = {(m, p) for p, ops in spec["paths"].items() for m in ops
               if m in ("get", "post", "put", "patch", "delete")
-              and p.startswith(("/certificates", "/authorizations"))}
+              and p.startswith(("/certificates", "/authorizations", "/adjustments"))}
     assert routes == set(MATRIX)
 
 

@@ -15,7 +15,7 @@ from config import get_settings, load_settings
 from tests.integration.apikit import auth
 
 #: The routes this suite owns (the loader's /batches and /pool are tested with their module).
-OWN_PATHS = r"^/(certificates|authorizations)"
+OWN_PATHS = r"^/(certificates|authorizations|adjustments)"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
