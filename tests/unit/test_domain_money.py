@@ -1,6 +1,6 @@
 """Property-based tests of the money invariants of the pure domain (no I/O).
 
-Any sequence of authorize / capture / void / expire / redeem / refund-to-certificate keeps
+Any sequence of authorize / capture / void / expire / redeem / refund-to-certificate / adjust keeps
 balance = sum of the ledger >= 0, balance <= nominal, held = sum of active holds and
 available = balance - held >= 0. A refused operation is rolled back, as its transaction is.
 """
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from models.domain import (REDEEMABLE, Certificate, DomainError, Hold, Status, fmt_money,
+from models.domain import (REDEEMABLE, Adjustment, Certificate, DomainError, Hold, Status, fmt_money,
                            hold_overdue, parse_money, positive_money, reservation_lapsed)
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
@@ -45,7 +45,7 @@ class MoneyMachine(RuleBasedStateMachine):
         except DomainError as exc:
             assert exc.code in ("INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "AUTHORIZATION_NOT_ACTIVE",
                                 "AUTHORIZATION_EXPIRED", "AMOUNT_EXCEEDS_HOLD", "INVALID_STATE",
-                                "VALIDATION_ERROR", "CURRENCY_MISMATCH"), exc.code
+                                "VALIDATION_ERROR", "CURRENCY_MISMATCH", "EXCEEDS_NOMINAL"), exc.code
             self.cert, self.holds = saved
             self.refused += 1
 
@@ -83,6 +83,13 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(amount=cents)
     def refund_to_certificate(self, amount):
         self.attempt(lambda: self.cert.refund_credit(amount))
+
+    @rule(direction=st.sampled_from(["CREDIT", "DEBIT"]), amount=cents)
+    def adjust(self, direction, amount):
+        self.counter += 1
+        adjustment = Adjustment.request(f"adj-{self.counter}", direction, amount, "OTHER", "support",
+                                        NOW, Decimal("1e12"), dt.timedelta(hours=24))
+        self.attempt(lambda: self.cert.adjust(adjustment, NOW))
 
     @rule(currency=st.sampled_from(["USD", "EUR"]), amount=cents)
     def other_currency(self, currency, amount):
