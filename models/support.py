@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from config import get_settings
+from models.batches import check_low_water
 from models.db import locking_select_sql
 from models.domain import Adjustment, DomainError, fmt_money, transfer_expiry, ZERO
 from models.services import (Context, Deferred, UnitOfWork, _run, expire_overdue_holds, handler,
@@ -258,6 +259,7 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
                  order_id=source.order_id, line_id=None, reserved_at=None, reserved_until=None,
                  **sale_cvc(target))
         target_view = request_cvc_notification(uow, target, target_before)
+        check_low_water(uow, target)  # the target left the pool, as a reservation would
         return {"transferId": transfer_id, "fromCode": source.code, "toCode": target.code,
                 "amount": fmt_money(amount), "currency": source.currency.strip(),
                 "reason": cmd.reason, "source": snapshot(source, ZERO),

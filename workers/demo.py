@@ -5,8 +5,10 @@ finds the embedded stack of `make run` through ``.local/stack.env``, signs its t
 ``JWT_SECRET`` (as `python app.py token` does), then sends a realistic burst through HTTP and
 Kafka: online sales (paid after and before the order), partial and full redemptions at POS, an
 API authorization confirmed by the order, a purchase refund, a refund onto a certificate, a
-support lock, a cancelled order, CRM's delivery report, an empty pool, a poison message. It
-reads GiftCertificates.Stream and prints what happened to each certificate.
+support lock, a damaged card replaced at a POS (balance transfer onto a new printed card), a large
+balance adjustment approved by a second admin, a cancelled order, CRM's delivery report, an empty
+pool, a poison message. It reads GiftCertificates.Stream and prints what happened to each
+certificate.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class Demo:
             "POS": issue_token("pos-7", f"certificates:reserve certificates:redeem {read}", "POS"),
             "CRM": issue_token("crm", f"certificates:cvc {read}"),
             "SUPPORT": issue_token("support", f"certificates:admin {read}"),
+            "SUPPORT-2": issue_token("support-2", f"certificates:admin {read}"),  # the second approver
+            "POS-SUPPORT": issue_token("pos-7-support", f"certificates:admin {read}", "POS"),
             "LOADER": issue_token("loader", f"batches:write {read}"),
         }
         self.http = requests.Session()
@@ -51,10 +55,9 @@ class Demo:
         self.sent_at: dict[str, float] = {}
 
     # -- plumbing
-    def call(self, method, path, who, **kw):
-        resp = self.http.request(method, self.base + path, timeout=10,
-                                 headers={"Authorization": "Bearer " + self.tokens[who]}, **kw)
-        return resp
+    def call(self, method, path, who, headers_extra=None, **kw):
+        headers = {"Authorization": "Bearer " + self.tokens[who], **(headers_extra or {})}
+        return self.http.request(method, self.base + path, timeout=10, headers=headers, **kw)
 
     def kafka(self):
         from confluent_kafka import Consumer, Producer, TopicPartition
@@ -180,6 +183,8 @@ class Demo:
             else:
                 print(f"  {card}: authorization failed: {hold.status_code} {hold.json().get('code')}")
 
+        self.support_tools()
+
         print("CRM: fetches the CVCs and reports the SMS delivered")
         cvcs = {}
         for code in sold:
@@ -265,6 +270,52 @@ class Demo:
         self.wait(lambda: False, 1.0)  # the last stragglers
         self.report(empty_order)
         return 0
+
+    def support_tools(self):
+        """A damaged card replaced at a POS, and a large adjustment approved by a second admin."""
+        print("POS: a damaged printed card is replaced: its balance moves onto a new card from the drawer")
+        damaged, spare = f"DMP{self.run}0002", f"DMP{self.run}0003"
+        printed = [f"{uuid.uuid4().int % 10 ** self.s.cvc_length:0{self.s.cvc_length}d}" for _ in range(2)]
+        self.call("POST", "/batches", "LOADER", json={
+            "batchId": f"demo-{self.run}-drawer", "kind": "PHYSICAL", "currency": "RUB",
+            "certificates": [{"code": damaged, "nominal": "1000.00", "cvc": printed[0]},
+                             {"code": spare, "cvc": printed[1]}]})  # the spare is open value
+        damaged = self.sale("POS", "1000.00", label="damaged card", code=damaged)[0]
+        if damaged:
+            self.producer.flush(10)
+            self.wait(lambda: self.has(damaged, "issue"))
+            moved = self.call("POST", f"/certificates/{damaged}/actions/transfer", "POS-SUPPORT",
+                              headers_extra={"Idempotency-Key": f"demo-{self.run}-transfer"},
+                              json={"to": spare, "reason": "DAMAGED_CARD"})
+            if moved.status_code == 200:
+                print(f"  {damaged} -> {spare}: {moved.json()['amount']} moved; the old card is "
+                      f"{moved.json()['source']['status']} ({moved.json()['source']['lockReason']})")
+                self.story[damaged] = f"damaged: its balance moved onto {spare}"
+                self.story[spare] = f"new card handed over at the POS, holding {damaged}'s balance"
+            else:
+                print(f"  transfer failed: {moved.status_code} {moved.json().get('code')}")
+
+        print("Support: a large correction (6000.00, above ADJUST_APPROVAL_LIMIT) waits for a second admin")
+        corporate = f"DMC{self.run}0001"
+        self.call("POST", "/batches", "LOADER", json={
+            "batchId": f"demo-{self.run}-corporate", "currency": "RUB",
+            "certificates": [{"code": corporate, "nominal": "8000.00"}]})
+        corporate = self.sale("ONLINE_STORE", "8000.00", label="corporate gift", code=corporate)[0]
+        if corporate:
+            self.producer.flush(10)
+            self.wait(lambda: self.has(corporate, "issue"))
+            asked = self.call("POST", f"/certificates/{corporate}/actions/adjust", "SUPPORT", json={
+                "direction": "DEBIT", "amount": "6000.00", "reason": "FRAUD_RECOVERY",
+                "comment": "chargeback on the card that paid for it"})
+            adjustment = asked.json().get("adjustmentId")
+            print(f"  asked by support: {asked.status_code} {asked.json().get('status')}")
+            own = self.call("POST", f"/adjustments/{adjustment}/approve", "SUPPORT")
+            print(f"  approved by its author: {own.status_code} {own.json().get('code')}")
+            approved = self.call("POST", f"/adjustments/{adjustment}/approve", "SUPPORT-2",
+                                 json={"comment": "checked with Payments"})
+            print(f"  approved by support-2: {approved.status_code} {approved.json().get('status')}, "
+                  f"{approved.json().get('remainingBalance')} left")
+            self.story[corporate] = "6000.00 debited (FRAUD_RECOVERY), approved by a second admin"
 
     def report(self, empty_order):
         print("\nWhat GiftCertificates.Stream said, per certificate (eventType status balance #sequence):")
