@@ -144,3 +144,31 @@ def test_the_er_diagram_matches_the_migrated_schema(cur):
     assert drawn, "no entity found in docs/erd.md"
     assert drawn - actual == set(), "drawn in docs/erd.md but missing in the database"
     assert actual - drawn == set(), "in the database but not drawn in docs/erd.md"
+
+
+def test_four_eyes_and_transfer_rows_are_enforced_by_the_database(cur):
+    batch = insert_batch(cur)
+    cert = insert_cert(cur, batch, status="ISSUED", remaining_balance=Decimal("1000.00"),
+                       order_id=uid("o-"), line_id="1", channel="POS")
+    adjustment = ("INSERT INTO balance_adjustment (id, certificate_id, direction, amount, currency, reason,"
+                  " needs_approval, status, requested_by, requested_at, expires_at, decided_by, decided_at)"
+                  " VALUES (%s, %s, 'DEBIT', 6000.00, 'RUB', 'OTHER', true, 'APPLIED', 'support-1', now(),"
+                  " now(), %s, now())")
+    # an adjustment that needed approval, approved by its own author: refused
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        cur.execute(adjustment, (uid("adj-"), cert, "support-1"))
+    cur.execute(adjustment, (uid("adj-"), cert, "support-2"))
+    # a transfer row with the wrong sign, or without its transfer: refused
+    op = ("INSERT INTO gift_certificate_operation (certificate_id, kind, amount, balance_after, currency,"
+          " op_key, transfer_id) VALUES (%s, %s, %s, 0, 'RUB', %s, %s)")
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        cur.execute(op, (cert, "TRANSFER_IN", Decimal("-1.00"), uid(), None))
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        cur.execute(op, (cert, "TRANSFER_OUT", Decimal("-1.00"), uid(), None))
+    # a certificate gives its balance away once
+    other, third = insert_cert(cur, batch), insert_cert(cur, batch)
+    transfer = ("INSERT INTO certificate_transfer (id, from_certificate_id, to_certificate_id, amount,"
+                " currency, reason, actor, created_at) VALUES (%s, %s, %s, 1000.00, 'RUB', 'R', 'a', now())")
+    cur.execute(transfer, (uid("trf-"), cert, other))
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        cur.execute(transfer, (uid("trf-"), cert, third))
