@@ -171,6 +171,7 @@ def stuck_requests(limit: int = 200) -> list[tuple[str, str]]:
           AND o.published_at IS NOT NULL AND o.created_at < now() - make_interval(secs => %s)
           AND (m.id IS NULL OR (m.status = 'SENDING' AND m.sending_until < now())
                OR (m.status = 'PENDING' AND m.touched_at < now() - make_interval(secs => %s)))
+        ORDER BY o.created_at
         LIMIT %s""", (after, after, limit))
     return [(code, event_id) for code, event_id in cursor.fetchall()]
 
