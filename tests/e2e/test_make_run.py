@@ -102,3 +102,45 @@ def test_make_run_comes_up_stops_cleanly_and_keeps_its_data(tmp_path):
     finally:
         ctrl_c(proc)
     print(f"ready after {elapsed:.1f}s")
+
+
+def test_make_run_and_the_demo_send_each_sale_s_sms_and_no_log_line_holds_a_secret(tmp_path):
+    """`make run` then `make demo`: each electronic sale's SMS lands in .local/sms.log (the log
+    gateway) with a masked line on the console; and no line any process wrote holds a CVC, a
+    secret or a full phone number."""
+    import json
+
+    from config import DEV_JWT_SECRET
+    from models.cvc import DEV_CVC_KEY
+
+    local, port = tmp_path / "local", free_port()
+    proc = start(local, port)
+    try:
+        wait_ready(port, proc)
+        env = {k: v for k, v in os.environ.items()
+               if k not in SERVER_VARS and not k.startswith(("TOPIC_", "KAFKA_", "PYTEST", "COV_", "GCP_PG"))}
+        env.update(GCP_LOCAL_DIR=str(local), PORT=str(port))
+        demo = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "workers.demo"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+        sms_log = local / "sms.log"
+        deadline = time.monotonic() + 30
+        while not sms_log.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent = [json.loads(line) for line in sms_log.read_text().splitlines()]
+        assert sent and all("CVC" in m["text"] and m["reference"] for m in sent)
+        assert len({m["reference"] for m in sent}) == len(sent)  # one SMS per request
+        time.sleep(1.0)
+    finally:
+        ctrl_c(proc)
+    console = proc.log_path.read_text(errors="replace")
+    assert "SMS to +7999***" in console
+    cvcs = {word.strip(",.") for m in sent for word in m["text"].split() if word.strip(",.").isdigit()
+            and len(word.strip(",.")) == 6}
+    phones = {m["to"] for m in sent}
+    everything = console + "".join(p.read_text(errors="replace") for p in local.rglob("*.log")
+                                   if p.name != "sms.log")
+    import re
+
+    for secret in cvcs | phones | {DEV_JWT_SECRET, DEV_CVC_KEY}:  # (a CVC as a number of its own)
+        assert not re.search(rf"(?<![0-9]){re.escape(secret)}(?![0-9])", everything), f"a log holds {secret[:3]}…"
