@@ -6,6 +6,7 @@
     python app.py run                          what `make run` does: servers, migrate, topics, Procfile
     python app.py dlq list | dlq replay [--id ...]
     python app.py rotate-cvc-key               re-seal CVCs made with a retired key
+    python app.py verify [--stream]            check the contract's invariants; exit 1 on a violation
 
 Gunicorn serves ``app:create_app()``.
 """
@@ -206,6 +207,26 @@ def rotate_cvc_key(batch):
                    "keep their keys in CVC_OLD_KEYS until then")
     if result.unreadable:
         raise click.ClickException(f"{result.unreadable} encrypted copies fit no configured key")
+
+
+@cli.command()
+@click.option("--stream", is_flag=True, help="also read GiftCertificates.Stream from its start")
+@click.option("--grace-ms", default=10_000, show_default=True,
+              help="slack beyond SCHEDULER_INTERVAL_MS and INBOX_SWEEP_AFTER_MS")
+def verify(stream, grace_ms):
+    """Recompute the contract's invariants; print each violation (rule, certificate or order,
+    figures) and exit 1 if there is any (models/verify.py lists the rules)."""
+    from models.verify import summary, verify as run_verify
+
+    if not get_settings().database_url:
+        raise click.ClickException("DATABASE_URL is not set (or run `make run` for the embedded stack)")
+    violations = run_verify(stream=stream, grace_ms=grace_ms)
+    for v in violations:
+        click.echo(str(v))
+    if violations:
+        click.echo(summary(violations), err=True)
+        sys.exit(1)
+    click.echo(summary(violations))
 
 
 @cli.group()
