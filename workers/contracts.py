@@ -74,11 +74,19 @@ def parse(topic: str, value: bytes | None) -> Parsed:
     contract = contract_name(topic)
     if value is None:
         raise InvalidMessage("INVALID_JSON: empty message")
+    limit = get_settings().kafka_max_message_bytes
+    if len(value) > limit:  # before decoding: the inbox and the workers never hold such a value
+        raise InvalidMessage(f"TOO_LARGE: {len(value)} bytes, the limit is {limit} (KAFKA_MAX_MESSAGE_BYTES)")
     try:
         message = json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidMessage(f"INVALID_JSON: {exc}") from None
-    problems = errors(contract, message)
+    except RecursionError:  # a value nested thousands deep: a poison pill, never a crash
+        raise InvalidMessage("INVALID_JSON: nested too deeply") from None
+    try:
+        problems = errors(contract, message)
+    except (ValueError, RecursionError):  # the validator's own depth limit: a poison pill too
+        raise InvalidMessage("SCHEMA_VIOLATION: nested too deeply to validate") from None
     if problems:
         shown = "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         raise InvalidMessage(f"SCHEMA_VIOLATION: {shown}"[:1000])
