@@ -60,8 +60,6 @@ a check then only looks at those rows (the tests use it on a shared database).
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -419,46 +417,19 @@ class StreamRecord:
 
 def read_stream(topic: str, timeout: float = 60.0) -> tuple[list[StreamRecord], list[Violation]]:
     """Every message of ``topic`` from its first offset to its end (a fresh consumer, assigned,
-    nothing committed).
+    nothing committed; see :func:`workers.kafka.read_to_end` for where the end is)."""
+    from workers.kafka import EndOfTopic, read_to_end
 
-    A partition is read when the consumer reached its end as a fetch saw it (partition EOF) at
-    or past the high watermark asked at the start: a broker may answer that question with a
-    stale figure (Tansu does), never a fetch with an end before what it acknowledged."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    from workers.kafka import consumer_config
-
-    consumer = Consumer(consumer_config("gcp-verify-" + uuid.uuid4().hex[:8],
-                                        **{"enable.partition.eof": True}))
-    records: list[StreamRecord] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return [], [Violation("stream.incomplete", topic, "the topic cannot be read: "
-                                  f"{meta.error if meta is not None else 'missing'}")]
-        parts = sorted(meta.partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
-        position = {p: low for p, (low, _high) in marks.items()}
-        wanted = set(parts)
-        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in parts])
-        deadline = time.monotonic() + timeout
-        while wanted and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                p, error = msg.partition(), msg.error()
-                if error is None:
-                    position[p] = msg.offset() + 1
-                    records.append(_record(msg))
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    position[p] = max(position[p], msg.offset())
-                    if position[p] >= marks[p][1]:
-                        wanted.discard(p)
-        if wanted:
-            return records, [Violation("stream.incomplete", topic, ", ".join(
-                f"partition {p} read to {position[p]} (high watermark {marks[p][1]} at the start)"
-                for p in sorted(wanted)) + f", not at its end within {timeout:.0f} s")]
-        return records, []
-    finally:
-        consumer.close()
+    progress = EndOfTopic()
+    records = [_record(msg) for msg in read_to_end(topic, timeout=timeout, progress=progress)]
+    if progress.missing_topic:
+        return [], [Violation("stream.incomplete", topic, "the topic cannot be read")]
+    if not progress.complete:
+        return records, [Violation("stream.incomplete", topic, ", ".join(
+            f"partition {p} read to {progress.position[p]} (high watermark {h} at the start)"
+            for p, h in sorted(progress.high.items()) if p not in progress.ended)
+            + f", not at its end within {timeout:.0f} s")]
+    return records, []
 
 
 def _record(msg) -> StreamRecord:

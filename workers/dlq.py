@@ -10,15 +10,13 @@ back once, unless named again with ``--id``.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 
 import click
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from config import get_settings
 from models.db import connection, init_db
-from workers.kafka import consumer_config, producer as make_producer
+from workers.kafka import producer as make_producer, read_to_end
 
 
 @dataclass
@@ -35,46 +33,15 @@ class Entry:
             return self.headers["eventId"]
         try:
             return json.loads(self.value or b"").get("eventId")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
             return None
 
 
 def read_entries(timeout: float = 15.0) -> list[Entry]:
     """Every message of the DLQ topic, oldest first per partition."""
-    topic = get_settings().topic_dlq
-    consumer = Consumer(consumer_config("gcp-dlq-tool-" + uuid.uuid4().hex[:8],
-                                        **{"enable.partition.eof": True}))
-    entries: list[Entry] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        ends, assignment = {}, []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                ends[p] = high
-                assignment.append(TopicPartition(topic, p, low))
-        if not assignment:
-            return []
-        consumer.assign(assignment)
-        import time
-
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ends.pop(msg.partition(), None)
-                continue
-            headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or ()}
-            entries.append(Entry(f"{msg.partition()}:{msg.offset()}", msg.key(), msg.value(), headers))
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
-    finally:
-        consumer.close()
+    entries = [Entry(f"{msg.partition()}:{msg.offset()}", msg.key(), msg.value(),
+                     {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or ()})
+               for msg in read_to_end(get_settings().topic_dlq, timeout=timeout)]
     _mark_replayed(entries)
     return sorted(entries, key=lambda e: tuple(int(x) for x in e.id.split(":")))
 
@@ -109,8 +76,13 @@ def replay(ids: list[str] | None = None) -> list[Entry]:
         if unknown:
             raise click.ClickException(f"no DLQ entry {', '.join(sorted(unknown))}")
         chosen = [e for e in entries if e.id in wanted]
+        cut = [e.id for e in chosen if e.headers.get("valueBytes")]
+        if cut:
+            raise click.ClickException(
+                f"entr{'y' if len(cut) == 1 else 'ies'} {', '.join(cut)} hold only the first bytes of a value over "
+                "KAFKA_MAX_MESSAGE_BYTES: the whole message is in its source topic at sourcePartition/sourceOffset")
     else:
-        chosen = [e for e in entries if not e.replayed]
+        chosen = [e for e in entries if not e.replayed and not e.headers.get("valueBytes")]
     if not chosen:
         return []
     producer = make_producer()

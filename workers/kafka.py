@@ -7,8 +7,12 @@ so both are set explicitly; producers are idempotent with ``acks=all``.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from config import get_settings
@@ -62,6 +66,63 @@ def producer(**overrides) -> Producer:
 
 def consumer(group_id: str, **overrides) -> Consumer:
     return Consumer(consumer_config(group_id, **overrides))
+
+
+@dataclass
+class EndOfTopic:
+    """Where :func:`read_to_end` got to: ``complete`` once every partition reached its end."""
+
+    position: dict[int, int] = field(default_factory=dict)
+    high: dict[int, int] = field(default_factory=dict)  # the high watermarks asked at the start
+    ended: set[int] = field(default_factory=set)  # the partitions read to their end
+    missing_topic: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_topic and self.ended == set(self.high)
+
+
+def read_to_end(topic: str, start: str | int = "beginning", timeout: float = 30.0,
+                progress: EndOfTopic | None = None) -> Iterator[Message]:
+    """Every message of ``topic``, from its beginning (or the last ``start`` messages of each
+    partition), until each partition's end; ``progress`` tells whether the end was reached.
+
+    A partition's end is where a fetch reports end of partition (``_PARTITION_EOF``) at or past
+    the high watermark asked at the start. The high watermark alone is not enough: Tansu answers
+    ListOffsets with a figure one batch behind what it acknowledged (measured: 13 where 14 were
+    written), while its fetch reports the true end."""
+    progress = progress if progress is not None else EndOfTopic()
+    reader = Consumer(consumer_config("gcp-reader-" + uuid.uuid4().hex[:8], **{"enable.partition.eof": True}))
+    try:
+        meta = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            progress.missing_topic = True
+            return
+        begin = {}
+        for p in sorted(meta.partitions):
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            begin[p] = low if start == "beginning" else max(low, high - int(start))
+            progress.position[p], progress.high[p] = begin[p], high
+        if not begin:
+            return
+        reader.assign([TopicPartition(topic, p, o) for p, o in begin.items()])
+        at_end = progress.ended
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(begin) and time.monotonic() < deadline:
+            for msg in reader.consume(500, 0.2):
+                p, error = msg.partition(), msg.error()
+                if error is None:
+                    progress.position[p] = msg.offset() + 1
+                    at_end.discard(p)
+                    yield msg
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    progress.position[p] = max(progress.position[p], msg.offset())
+                    if progress.position[p] >= progress.high[p]:
+                        at_end.add(p)
+                else:
+                    log.warning("reading %s: %s", topic, error)
+    finally:
+        reader.close()
 
 
 def admin() -> AdminClient:
