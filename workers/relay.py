@@ -28,13 +28,12 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
 
 from config import get_settings
 from models.db import listening_connection, wait_for_notify
 from models.services import OUTBOX_CHANNEL
 from observability import Outages, dependency_of
-from workers.kafka import consumer_config, producer as make_producer
+from workers.kafka import EndOfTopic, producer as make_producer, read_to_end
 
 log = logging.getLogger("gcp.relay")
 #: Advisory lock key held by the publishing relay.
@@ -72,13 +71,17 @@ class Relay:
         return self.leader
 
     def recover(self) -> int:
-        """Mark as published the rows a previous leader produced but could not mark."""
-        ids = published_ids_in_tail(self.settings.topic_stream, BATCH)
-        if not ids:
+        """Mark as published the rows a previous leader produced but could not mark: a row
+        counts as on the stream when a message there has its ``outboxId`` header *and* its
+        ``eventId`` (an id alone could be reused, by a database restored from a backup)."""
+        seen = published_in_tail(self.settings.topic_stream, BATCH)
+        if not seen:
             return 0
         with self.conn.cursor() as cur:
-            cur.execute("UPDATE outbox_event SET published_at = now() WHERE id = ANY(%s)"
-                        " AND published_at IS NULL RETURNING id", (sorted(ids),))
+            cur.execute("UPDATE outbox_event o SET published_at = now()"
+                        " FROM unnest(%s::bigint[], %s::uuid[]) AS t(id, event_id)"
+                        " WHERE o.id = t.id AND o.event_id = t.event_id AND o.published_at IS NULL"
+                        " RETURNING o.id", ([i for i, _e in seen], [e for _i, e in seen]))
             marked = cur.rowcount
         if marked:
             log.warning("took over: %d rows were already on the stream", marked)
@@ -229,46 +232,22 @@ class Relay:
             self.conn.close()
 
 
-def published_ids_in_tail(topic: str, depth: int, timeout: float = 30.0) -> set[int]:
-    """The ``outboxId`` headers of the last ``depth`` messages of each partition of ``topic``.
-
-    Reads until the position of every partition has reached its high watermark, asked afresh
-    (a broker may show a just-acknowledged message a moment later), twice in a row.
-    """
-    consumer = Consumer(consumer_config("gcp-relay-recover-" + uuid.uuid4().hex[:8],
-                                        **{"enable.partition.eof": True}))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or not meta.partitions:
-            return set()
-        parts = sorted(meta.partitions)
-
-        def highs() -> dict[int, int]:
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-                    for p in parts}
-
-        start = {}
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            start[p] = max(low, high - depth)
-        consumer.assign([TopicPartition(topic, p, start[p]) for p in parts])
-        found: set[int] = set()
-        position = dict(start)
-        deadline = time.monotonic() + timeout
-        caught_up = 0
-        while time.monotonic() < deadline and caught_up < 2:
-            msg = consumer.poll(0.1)
-            if msg is not None and msg.error() is None:
-                for key, value in msg.headers() or ():
-                    if key == "outboxId" and value:
-                        found.add(int(value))
-                position[msg.partition()] = msg.offset() + 1
-                continue
-            current = highs()
-            caught_up = caught_up + 1 if all(position[p] >= current[p] for p in parts) else 0
-        return found
-    finally:
-        consumer.close()
+def published_in_tail(topic: str, depth: int, timeout: float = 30.0) -> set[tuple[int, str]]:
+    """``(outboxId header, eventId)`` of the last ``depth`` messages of each partition of
+    ``topic``, read to each partition's end (see :func:`workers.kafka.read_to_end`)."""
+    progress = EndOfTopic()
+    found = set()
+    for msg in read_to_end(topic, start=depth, timeout=timeout, progress=progress):
+        outbox_id = dict(msg.headers() or ()).get("outboxId")
+        try:
+            event_id = str(uuid.UUID(json.loads(msg.value())["eventId"]))
+        except (ValueError, TypeError, KeyError, RecursionError):
+            continue  # not one of ours: nothing to mark
+        if outbox_id and outbox_id.isdigit():
+            found.add((int(outbox_id), event_id))
+    if not progress.complete and not progress.missing_topic:
+        log.warning("recovery read %s only to %s within %.0f s", topic, progress.position, timeout)
+    return found
 
 
 def _hand_over_sms(rows) -> None:
