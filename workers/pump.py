@@ -62,6 +62,20 @@ def dlq_headers(error: str, topic: str, partition: int, offset: int, **extra) ->
     return [(k, v.encode()) for k, v in items.items()]
 
 
+#: How much of a value over ``KAFKA_MAX_MESSAGE_BYTES`` its DLQ copy keeps.
+DLQ_KEEP_BYTES = 65_536
+
+
+def dlq_entry(reason: str, msg) -> tuple[bytes | None, bytes | None, list]:
+    """(key, value, headers) of the DLQ copy of a refused message. A value over the limit is cut
+    to its first ``DLQ_KEEP_BYTES`` (header ``valueBytes``: its whole size); the whole message
+    stays in its source topic, at the offset the headers name."""
+    value, extra = msg.value(), {}
+    if value is not None and len(value) > get_settings().kafka_max_message_bytes:
+        value, extra["valueBytes"] = value[:DLQ_KEEP_BYTES], len(value)
+    return msg.key(), value, dlq_headers(reason, msg.topic(), msg.partition(), msg.offset(), **extra)
+
+
 @dataclass
 class BatchResult:
     received: int = 0
@@ -77,7 +91,8 @@ class Pump:
         s = get_settings()
         self.settings = s
         self.consumer = make_consumer(s.consumer_group, **{"enable.partition.eof": False})
-        self.producer = make_producer()
+        # room for a DLQ copy of the largest value taken (KAFKA_MAX_MESSAGE_BYTES) and its headers
+        self.producer = make_producer(**{"message.max.bytes": max(1_000_000, self.settings.kafka_max_message_bytes + 65_536)})
         self.consumer.subscribe(list(s.topics_in))
         self._dispatch = dispatch
         self._last_sweep = 0.0
@@ -141,8 +156,7 @@ class Pump:
             try:
                 parsed = contracts.parse(msg.topic(), msg.value())
             except contracts.InvalidMessage as bad:
-                invalid.append((msg.key(), msg.value(),
-                                dlq_headers(bad.reason, msg.topic(), msg.partition(), msg.offset())))
+                invalid.append(dlq_entry(bad.reason, msg))
                 continue
             valid.append((msg, parsed))
         self.dead_letter(invalid)

@@ -1,5 +1,6 @@
 """Poison messages, the DLQ and its tools, with the pump, the actors and the relay running
 in this process against the real servers."""
+import json
 from decimal import Decimal
 
 import pytest
@@ -98,3 +99,29 @@ def test_garbage_is_listed_with_its_reason_and_replay_refuses_unknown_ids(pipeli
     from app import cli as app_cli
     result = CliRunner().invoke(app_cli, ["dlq", "replay", "--id", "99:99999"])
     assert result.exit_code != 0 and "no DLQ entry 99:99999" in result.output
+
+
+def test_a_value_over_the_size_limit_is_dead_lettered_cut_and_not_replayed(pipeline):
+    from confluent_kafka import Producer
+
+    from workers.kafka import producer_config
+
+    dlq = flow.TopicReader("dlq")
+    key = uid("huge-")
+    order = flow.order(uid("huge-order-"), [flow.product_line("10.00", "1")], "10.00")
+    huge = json.dumps(dict(order, filler="y" * (8 * 1024 * 1024))).encode()
+    producer = Producer(producer_config(**{"message.max.bytes": 10_000_000}))
+    producer.produce(flow.topic_of("order"), key=key.encode(), value=huge)
+    assert producer.flush(30) == 0
+    rec = dlq.wait_for(lambda r: [x for x in r.records if x.key == key], what="the 8 MB value in the DLQ")[0]
+    # its copy is cut to 64 KiB and says how big it was; the source is named
+    assert rec.headers["error"] == (f"TOO_LARGE: {len(huge)} bytes, the limit is 1048576 "
+                                    "(KAFKA_MAX_MESSAGE_BYTES)")
+    assert rec.headers["valueBytes"] == str(len(huge)) and len(rec.value) == 65_536
+    assert rec.headers["sourceTopic"] == flow.topic_of("order")
+    # and replaying it by id is refused (it would send the cut copy), with where to find it
+    from app import cli as app_cli
+
+    result = CliRunner().invoke(app_cli, ["dlq", "replay", "--id", f"{rec.partition}:{rec.offset}"])
+    assert result.exit_code != 0 and "the whole message is in its source topic" in result.output
+    dlq.close()
