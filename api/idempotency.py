@@ -2,13 +2,16 @@
 
 - Keys are scoped per client id (the token's ``sub``); a key lives 24 hours.
 - The request's identity is a hash of method, path, query and the canonical JSON body.
-- The first call inserts the key ``IN_PROGRESS`` (committed at once, so a concurrent call sees
-  it), then runs the use case and records its answer *in the same transaction* as the use case
-  (``services.transaction``): an effect without its recorded answer cannot happen.
+- The first call inserts the key ``IN_PROGRESS``, runs the use case and records its answer,
+  all *in one transaction* (``services.transaction``): an effect without its recorded answer
+  cannot happen, and a call that dies (its process, or the database restarting under it) leaves
+  no key behind, so its retry runs at once.
 - The same key and body again answers the recorded status and body (``Idempotent-Replayed:
   true``), 4xx refusals included; the same key with another request is 422
-  ``IDEMPOTENCY_KEY_REUSED``; a call while the first is still running waits briefly for its
-  answer, then gets 409 ``IDEMPOTENCY_IN_PROGRESS``. A 5xx is not recorded: the key is freed.
+  ``IDEMPOTENCY_KEY_REUSED``. A call while the first is still running waits for it (PostgreSQL
+  holds the second insert of a key until the first transaction ends, at most
+  ``DB_LOCK_TIMEOUT_MS``), then answers as the first did, or 409 ``IDEMPOTENCY_IN_PROGRESS``
+  if it is still running. A 5xx is not recorded: the key is freed with the rollback.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import hashlib
 import hmac
 import json
 import re
-import time
+
+import psycopg2.errors as pg_errors
 
 from flask import jsonify, request
+from peewee import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api import errors
@@ -36,10 +41,8 @@ from models.tables import IdempotencyKey
 HEADER = "Idempotency-Key"
 #: How long a key is remembered.
 KEY_TTL = IDEMPOTENCY_KEY_TTL
-#: An IN_PROGRESS key older than this belongs to a crashed call and may be taken over.
+#: An IN_PROGRESS row this old was committed by the older version and belongs to a dead call.
 ABANDONED_AFTER = dt.timedelta(minutes=5)
-#: How long a concurrent call with the same key waits for the first one's answer.
-WAIT_SECONDS = 2.0
 _KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 #: The OpenAPI description of the header, added to every mutating operation.
@@ -70,23 +73,31 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _claim(client_id: str, key: str, digest: str) -> bool:
-    """Insert the key IN_PROGRESS (autocommit); False when it already exists."""
+def _drop_stale(client_id: str, key: str) -> None:
+    """Forget the key if it expired, or if it is an IN_PROGRESS row committed by an older
+    version of this module (which claimed keys in a transaction of their own) long ago."""
     now = _now()
     K = IdempotencyKey
     (K.delete().where((K.client_id == client_id) & (K.key == key)
                       & ((K.created_at < now - KEY_TTL)
                          | ((K.status == "IN_PROGRESS") & (K.created_at < now - ABANDONED_AFTER))))
      .execute())
-    cursor = (K.insert(client_id=client_id, key=key, method=request.method, path=request.path[:2000],
-                       request_hash=digest, status="IN_PROGRESS", created_at=now)
-              .on_conflict_ignore().returning(K.client_id).execute())
-    return len(list(cursor)) == 1
 
 
-def _forget(client_id: str, key: str) -> None:
+def _claim(client_id: str, key: str, digest: str) -> bool:
+    """Insert the key IN_PROGRESS in the current transaction; False when it exists. A concurrent
+    uncommitted insert of the same key makes PostgreSQL wait for its transaction to end."""
     K = IdempotencyKey
-    K.delete().where((K.client_id == client_id) & (K.key == key) & (K.status == "IN_PROGRESS")).execute()
+    try:
+        cursor = (K.insert(client_id=client_id, key=key, method=request.method, path=request.path[:2000],
+                           request_hash=digest, status="IN_PROGRESS", created_at=_now())
+                  .on_conflict_ignore().returning(K.client_id).execute())
+    except OperationalError as exc:
+        if isinstance(getattr(exc, "orig", None) or exc.__cause__, pg_errors.LockNotAvailable):
+            raise ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key is still "
+                           "running; retry later", headers={"Retry-After": "1"}) from None
+        raise
+    return len(list(cursor)) == 1
 
 
 def _jsonb_safe(value):
@@ -130,39 +141,37 @@ def idempotent(view):
                            "characters", field=HEADER)
         client_id = current_principal().client_id
         digest = request_hash()
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not _claim(client_id, key, digest):
-            row = IdempotencyKey.get_or_none((IdempotencyKey.client_id == client_id)
-                                             & (IdempotencyKey.key == key))
-            if row is not None and row.request_hash != digest:
-                raise ApiError(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used for "
-                               "another request", field=HEADER)
-            if row is not None and row.status == "DONE":
-                response = jsonify(row.response_body)
-                response.status_code = row.response_status
-                response.headers["Idempotent-Replayed"] = "true"
-                return response
-            if time.monotonic() >= deadline:
-                raise ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key "
-                               "is still running; retry later", headers={"Retry-After": "1"})
-            time.sleep(0.02)
+        _drop_stale(client_id, key)
         try:
             with svc.transaction():
+                if not _claim(client_id, key, digest):
+                    return _answer_again(client_id, key, digest)
                 response = _as_response(view, args, kwargs)
                 if response.status_code >= 500:
-                    raise _NotRecorded(response)
+                    raise _NotRecorded(response)  # rolled back: the key is free again
                 K = IdempotencyKey
                 (K.update(status="DONE", response_status=response.status_code,
                           response_body=_jsonb_safe(response.get_json(silent=True)))
                  .where((K.client_id == client_id) & (K.key == key)).execute())
         except _NotRecorded as failed:
-            _forget(client_id, key)
             return failed.response
-        except BaseException:
-            _forget(client_id, key)
-            raise
         return response
     return inner
+
+
+def _answer_again(client_id: str, key: str, digest: str):
+    """The recorded answer of an earlier call with this key (or why there is none to give)."""
+    row = IdempotencyKey.get_or_none((IdempotencyKey.client_id == client_id) & (IdempotencyKey.key == key))
+    if row is not None and row.request_hash != digest:
+        raise ApiError(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used for "
+                       "another request", field=HEADER)
+    if row is None or row.status != "DONE":  # a call of the older version, still running
+        raise ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key "
+                       "is still running; retry later", headers={"Retry-After": "1"})
+    response = jsonify(row.response_body)
+    response.status_code = row.response_status
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 def purge_expired(now: dt.datetime | None = None) -> int:

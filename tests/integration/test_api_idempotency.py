@@ -120,29 +120,59 @@ def test_concurrent_calls_with_one_key_run_once(app):
     assert sum(1 for s, _ in answers if s == 201) >= 1
 
 
-def test_waiting_call_gets_the_first_answer_when_it_finishes(client, app):
-    # given a key whose first call is still running
-    headers = {**auth(client_id="waiter"), "Idempotency-Key": uid("key-")}
-    body = reserve_body(unique_currency())
+def _first_call_in_flight(app, client_id: str, key: str, body: dict):
+    """The key claimed by a first call whose transaction is still open (another connection)."""
+    import psycopg2
+
     with app.test_request_context("/certificates/next", method="POST", json=body):
         digest = idem.request_hash()
-    with db.connection_context():
-        IdempotencyKey.create(client_id="waiter", key=headers["Idempotency-Key"], method="POST",
-                              path="/certificates/next", request_hash=digest, status="IN_PROGRESS",
-                              created_at=dt.datetime.now(dt.timezone.utc))
+    first = psycopg2.connect(get_settings().database_url)
+    with first.cursor() as cur:
+        cur.execute("INSERT INTO idempotency_key (client_id, key, method, path, request_hash, status, created_at)"
+                    " VALUES (%s, %s, 'POST', '/certificates/next', %s, 'IN_PROGRESS', now())",
+                    (client_id, key, digest))
+    return first
+
+
+def test_waiting_call_gets_the_first_answer_when_it_finishes(client, app):
+    # given a key whose first call is still running (its transaction open)
+    headers = {**auth(client_id="waiter"), "Idempotency-Key": uid("key-")}
+    body = reserve_body(unique_currency())
+    first = _first_call_in_flight(app, "waiter", headers["Idempotency-Key"], body)
 
     def finish():
-        with db.connection_context():
-            IdempotencyKey.update(status="DONE", response_status=201, response_body={"code": "FIRST1"}).where(
-                IdempotencyKey.key == headers["Idempotency-Key"]).execute()
+        with first.cursor() as cur:
+            cur.execute("UPDATE idempotency_key SET status = 'DONE', response_status = 201,"
+                        " response_body = '{\"code\": \"FIRST1\"}' WHERE key = %s", (headers["Idempotency-Key"],))
+        first.commit()
 
     timer = threading.Timer(0.3, finish)
     timer.start()
     # when the same call comes meanwhile
     resp = client.post("/certificates/next", json=body, headers=headers)
     timer.join()
+    first.close()
     # then it waits and answers what the first one answered
     assert resp.status_code == 201 and resp.json == {"code": "FIRST1"}
+    assert resp.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_first_call_that_dies_leaves_no_key_so_its_retry_runs(client, app):
+    # given a key whose first call dies with its transaction (its process, or PostgreSQL restarting)
+    currency = unique_currency()
+    load(1, "1000.00", currency)
+    headers = {**auth(client_id="survivor"), "Idempotency-Key": uid("key-")}
+    body = reserve_body(currency)
+    first = _first_call_in_flight(app, "survivor", headers["Idempotency-Key"], body)
+    timer = threading.Timer(0.3, first.close)  # the connection goes: the claim is rolled back
+    timer.start()
+    # when the retry comes, then it runs at once (no 409 for minutes) and reserves
+    resp = client.post("/certificates/next", json=body, headers=headers)
+    timer.join()
+    assert resp.status_code == 201, resp.json
+    assert "Idempotent-Replayed" not in resp.headers
+    again = client.post("/certificates/next", json=body, headers=headers)
+    assert again.status_code == 201 and again.json == resp.json and again.headers["Idempotent-Replayed"] == "true"
 
 
 def test_expired_key_runs_again(client):
