@@ -61,7 +61,9 @@ def decode(token: str) -> Principal:
         claims = jwt.decode(
             token, _signing_key(token), algorithms=list(s.jwt_algorithms),
             audience=s.jwt_audience, issuer=s.jwt_issuer,
-            options={"require": ["sub", "exp"], "verify_aud": bool(s.jwt_audience)}, leeway=30)
+            # the audience is always checked: without JWT_AUDIENCE a token naming any audience is
+            # meant for another service and refused; with it, the token must name it
+            options={"require": ["sub", "exp"], "verify_aud": True}, leeway=30)
     except (jwt.PyJWTError, ValueError) as exc:
         raise _invalid(str(exc)) from None
     scope = claims.get("scope") or ""
