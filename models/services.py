@@ -584,13 +584,15 @@ def authorize(cmd: Authorize, ctx: Context) -> dict:
         cert = to_domain(row)
         cert.ensure_usable(uow.now)
         budget = cvc_budget.CvcBudget.for_client(ctx.actor)
-        if budget.exhausted():
+        if not budget.take():
             raise budget.refusal()
         ok = cvc_secret.matches(row.code, cmd.cvc, row.cvc_hash, row.cvc_key_id)
+        if ok:
+            budget.give_back()
         cert.check_cvc(ok, settings.cvc_max_attempts)
         if not ok:
             uow.save(row, cert, before)
-            if budget.spend():  # this wrong CVC used up the client's budget: tell the stream
+            if budget.exhausted():  # this wrong CVC used up the client's budget: tell the stream
                 uow.emit(budget.alert_event(), None, key=row.code)
             raise Deferred(DomainError("CVC_MISMATCH", "CVC does not match",
                                        attemptsLeft=max(settings.cvc_max_attempts - cert.cvc_failed_attempts, 0)))
