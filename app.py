@@ -62,7 +62,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             "info": {"description": "Synchronous channel API of the gift certificate service. "
                                     "See the integration contract for the Kafka side."},
             "components": {"securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "METRICS_TOKEN, when the deployment sets one"}}},
             "security": [{"bearerAuth": []}],
         },
     )
@@ -76,8 +78,14 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             return errors.handle_http_exception(error)
 
     api = GcpApi(app)
+    from api.schemas import empty_means_absent
+
+    api.ma_plugin.converter.add_parameter_attribute_function(empty_means_absent)
     errors.register(app)
     api_pkg.register_blueprints(api)
+    from api import batches as batch_routes
+
+    batch_routes.document(api.spec, settings)
 
     swagger_assets = Path(__import__("flask_swagger_ui").__file__).parent / "dist"
 

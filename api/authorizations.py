@@ -7,7 +7,7 @@ import re
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import schemas as s
+from api import links, schemas as s
 from api.auth import check_channel, current_principal, require, service_context
 from api.certificates import CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
@@ -43,7 +43,7 @@ class Authorizations(MethodView):
                     409: ["INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "IDEMPOTENCY_IN_PROGRESS"],
                     422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"],
                     429: ["CVC_ATTEMPTS_EXCEEDED"]}, body=True)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_AUTHORIZE, 201))
     def post(self, args, code):
         """Authorize: check the CVC and hold an amount (certificates:redeem)
 

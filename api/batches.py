@@ -4,7 +4,7 @@
 The body of ``POST /batches`` is checked here by hand rather than loaded through marshmallow: a
 chunk carries thousands of certificates, and a field-by-field marshmallow load would cost more
 than inserting them. The marshmallow schemas below document it in OpenAPI (and the answers);
-the rules themselves are the domain's (``valid_code``, ``positive_money``, ``loadable_expiry``).
+the rules themselves are the domain's (``valid_code``, ``positive_money``; ``loadable_expiry`` in the use case).
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
 from config import get_settings
 from models import batches
 from models import services as svc
-from models.domain import (CODE_PATTERN, CURRENCY_PATTERN, KINDS, DomainError, loadable_expiry,
-                           positive_money)
+from models.domain import CODE_PATTERN, CURRENCY_PATTERN, KINDS, DomainError, positive_money
 
 blp = Blueprint("batches", __name__, description=(
     "The pool: the loader adds pre-generated codes in batches (`batches:write`); `GET /pool` "
@@ -85,6 +84,19 @@ class BatchRequestSchema(s.Strict):
         "description": "default `expiresAt` of the certificates that do not give one"})
     certificates = ma.fields.List(ma.fields.Nested(BatchCertificateSchema), required=True,
                                   validate=validate.Length(1, MAX_CERTIFICATES))
+
+
+def document(spec, settings) -> None:
+    """Say in the OpenAPI document what marshmallow cannot: the CVC's length (``CVC_LENGTH``),
+    and that a PHYSICAL batch brings a CVC with every card while an ELECTRONIC one brings none."""
+    schemas = spec.components.schemas
+    schemas["BatchCertificate"]["properties"]["cvc"]["pattern"] = f"^[0-9]{{{settings.cvc_length}}}$"
+    schemas["BatchRequest"]["anyOf"] = [
+        {"required": ["kind"], "properties": {"kind": {"enum": ["PHYSICAL"]},
+                                              "certificates": {"items": {"required": ["cvc"]}}}},
+        {"properties": {"kind": {"enum": ["ELECTRONIC"]},
+                        "certificates": {"items": {"not": {"required": ["cvc"]}}}}},
+    ]
 
 
 class RejectedCodeSchema(ma.Schema):
@@ -171,22 +183,21 @@ def _money(value, cache: dict, problem, field: str = "nominal"):
     return None
 
 
-def _time(value, cache: dict, now: dt.datetime, problem, field: str = "expiresAt"):
-    """An ``expiresAt`` as an aware datetime in the future (None stays None); reports a bad one."""
+def _time(value, cache: dict, problem, field: str = "expiresAt"):
+    """An ``expiresAt`` as an aware datetime (None stays None); reports a malformed one. (A
+    time already passed is a well-formed request: its codes are rejected ``EXPIRED``.)"""
     if value is None:
         return None
     moment = _parse_time(value) if type(value) is str else None
     if moment is None:
         problem(field, "an RFC 3339 time like 2027-12-31T23:59:59Z")
-    elif not loadable_expiry(moment, now):
-        problem(field, "must be in the future")
     else:
         cache[value] = moment
         return moment
     return None
 
 
-def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
+def parse_batch(body: object) -> svc.LoadBatch:
     """The ``LoadBatch`` command of a request body; 422 ``VALIDATION_ERROR`` naming every bad field."""
     problems = _Problems()
     if not isinstance(body, dict):
@@ -215,7 +226,7 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
     times: dict = {}
     physical, cvc_length = kind == "PHYSICAL", get_settings().cvc_length
     default_nominal = _money(body.get("nominal"), money, problems.add, "nominal")
-    default_expires = _time(body.get("expiresAt"), times, now, problems.add, "expiresAt")
+    default_expires = _time(body.get("expiresAt"), times, problems.add, "expiresAt")
     for index, item in enumerate(items):  # checked in place: thousands of items per request
         if type(item) is not dict:
             problems.item(index, "_schema", "a certificate is an object")
@@ -250,7 +261,7 @@ def parse_batch(body: object, now: dt.datetime) -> svc.LoadBatch:
                 try:
                     item["expiresAt"] = times[expires]
                 except (KeyError, TypeError):
-                    item["expiresAt"] = _time(expires, times, now,
+                    item["expiresAt"] = _time(expires, times,
                                               lambda f, m: problems.item(index, f, m))
     problems.raise_any()
     return svc.LoadBatch(batch_id, kind, currency, tuple(items), dry_run)
@@ -276,21 +287,21 @@ class Batches(MethodView):
     @blp.response(201, BatchResultSchema, description="codes added to the pool (or the batch created)")
     @blp.alt_response(200, schema=BatchResultSchema, description=(
         "nothing new: this batch had loaded these codes already (a chunk sent again), or a dry run"))
-    @s.errors(blp, {409: ["IDEMPOTENCY_IN_PROGRESS"], 422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @s.errors(blp, {409: ["BATCH_MISMATCH", "IDEMPOTENCY_IN_PROGRESS"], 422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self):
         """Add pre-generated codes to the pool (scope batches:write)
 
         The codes become AVAILABLE in one transaction. A code already loaded by this batch counts
         as `alreadyLoaded` (the same batchId and codes again add nothing: 200); a code of another
-        batch, or repeated in the request, is refused row by row in `rejected` with its reason.
+        batch, repeated in the request, or whose `expiresAt` has passed (`EXPIRED`) is refused row
+        by row in `rejected` with its reason.
         The check digit of generated codes is the loader's business: the service accepts any
         code matching `[A-Z0-9-]{6,32}`. A malformed body or certificate is 422 VALIDATION_ERROR
         naming the fields (`details.fields.json.certificates.<index>`), and nothing is written.
         With `dryRun: true` the answer says what would happen, and nothing is written.
         """
-        now = svc.utcnow()
-        command = parse_batch(request.get_json(silent=True), now)
+        command = parse_batch(request.get_json(silent=True))
         ctx = dataclasses.replace(service_context(), correlation_id=command.batch_id)
         return _answer(svc.handle(command, ctx), command.dry_run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import schemas as s
+from api import links, schemas as s
 from api.auth import check_channel, current_principal, require, service_context
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
 from config import get_settings
@@ -49,7 +49,7 @@ class NextCertificate(MethodView):
     @blp.alt_response(200, schema=s.ReservationSchema,
                       description="this order line was reserved before: the same certificate")
     @s.errors(blp, RESERVE_ERRORS, body=True)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.ON_CERTIFICATE, 201, 200))
     def post(self, args):
         """Reserve the next certificate for an order line (scope certificates:reserve)
 
@@ -68,7 +68,9 @@ class NextCertificate(MethodView):
     @blp.alt_response(200, schema=s.ReservationSchema,
                       description="this order line was reserved before: the same certificate")
     @s.errors(blp, RESERVE_ERRORS)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY], deprecated=True)
+    # (a manual parameter list replaces the generated one: the query's fields are named here too)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY, {"in": "query", "schema": s.ReserveQuery}], deprecated=True,
+             **links.after(links.ON_CERTIFICATE, 201, 200))
     def get(self, args):
         """Reserve (deprecated query-string form of POST /certificates/next)
 
@@ -175,7 +177,7 @@ class Lock(MethodView):
     @blp.arguments(s.ReasonRequest)
     @blp.response(200, s.CertificateSchema)
     @s.errors(blp, ACTION_ERRORS, body=True)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_LOCK, 200))
     def post(self, args, code):
         """Lock a working certificate with a reason (certificates:admin)
 

@@ -5,6 +5,8 @@ import hmac
 import threading
 import time
 
+import marshmallow as ma
+from prometheus_client import CONTENT_TYPE_LATEST
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -45,10 +47,38 @@ def check_kafka(timeout: float = 2.0) -> None:
 
 
 CHECKS = (("postgres", check_postgres), ("redis", check_redis), ("kafka", check_kafka))
+OPEN = {"security": []}  # the contract leaves the health checks open
+
+
+class LiveSchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"enum": ["ok"]})
+
+
+class CheckSchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"enum": ["ok", "down"]})
+    ms = ma.fields.Float(metadata={"description": "how long the check took"})
+    error = ma.fields.String(metadata={"description": "why it is down"})
+
+
+class ProcessSchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"enum": ["ok", "missing"]})
+    heartbeatAgeSeconds = ma.fields.Float(allow_none=True)
+    instances = ma.fields.Integer()
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"enum": ["ok", "unavailable"]})
+    checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Nested(CheckSchema), required=True,
+                            metadata={"description": "postgres, redis and kafka"})
+    processes = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Nested(ProcessSchema), required=True,
+                               metadata={"description": "each long-running process, by name"})
+    failing = ma.fields.List(ma.fields.String(), metadata={"description": "what is down (only when something is)"})
 
 
 @blp.route("/health/live")
 class Live(MethodView):
+    @blp.response(200, LiveSchema)
+    @blp.doc(**OPEN)
     def get(self):
         """Liveness: the process answers."""
         return {"status": "ok"}
@@ -56,6 +86,9 @@ class Live(MethodView):
 
 @blp.route("/health/ready")
 class Ready(MethodView):
+    @blp.response(200, ReadySchema, description="ready")
+    @blp.alt_response(503, schema=ReadySchema, description="not ready: `failing` names what is down")
+    @blp.doc(**OPEN)
     def get(self):
         """Readiness: PostgreSQL, Redis and Kafka answer (503 names the failing part)
 
@@ -88,6 +121,11 @@ class Ready(MethodView):
 
 @blp.route("/metrics")
 class Metrics(MethodView):
+    @blp.doc(security=[{}, {"metricsToken": []}], responses={
+        "200": {"description": "the metrics", "content": {CONTENT_TYPE_LATEST: {
+            "schema": {"type": "string"}}}},
+        "401": {"description": "METRICS_TOKEN is set and was not given",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}})
     def get(self):
         """Prometheus metrics (text format); `Authorization: Bearer <METRICS_TOKEN>` when set"""
         token = get_settings().metrics_token

@@ -14,8 +14,8 @@ from marshmallow import validate
 
 from api.errors import ErrorSchema
 from models.domain import (ADJUST_REASONS, ADJUSTMENT_STATUSES, CHANNELS, CODE_PATTERN,
-                           CURRENCY_PATTERN, DIRECTIONS, KINDS, MONEY_PATTERN, DomainError, Status,
-                           parse_money, positive_money)
+                           CURRENCY_PATTERN, DIRECTIONS, KINDS, MONEY_PATTERN, POSITIVE_MONEY_PATTERN,
+                           DomainError, Status, parse_money, positive_money)
 
 #: Printable text without control characters (they never belong in ids or reasons).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -59,7 +59,7 @@ class Money(ma.fields.String):
 
     def __init__(self, positive: bool = True, **kwargs):
         meta = kwargs.pop("metadata", {})
-        meta.setdefault("pattern", MONEY_PATTERN)  # checked by parse_money on load
+        meta.setdefault("pattern", POSITIVE_MONEY_PATTERN if positive else MONEY_PATTERN)  # checked on load
         meta.setdefault("example", "1500.00")
         meta.setdefault("description", "money: a string with two decimals" +
                         (", greater than 0.00" if positive else ""))
@@ -145,6 +145,14 @@ class Query(ma.Schema):
     @ma.pre_load
     def _blank_is_absent(self, data, **kwargs):
         return {key: data[key] for key in data if data[key] != ""}
+
+
+def empty_means_absent(self, field, ret, **kwargs) -> dict:
+    """OpenAPI: an optional query parameter of a :class:`Query` may be sent empty, and then
+    counts as not given (``allowEmptyValue``)."""
+    if ret.get("in") == "query" and not field.required and isinstance(field.parent, Query):
+        return {"allowEmptyValue": True}
+    return {}
 
 
 class ReserveQuery(Query, ReserveRequest):

@@ -8,7 +8,7 @@ import re
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import schemas as s
+from api import links, schemas as s
 from api.auth import require, service_context
 from api.certificates import ADMIN, CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
@@ -41,7 +41,7 @@ class Adjust(MethodView):
                     409: ["INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
                           "IDEMPOTENCY_IN_PROGRESS"],
                     422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_ADJUST, 201))
     def post(self, args, code):
         """Adjust a working certificate's balance (certificates:admin)
 
@@ -63,6 +63,7 @@ class Adjustments(MethodView):
     @blp.arguments(s.AdjustmentQuery, location="query")
     @blp.response(200, s.AdjustmentPageSchema)
     @s.errors(blp, {422: ["VALIDATION_ERROR"]})
+    @blp.doc(**links.after(links.AFTER_LIST_ADJUSTMENTS, 200))
     def get(self, args):
         """List the adjustments, newest first, by status or certificate (certificates:admin)
 

@@ -35,7 +35,7 @@ import psycopg2.errors
 from config import get_settings
 from models import cvc as cvc_secret, services as svc
 from models.db import db
-from models.domain import DomainError, Event, Status, fmt_money
+from models.domain import DomainError, Event, Status, fmt_money, loadable_expiry
 from models.tables import BatchRejection, CertificateBatch, PoolLowWater
 from observability import POOL_AVAILABLE
 
@@ -44,9 +44,11 @@ log = logging.getLogger("gcp.batches")
 #: Why a code of a batch is refused (``rejected[].reason``).
 DUPLICATE_CODE = "DUPLICATE_CODE"            # the code belongs to another batch
 DUPLICATE_IN_BATCH = "DUPLICATE_IN_BATCH"    # the code appears earlier in the same request
+EXPIRED = "EXPIRED"                          # its expiresAt has already passed
 REASON_MESSAGES = {
     DUPLICATE_CODE: "the code was already loaded by another batch",
     DUPLICATE_IN_BATCH: "the code appears earlier in this request",
+    EXPIRED: "its expiresAt has already passed",
 }
 #: The alert raised when a pool segment falls below the low-water mark.
 LOW_WATER_ALERT = "POOL_LOW_WATER"
@@ -83,10 +85,11 @@ def _copy_text(value: str) -> str:
             .replace("\r", "\\r"))
 
 
-def _prepare(cmd: svc.LoadBatch) -> tuple[list[tuple[str, str, str, str]], list[dict]]:
+def _prepare(cmd: svc.LoadBatch, now: dt.datetime) -> tuple[list[tuple[str, str, str, str]], list[dict]]:
     """The chunk's rows as COPY fields ``(code, nominal, expires_at, cvc_hash\tcvc_key_id)``,
-    the first of each code kept; the repeats are refused ``DUPLICATE_IN_BATCH``. A printed
-    card's CVC is kept only as its keyed hash: the plain CVC goes no further than here."""
+    the first of each code kept; the repeats are refused ``DUPLICATE_IN_BATCH``, a code whose
+    ``expiresAt`` has passed ``EXPIRED``. A printed card's CVC is kept only as its keyed hash:
+    the plain CVC goes no further than here."""
     seen: set[str] = set()
     rows: list[tuple[str, str, str, str]] = []
     key_id = cvc_secret.current_key_id()
@@ -105,6 +108,9 @@ def _prepare(cmd: svc.LoadBatch) -> tuple[list[tuple[str, str, str, str]], list[
         if text is None:
             text = money[nominal] = fmt_money(Decimal(nominal))
         expires = item.get("expiresAt")
+        if isinstance(expires, dt.datetime) and not loadable_expiry(expires, now):
+            rejected.append({"code": code, "reason": EXPIRED})
+            continue
         when = times.get(expires)
         if when is None:
             when = times[expires] = (expires.astimezone(dt.timezone.utc).isoformat()
@@ -156,7 +162,7 @@ def _ensure_batch(cmd: svc.LoadBatch, ctx: svc.Context, now: dt.datetime) -> boo
     if not created:
         batch = CertificateBatch.get_or_none(CertificateBatch.batch_id == cmd.batch_id)
         if batch is not None and (batch.kind != cmd.kind or batch.currency.strip() != cmd.currency):
-            raise DomainError("VALIDATION_ERROR", "the batch exists with another kind or currency",
+            raise DomainError("BATCH_MISMATCH", "the batch exists with another kind or currency",
                               batchId=cmd.batch_id, kind=batch.kind, currency=batch.currency.strip())
         created = cmd.dry_run and batch is None
     return created
@@ -165,7 +171,7 @@ def _ensure_batch(cmd: svc.LoadBatch, ctx: svc.Context, now: dt.datetime) -> boo
 @svc.handler(svc.LoadBatch)
 def load_batch(cmd: svc.LoadBatch, ctx: svc.Context) -> svc.BatchResult:
     """Add codes to the pool as AVAILABLE in one transaction; the same codes again add nothing."""
-    rows, rejected = _prepare(cmd)
+    rows, rejected = _prepare(cmd, svc.utcnow())
 
     def body(uow: svc.UnitOfWork) -> svc.BatchResult:
         created = _ensure_batch(cmd, ctx, uow.now)

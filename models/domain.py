@@ -43,6 +43,7 @@ ERROR_STATUS: dict[str, int] = {
     "EXCEEDS_NOMINAL": 409,
     "HOLDS_ACTIVE": 409,
     "TARGET_NOT_AVAILABLE": 409,
+    "BATCH_MISMATCH": 409,
     "ADJUSTMENT_NOT_FOUND": 404,
     "ADJUSTMENT_NOT_PENDING": 409,
     "ADJUSTMENT_EXPIRED": 409,
@@ -75,6 +76,8 @@ class DomainError(Exception):
 #: The contract's money format: a string with two decimals, at most 12 integer digits.
 MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})\.[0-9]{2}$"
 _MONEY_RE = re.compile(MONEY_PATTERN)
+#: The same, above 0.00 (what :func:`positive_money` takes), for the API's documentation.
+POSITIVE_MONEY_PATTERN = r"^(0\.(0[1-9]|[1-9][0-9])|[1-9][0-9]{0,11}\.[0-9]{2})$"
 #: ISO 4217 alphabetic code.
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 #: A certificate code, as printed on the card.

@@ -223,12 +223,11 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
     locked first and the target is then taken with ``SKIP LOCKED``, which never waits, so no
     lock cycle can form either way.
     """
-    if cmd.to is not None and cmd.to == cmd.code:
-        raise DomainError("VALIDATION_ERROR", "a certificate cannot be transferred onto itself",
-                          field="to")
-
     def body(uow: UnitOfWork) -> dict:
         source_id = _certificate_id(cmd.code, "from")
+        if cmd.to == cmd.code:  # a valid request about a certificate that exists: a conflict
+            raise DomainError("TARGET_NOT_AVAILABLE", "a certificate cannot be transferred onto itself",
+                              to=cmd.to)
         if cmd.to is not None:
             source, target = _lock_pair(source_id, _certificate_id(cmd.to, "to"))
         else:

@@ -186,7 +186,7 @@ def test_batch_level_defaults_apply_to_certificates_that_give_none(client):
     assert [got[c].batch_expires_at.year if got[c].batch_expires_at else None for c in codes] == [
         2032, 2032, None]
     # and bad defaults are 422 on the top-level field
-    for field, value in (("nominal", "3"), ("expiresAt", "2001-01-01T00:00:00Z"), ("nominal", 5)):
+    for field, value in (("nominal", "3"), ("expiresAt", "2001-02-30T00:00:00Z"), ("nominal", 5)):
         resp = post(client, batch(1, **{field: value}))
         assert resp.status_code == 422 and field in resp.json["details"]["fields"]["json"]
 
@@ -200,8 +200,8 @@ def test_a_batch_keeps_its_kind_and_currency(client):
         if change.get("kind") == "PHYSICAL":
             more["certificates"][0]["cvc"] = "123456"
         resp = post(client, dict(more, batchId=body["batchId"], **change))
-        # then 422, nothing added
-        assert resp.status_code == 422 and resp.json["code"] == "VALIDATION_ERROR"
+        # then 409 BATCH_MISMATCH (the request is well-formed, the batch says otherwise), nothing added
+        assert resp.status_code == 409 and resp.json["code"] == "BATCH_MISMATCH"
         assert resp.json["details"]["batchId"] == body["batchId"]
     assert record(body["batchId"]).accepted == 1
 
@@ -243,7 +243,6 @@ BAD = [
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": "2031-02-30T00:00:00Z"}]},
      "certificates.0.expiresAt"),
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": 20310101}]}, "certificates.0.expiresAt"),
-    ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "expiresAt": "PAST"}]}, "certificates.0.expiresAt"),
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1", "colour": "red"}]}, "certificates.0.colour"),
     # a pattern's "$" also matches before a trailing newline: never let one through
     ({"batchId": "b", "certificates": [{"code": "ABCDEF1\n"}]}, "certificates.0.code"),
@@ -256,9 +255,7 @@ BAD = [
 
 @pytest.mark.parametrize("body,field", BAD, ids=[f for _, f in BAD])
 def test_a_malformed_body_is_422_naming_the_field_and_writes_nothing(client, body, field):
-    # given a body with one problem (a past expiry made now)
-    body = json.loads(json.dumps(body).replace('"PAST"', json.dumps(_past())))
-    # when posted; then 422 VALIDATION_ERROR whose details name the field, and no batch exists
+    # given a body with one problem; when posted; then 422 VALIDATION_ERROR whose details name the field, and no batch exists
     resp = post(client, body)
     assert resp.status_code == 422 and resp.json["code"] == "VALIDATION_ERROR", resp.json
     node = resp.json["details"]["fields"]["json"]
@@ -266,6 +263,22 @@ def test_a_malformed_body_is_422_naming_the_field_and_writes_nothing(client, bod
         node = node[part]
     assert node
     assert record("b") is None
+
+
+def test_a_code_whose_expiry_has_passed_is_rejected_expired_and_the_others_load(client):
+    # given a well-formed batch where one code's expiresAt has passed, and one whose default has
+    fresh, stale, stale_by_default = uid("GCF").upper(), uid("GCS").upper(), uid("GCD").upper()
+    resp = post(client, {"batchId": uid("b-exp-"), "certificates": [
+        {"code": fresh, "nominal": "500.00"}, {"code": stale, "nominal": "500.00", "expiresAt": _past()}]})
+    # then the rest loads and the stale code is refused row by row, with its reason
+    assert resp.status_code == 201 and resp.json["accepted"] == 1, resp.json
+    assert resp.json["rejected"] == [{"code": stale, "reason": "EXPIRED",
+                                      "message": "its expiresAt has already passed"}]
+    default = post(client, {"batchId": uid("b-exp-"), "expiresAt": _past(),
+                            "certificates": [{"code": stale_by_default, "nominal": "500.00"}]})
+    assert default.json["accepted"] == 0 and default.json["rejected"][0]["reason"] == "EXPIRED"
+    with db.connection_context():
+        assert not GiftCertificate.select().where(GiftCertificate.code.in_([stale, stale_by_default])).exists()
 
 
 def test_many_bad_certificates_are_counted_beyond_the_first_fifty(client):

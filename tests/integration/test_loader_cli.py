@@ -280,13 +280,13 @@ def test_refusals_stop_the_load_with_exit_2(server, token, tmp_path):
     # a token without batches:write: 403
     code, report = load_cmd(server, issue_token("reader", "certificates:read"), path)
     assert code == 2 and "403" in report["error"]
-    # an existing batch id of another kind: the service's 422
+    # an existing batch id of another kind: the service's 409
     batch = uid("k-")
     assert load_cmd(server, token, path, "--batch-id", batch)[0] == 0
     cards = tmp_path / "cards.csv"
     run("generate", "--count", 5, "--out", cards, "--with-cvc")
     code, report = load_cmd(server, token, cards, "--batch-id", batch, "--kind", "PHYSICAL")
-    assert code == 2 and "VALIDATION_ERROR" in report["error"]
+    assert code == 2 and "BATCH_MISMATCH" in report["error"]
     # a header the loader does not know
     bad = tmp_path / "header.csv"
     bad.write_text("kode,nominal\nX,1.00\n")

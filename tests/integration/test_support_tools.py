@@ -343,7 +343,7 @@ def test_transfer_is_refused_from_a_terminal_status_and_onto_a_sold_card(client)
     wrong_nominal = transfer(client, fresh, printed)
     assert from_terminal.status_code == 409 and from_terminal.json["code"] == "INVALID_STATE"
     assert onto_sold.status_code == 409 and onto_sold.json["code"] == "TARGET_NOT_AVAILABLE"
-    assert onto_itself.status_code == 422 and onto_itself.json["code"] == "VALIDATION_ERROR"
+    assert onto_itself.status_code == 409 and onto_itself.json["code"] == "TARGET_NOT_AVAILABLE"
     assert unknown.status_code == 404 and unknown.json["details"]["role"] == "to"
     assert wrong_nominal.status_code == 409 and wrong_nominal.json["code"] == "NOMINAL_MISMATCH"
     # a transferred certificate is terminal too
