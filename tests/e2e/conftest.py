@@ -7,6 +7,7 @@ died on its own.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -111,10 +112,10 @@ class Procs:
 
 
 @pytest.fixture(scope="module")
-def procs(stack):
+def procs(stack, request):
     """The processes for one test module (they hold the relay's and the scheduler's leadership
     and consume the topics: nothing else of this worker may run beside them), on topics and a
-    consumer group of their own."""
+    consumer group of their own. A module's ``PROCS_ENV`` adds settings of its own."""
     from config import reset_settings
     from devstack import free_port
     from models.db import migrate
@@ -131,6 +132,7 @@ def procs(stack):
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
     env.update(E2E_ENV, PORT=str(free_port()), PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    env.update(getattr(request.module, "PROCS_ENV", {}))
     logdir = Path(tempfile.mkdtemp(prefix="gcp-e2e-"))
     p = Procs(env, logdir)
     for name in ("web", "worker", "pump", "relay", "scheduler"):
@@ -140,11 +142,46 @@ def procs(stack):
         yield p
         dead = p.dead()
         assert not dead, f"a process died on its own: {dead}"
+        violations = verify_what_the_module_did()
+        assert not violations, "verify --stream after the module:\n" + "\n".join(map(str, violations))
     finally:
         p.stop_all()
         shutil.rmtree(logdir, ignore_errors=True)
         os.environ.update(saved)
         reset_settings()
+
+
+def verify_what_the_module_did(timeout: float = 30.0) -> list:
+    """``verify --stream`` (models/verify.py) over what this module's processes did: the
+    certificates whose history is on its stream topic, the orders and inbox rows of its input topics. (The
+    database is the test worker's, shared with other modules; a key on the stream that names no
+    certificate is an event a test wrote there on purpose.)"""
+    from config import get_settings
+    from models.db import db
+    from models.verify import Scope, verify
+    from workers.kafka import read_to_end
+
+    s = get_settings()
+    keys = set()  # the certificates whose whole history is on this module's stream (from sequence 1:
+    for m in read_to_end(s.topic_stream, timeout=timeout):  # the relay also sends other modules' backlog)
+        try:
+            first = m.key() and json.loads(m.value()).get("sequence") == 1
+        except (ValueError, AttributeError):
+            first = False
+        if first:
+            keys.add(m.key().decode())
+    topics = [s.topic_sales_order, s.topic_payments, s.topic_clients]
+    deadline = time.monotonic() + timeout
+    with db.connection_context():
+        codes = {r[0] for r in db.execute_sql("SELECT code FROM gift_certificate WHERE code = ANY(%s)",
+                                              (sorted(keys),)).fetchall()}
+        inbox = db.execute_sql("SELECT event_id, payload ->> 'orderId' FROM inbox_message WHERE topic = ANY(%s)",
+                               (topics,)).fetchall()
+        while db.execute_sql("SELECT 1 FROM outbox_event WHERE message_key = ANY(%s) AND published_at IS NULL"
+                             " LIMIT 1", (sorted(codes),)).fetchone() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the relay is still publishing
+    scope = Scope.of(codes=codes, orders={o for _e, o in inbox if o}, inbox={e for e, _o in inbox})
+    return verify(scope=scope, stream=True, stream_timeout=timeout)
 
 
 class Api:

@@ -100,7 +100,8 @@ def test_takeover_does_not_publish_again_what_a_killed_leader_already_produced(s
         # when the standby takes over, then it finds them on the stream and does not resend them
         assert heir.try_lead()
         heir.publish_pending()
-        reader.poll(1.0)
+        reader.wait_for(lambda r: len(r.for_key(code)) >= 3, what="the dead leader's events")
+        reader.poll(1.0)  # a second copy would show up now
         assert [e["sequence"] for e in reader.for_key(code)] == [1, 2, 3]
         with db.connection_context():
             assert not OutboxEvent.select().where((OutboxEvent.message_key == code)
@@ -138,7 +139,7 @@ def test_takeover_does_not_take_a_reused_outbox_id_for_a_published_row(stack):
         # when a relay takes over, then it marks none of them and publishes them all
         assert heir.try_lead()
         heir.publish_pending()
-        reader.poll(1.0)
+        reader.wait_for(lambda r: len(r.for_key(code)) >= len(rows), what="the rows' events")
         assert [e["sequence"] for e in reader.for_key(code)] == [r.sequence for r in rows]
     finally:
         heir.close()
