@@ -147,6 +147,7 @@ class Settings:
     consumer_group: str = "gcp-pump"
     kafka_fetch_wait_ms: int = 20
     kafka_max_message_bytes: int = 1_048_576
+    request_read_timeout_ms: int = 10_000
 
     # Workers.
     actor_max_retries: int = 5
@@ -251,6 +252,7 @@ def load_settings() -> Settings:
         consumer_group=_str("KAFKA_CONSUMER_GROUP", "gcp-pump"),
         kafka_fetch_wait_ms=_int("KAFKA_FETCH_WAIT_MS", 20),
         kafka_max_message_bytes=_int("KAFKA_MAX_MESSAGE_BYTES", 1_048_576),
+        request_read_timeout_ms=_int("REQUEST_READ_TIMEOUT_MS", 10_000),
         actor_max_retries=_int("ACTOR_MAX_RETRIES", 5),
         actor_min_backoff_ms=_int("ACTOR_MIN_BACKOFF_MS", 100),
         actor_max_backoff_ms=_int("ACTOR_MAX_BACKOFF_MS", 5_000),

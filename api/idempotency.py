@@ -84,6 +84,11 @@ def _drop_stale(client_id: str, key: str) -> None:
      .execute())
 
 
+def _in_progress() -> ApiError:
+    return ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key is still "
+                    "running; retry later", headers={"Retry-After": "1"})
+
+
 def _claim(client_id: str, key: str, digest: str) -> bool:
     """Insert the key IN_PROGRESS in the current transaction; False when it exists. A concurrent
     uncommitted insert of the same key makes PostgreSQL wait for its transaction to end."""
@@ -94,8 +99,7 @@ def _claim(client_id: str, key: str, digest: str) -> bool:
                   .on_conflict_ignore().returning(K.client_id).execute())
     except OperationalError as exc:
         if isinstance(getattr(exc, "orig", None) or exc.__cause__, pg_errors.LockNotAvailable):
-            raise ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key is still "
-                           "running; retry later", headers={"Retry-After": "1"}) from None
+            raise _in_progress() from None
         raise
     return len(list(cursor)) == 1
 
@@ -166,8 +170,7 @@ def _answer_again(client_id: str, key: str, digest: str):
         raise ApiError(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used for "
                        "another request", field=HEADER)
     if row is None or row.status != "DONE":  # a call of the older version, still running
-        raise ApiError(409, "IDEMPOTENCY_IN_PROGRESS", "a call with this Idempotency-Key "
-                       "is still running; retry later", headers={"Retry-After": "1"})
+        raise _in_progress()
     response = jsonify(row.response_body)
     response.status_code = row.response_status
     response.headers["Idempotent-Replayed"] = "true"

@@ -36,20 +36,17 @@ AFTER_AUTHORIZE = {
                   description="release the hold"),
     "GetCertificate": ON_CERTIFICATE["GetCertificate"],
 }
-ADJUSTMENT = "$response.body#/adjustmentId"
-AFTER_ADJUST = {
-    "Approve": _link("/adjustments/{adjustment_id}/approve", "adjustment_id", ADJUSTMENT,
-                     description="a second admin approves a pending adjustment"),
-    "Reject": _link("/adjustments/{adjustment_id}/reject", "adjustment_id", ADJUSTMENT,
-                    description="a second admin rejects it"),
-}
-FIRST_ADJUSTMENT = "$response.body#/items/0/adjustmentId"
-AFTER_LIST_ADJUSTMENTS = {
-    "ApproveFirst": _link("/adjustments/{adjustment_id}/approve", "adjustment_id", FIRST_ADJUSTMENT,
-                          description="approve the first one listed"),
-    "RejectFirst": _link("/adjustments/{adjustment_id}/reject", "adjustment_id", FIRST_ADJUSTMENT,
-                         description="reject the first one listed"),
-}
+
+
+def _decisions(adjustment: str, which: str, suffix: str = "") -> dict:
+    """A second admin's approve and reject of the adjustment at ``adjustment``."""
+    return {f"{verb.title()}{suffix}": _link(f"/adjustments/{{adjustment_id}}/{verb}", "adjustment_id",
+                                             adjustment, description=f"{verb} {which}")
+            for verb in ("approve", "reject")}
+
+
+AFTER_ADJUST = _decisions("$response.body#/adjustmentId", "a pending adjustment")
+AFTER_LIST_ADJUSTMENTS = _decisions("$response.body#/items/0/adjustmentId", "the first one listed", "First")
 
 
 def after(links: dict, *statuses: int) -> dict:

@@ -18,24 +18,19 @@ that buffer, so the Procfile's ``web`` is safe on its own:
 from __future__ import annotations
 
 import errno
-import os
 import selectors
 import time
 from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from config import get_settings
+
 #: Headers larger than this are handed over at once (gunicorn answers 400 for them).
 MAX_HEADER_BYTES = 64 * 1024
 _TIMEOUT_BODY = b'{"code":"REQUEST_TIMEOUT","message":"the request was not received in time","details":{}}'
 TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
-
-
-def _settings() -> tuple[float, int]:
-    timeout_ms = int(os.environ.get("REQUEST_READ_TIMEOUT_MS", "10000"))
-    max_body = int(os.environ.get("MAX_BODY_BYTES", str(1_048_576)))
-    return timeout_ms / 1000.0, max_body
 
 
 def complete(buffer: bytes | bytearray, max_body: int) -> bool:
@@ -65,7 +60,9 @@ class BufferingThreadWorker(ThreadWorker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.read_timeout, self.max_body = _settings()
+        settings = get_settings()
+        self.read_timeout = settings.request_read_timeout_ms / 1000.0
+        self.max_body = settings.max_body_bytes
         self.reading: dict = {}  # conn -> (deadline, bytearray)
 
     # -- a new connection, or a kept-alive one sending its next request: buffer it first
@@ -79,7 +76,7 @@ class BufferingThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
 
     def _read_some(self, conn, _sock):
-        deadline, buffer = self.reading[conn]
+        _deadline, buffer = self.reading[conn]
         try:
             chunk = conn.sock.recv(65536)
         except OSError as exc:
@@ -96,7 +93,7 @@ class BufferingThreadWorker(ThreadWorker):
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(bytes(buffer))
-            conn.data_ready = conn.buffered = True
+            conn.buffered = True
             self.enqueue_req(conn)
 
     def _drop(self, conn, answer: bytes = b"") -> None:

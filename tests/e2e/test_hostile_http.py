@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from config import get_settings
+from models.db import db
 from tests.e2e import flow
 from tests.helpers import uid, unique_code
 
@@ -118,9 +119,9 @@ def test_ten_thousand_concurrent_retries_of_one_reservation_reserve_once(procs, 
     # and the order line holds one reservation, with one reserve event
     found = api.call("GET", f"/certificates?orderId={order_id}").json()
     assert [c["code"] for c in found["items"]] == [code]
-    with procs_db() as cur:
-        cur.execute("SELECT count(*) FROM outbox_event WHERE message_key = %s AND event_type = 'reserve'", (code,))
-        assert cur.fetchone()[0] == 1
+    with db.connection_context():
+        assert db.execute_sql("SELECT count(*) FROM outbox_event WHERE message_key = %s"
+                              " AND event_type = 'reserve'", (code,)).fetchone()[0] == 1
 
 
 # ---- wrong CVCs over many certificates -----------------------------------------------------------
@@ -214,19 +215,3 @@ def _issued(api, n: int, nominal: str = "1000.00") -> list[str]:
             return codes
         time.sleep(0.2)
     raise AssertionError(f"not issued: {found}")
-
-
-class procs_db:
-    """A cursor on this worker's database (the processes share it)."""
-
-    def __enter__(self):
-        from models.db import db
-
-        self.ctx = db.connection_context()
-        self.ctx.__enter__()
-        self.cur = db.cursor()
-        return self.cur
-
-    def __exit__(self, *exc):
-        self.cur.close()
-        self.ctx.__exit__(*exc)
