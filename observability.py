@@ -153,6 +153,7 @@ class Heartbeat:
         pipe.zadd(HEARTBEAT_KEY, {self.member: now})
         pipe.zremrangebyscore(HEARTBEAT_KEY, "-inf", now - FORGET_AFTER_SECONDS)
         pipe.execute()
+        cache.retry_missed()  # a cache invalidation that failed in an outage
 
     def _run(self) -> None:
         from workers.alive import alive_file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Callable
 
 import redis
@@ -17,6 +18,9 @@ from config import get_settings
 
 log = logging.getLogger("gcp.cache")
 _client: redis.Redis | None = None
+#: Codes whose generation bump failed (Redis away): sent again until one goes through.
+_missed: set[str] = set()
+_missed_lock = threading.Lock()
 
 
 def client() -> redis.Redis:
@@ -33,6 +37,8 @@ def client() -> redis.Redis:
 def reset() -> None:
     global _client
     _client = None
+    with _missed_lock:
+        _missed.clear()
 
 
 def _keys(code: str) -> tuple[str, str]:
@@ -46,6 +52,10 @@ def get_or_load(code: str, load: Callable[[], dict | None]) -> dict | None:
     """
     data_key, gen_key = _keys(code)
     try:
+        if _missed:
+            retry_missed()
+            if code in _missed:  # its bump is still not through: no copy of it can be trusted
+                return load()
         raw, gen = client().mget(data_key, gen_key)
         gen = int(gen or 0)
         if raw is not None:
@@ -66,16 +76,36 @@ def get_or_load(code: str, load: Callable[[], dict | None]) -> dict | None:
 
 
 def invalidate(codes) -> None:
-    """Bump the generation of each code (called after the commit that changed them)."""
+    """Bump the generation of each code (called after the commit that changed them).
+
+    A bump that fails (Redis away) is kept and sent again with the next invalidation, the next
+    read of this process and every heartbeat (:func:`retry_missed`): otherwise a copy cached
+    before the outage would keep its stamp and be served, stale, once Redis is back.
+    """
     codes = [c for c in codes if c]
-    if not codes:
+    with _missed_lock:
+        todo = sorted(_missed.union(codes))
+    if not todo:
         return
     try:
         pipe = client().pipeline(transaction=False)
-        for code in codes:
+        for code in todo:
             data_key, gen_key = _keys(code)
             pipe.incr(gen_key)
             pipe.delete(data_key)
         pipe.execute()
-    except redis.RedisError as exc:  # the generation stamp keeps later reads honest once back
-        log.error("cache invalidation failed for %s: %s", codes, exc)
+    except redis.RedisError as exc:
+        with _missed_lock:
+            _missed.update(todo)
+        log.error("cache invalidation failed for %d certificate(s), kept to send again: %s", len(todo), exc)
+        return
+    with _missed_lock:
+        _missed.difference_update(todo)
+    if len(todo) > len(codes):
+        log.warning("cache invalidations sent again after an outage", extra={"certificates": len(todo) - len(codes)})
+
+
+def retry_missed() -> None:
+    """Send again the bumps that failed (a no-op when none did)."""
+    if _missed:
+        invalidate([])

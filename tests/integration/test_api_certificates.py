@@ -1,5 +1,6 @@
 """The certificate routes through HTTP against real PostgreSQL and Redis: reserve, read,
 search, ledger, audit, CVC disclosure, support actions, notifications."""
+import json
 from decimal import Decimal
 
 import pytest
@@ -124,6 +125,60 @@ def test_cached_read_is_never_stale_after_a_write(client):
     assert after_hold["available"] == "750.00" and after_hold["remainingBalance"] == "1000.00"
     assert after_capture["remainingBalance"] == "750.00" and after_capture["available"] == "750.00"
     assert after_capture["status"] == "PARTIALLY_REDEEMED"
+
+
+def test_a_write_while_redis_is_away_leaves_no_stale_copy_once_it_is_back(client):
+    """Found by the chaos suite (redis scenario): a copy cached before the outage kept its
+    stamp when the writer's bump failed, and was served, stale, once Redis came back."""
+    import redis
+
+    from devstack import free_port
+    from models import cache
+    from observability import Heartbeat
+
+    code = issued("1000.00")
+    admin = auth("certificates:admin certificates:read")
+    assert client.get(f"/certificates/{code}", headers=admin).json["status"] == "ISSUED"  # cached now
+    # when the certificate is locked while Redis does not answer
+    real = cache.client()
+    cache._client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        resp = client.post(f"/certificates/{code}/actions/lock", json={"reason": "FRAUD_SUSPECTED"},
+                           headers={**admin, "Idempotency-Key": uid("k-")})
+        assert resp.status_code == 200, resp.json
+        assert code in cache._missed  # the bump failed and is kept
+    finally:
+        cache._client = real
+    # then, Redis back, the stale copy is still there until the bump goes through ...
+    assert json.loads(real.get(f"gcp:cert:{code}"))["view"]["status"] == "ISSUED"
+    # ... which the writer's next heartbeat sends (any process reading it now sees the lock)
+    Heartbeat("test").beat()
+    assert not cache._missed and real.get(f"gcp:cert:{code}") is None
+    assert client.get(f"/certificates/{code}", headers=admin).json["status"] == "LOCKED"
+
+
+def test_a_read_of_a_certificate_whose_bump_is_still_missing_is_not_served_from_the_cache(client):
+    from models import cache
+
+    code = issued("1000.00")
+    admin = auth("certificates:admin certificates:read")
+    client.get(f"/certificates/{code}", headers=admin)  # cached
+    with db.connection_context():
+        db.execute_sql("UPDATE gift_certificate SET status = 'LOCKED', status_before_lock = status,"
+                       " lock_reason = 'X' WHERE code = %s", (code,))
+    with cache._missed_lock:
+        cache._missed.add(code)  # as after a failed bump; and Redis refuses the retry too
+    real, cache._client = cache.client(), None
+    try:
+        import redis
+
+        from devstack import free_port
+
+        cache._client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+        assert client.get(f"/certificates/{code}", headers=admin).json["status"] == "LOCKED"
+    finally:
+        cache._client = real
+        cache.retry_missed()
 
 
 def test_search_filters_and_paginates(client):
