@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test demo bench install clean-local
+.PHONY: run test chaos demo bench install clean-local
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ run: $(RUNTIME_STAMP)
 ## make test: the whole suite against real PostgreSQL, Redis and Kafka (Tansu), with coverage
 test: $(DEV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make chaos: every chaos scenario against the running processes (docs/chaos.md), then schemathesis
+## in full. CHAOS=short is CI's version (no schemathesis: make test runs it bounded); SEED=N replays a seed.
+chaos: $(DEV_STAMP)
+	$(PY) -m chaos $(if $(filter short,$(CHAOS)),--short) $(if $(SEED),--seed $(SEED))
+ifneq ($(CHAOS),short)
+	SCHEMATHESIS_EXAMPLES=100 SCHEMATHESIS_TIMEOUT_S=1800 $(PY) -m pytest --no-cov -n 0 --timeout=2000 \
+	  tests/e2e/test_openapi_fuzz.py
+endif
 
 ## make demo: play the channels against a running service (start `make run` first)
 demo: $(RUNTIME_STAMP)

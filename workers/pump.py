@@ -219,6 +219,7 @@ class Pump:
             MESSAGES_CONSUMED.labels("all", "dead_lettered").inc(result.dead_lettered)
         if result.duplicates:
             MESSAGES_CONSUMED.labels("all", "duplicate").inc(result.duplicates)
+            log.info("duplicates dropped", extra={"duplicates": result.duplicates})
 
     # -- the sweeper
     def sweep(self) -> tuple[int, int]:

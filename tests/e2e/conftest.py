@@ -58,8 +58,9 @@ class Procs:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, name: str) -> subprocess.Popen:
+        """Start the Procfile's process ``name``; ``pump2`` is a second ``pump``."""
         log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(["bash", "-c", "exec " + self.commands[name]], cwd=ROOT, env=self.env,
+        proc = subprocess.Popen(["bash", "-c", "exec " + self.commands[name.rstrip("0123456789")]], cwd=ROOT, env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.running[name] = proc

@@ -34,7 +34,8 @@ def test_schemathesis_finds_nothing(procs, api):
          "run", procs.url + "/openapi.json", "--checks", "all", "--mode", "all",
          "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", examples,
          "--generation-deterministic", "--no-color", "--report-dir", str(procs.logdir / "schemathesis")],
-        cwd=ROOT, env={**os.environ, "GCP_TOKEN": token}, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env={**os.environ, "GCP_TOKEN": token}, capture_output=True, text=True,
+        timeout=int(os.environ.get("SCHEMATHESIS_TIMEOUT_S", "600")))
     # then it found nothing, and the stateful phase ran
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "✅ Stateful" in run.stdout, run.stdout[-3000:]

@@ -1,0 +1,1 @@
+"""Chaos scenarios against the running processes (``make chaos``, docs/chaos.md)."""
