@@ -46,11 +46,11 @@ SELECT m.id, m.payload, m.topic FROM inbox_message h
 
 
 def _lock_key(source: str, message: dict) -> str:
-    from models.orders import CLIENT_KEY, ORDER_KEY
+    from models import locks
 
     if source == "All_Clients":
-        return CLIENT_KEY + message["clientId"]
-    return ORDER_KEY + message["orderId"]
+        return locks.CLIENT + message["clientId"]
+    return locks.ORDER + message["orderId"]
 
 
 def process(inbox_id: int) -> str:
@@ -60,7 +60,7 @@ def process(inbox_id: int) -> str:
     lock, the earlier rows of the same partition still pending are handled first, in the same
     transaction. So the worker threads' parallelism never reorders one order's messages.
     """
-    from models import orders, services as svc
+    from models import locks, orders, services as svc
     from models.db import connection, db
     from workers.contracts import contract_name
 
@@ -69,8 +69,8 @@ def process(inbox_id: int) -> str:
             # one round trip: the key's lock (from the row itself), then the key's earlier rows
             # of the same partition still pending, this one included, in Kafka order
             rows = db.execute_sql(_LOCK_AND_LOAD, {
-                "id": inbox_id, "clients": get_settings().topic_clients, "ns": orders.LOCK_NAMESPACE,
-                "client": orders.CLIENT_KEY, "order": orders.ORDER_KEY}).fetchall()
+                "id": inbox_id, "clients": get_settings().topic_clients, "ns": locks.NAMESPACE,
+                "client": locks.CLIENT, "order": locks.ORDER}).fetchall()
             if inbox_id not in [r[0] for r in rows]:
                 return "skipped"  # handled already (a duplicate hand-over), or meanwhile
             source = contract_name(rows[0][2])

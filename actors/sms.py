@@ -89,8 +89,8 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     """Send the SMS of one notification request. Returns what happened; raises to be retried."""
     from models import cvc as cvc_secret
     from models.db import connection, db
-    from models.domain import fmt_money
-    from models.services import utcnow
+    from models.domain import ZERO, fmt_money
+    from models.services import to_domain, utcnow
     from models.tables import GiftCertificate, SmsMessage
     from observability import mask_phone
 
@@ -102,8 +102,7 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     with connection():
         with db.atomic():
             cert = GiftCertificate.select().where(GiftCertificate.code == code).for_update().first()
-            if (cert is None or cert.notification_status != "NOTIFICATION_REQUESTED"
-                    or not cert.cvc_encrypted):
+            if cert is None or not to_domain(cert, ZERO).notification_due:
                 return "not-requested"
             now = utcnow()
             SmsMessage.insert(notification_event_id=notification_event_id, code=code, status="PENDING",

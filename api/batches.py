@@ -23,6 +23,7 @@ from api.auth import require, service_context
 from api.errors import ApiError
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
 from config import get_settings
+from models.timeutil import parse_time_or_none
 from models import batches
 from models import services as svc
 from models.domain import CODE_PATTERN, CURRENCY_PATTERN, KINDS, DomainError, positive_money
@@ -38,7 +39,6 @@ MAX_BATCH_ID = 64
 #: Item-level problems reported in one 422 answer (the rest are counted).
 MAX_REPORTED = 50
 #: An RFC 3339 time; without an offset it is read as UTC, as elsewhere in the API.
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
 _TEXT_RE = re.compile(s.TEXT_PATTERN)
 _CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 #: The domain's code rule, inlined for speed; fullmatch: a pattern's "$" also matches before a
@@ -158,19 +158,6 @@ class _Problems:
             raise ApiError(422, "VALIDATION_ERROR", "request validation failed", **details)
 
 
-def _parse_time(value: str) -> dt.datetime | None:
-    """An RFC 3339 time in UTC (without an offset: UTC), or None."""
-    if not _TIME_RE.fullmatch(value):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value.upper())
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.timezone.utc)
-        return moment.astimezone(dt.timezone.utc)
-    except (ValueError, OverflowError):
-        return None
-
-
 def _money(value, cache: dict, problem, field: str = "nominal"):
     """A nominal as Decimal (None stays None), remembered in ``cache``; reports a bad one."""
     if value is None:
@@ -188,7 +175,7 @@ def _time(value, cache: dict, problem, field: str = "expiresAt"):
     time already passed is a well-formed request: its codes are rejected ``EXPIRED``.)"""
     if value is None:
         return None
-    moment = _parse_time(value) if type(value) is str else None
+    moment = parse_time_or_none(value) if type(value) is str else None
     if moment is None:
         problem(field, "an RFC 3339 time like 2027-12-31T23:59:59Z")
     else:

@@ -14,6 +14,52 @@ from werkzeug.exceptions import HTTPException
 
 from models.domain import DomainError
 
+#: Every error code the service answers with, and its HTTP status (contract section 3).
+ERROR_STATUS: dict[str, int] = {
+    "VALIDATION_ERROR": 422,
+    "BAD_REQUEST": 400,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "CHANNEL_FORBIDDEN": 403,
+    "CVC_MISMATCH": 403,
+    "NOT_FOUND": 404,
+    "CERTIFICATE_NOT_FOUND": 404,
+    "AUTHORIZATION_NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "POOL_EMPTY": 409,
+    "INVALID_STATE": 409,
+    "NOT_REDEEMABLE": 409,
+    "INSUFFICIENT_FUNDS": 409,
+    "CVC_ALREADY_DISCLOSED": 409,
+    "NO_NOTIFICATION_PENDING": 409,
+    "AUTHORIZATION_NOT_ACTIVE": 409,
+    "AUTHORIZATION_EXPIRED": 409,
+    "NOMINAL_MISMATCH": 409,
+    "ALREADY_RESERVED": 409,
+    "IDEMPOTENCY_IN_PROGRESS": 409,
+    "EXCEEDS_NOMINAL": 409,
+    "HOLDS_ACTIVE": 409,
+    "TARGET_NOT_AVAILABLE": 409,
+    "BATCH_MISMATCH": 409,
+    "ADJUSTMENT_NOT_FOUND": 404,
+    "ADJUSTMENT_NOT_PENDING": 409,
+    "ADJUSTMENT_EXPIRED": 409,
+    "SELF_APPROVAL_FORBIDDEN": 403,
+    "CURRENCY_MISMATCH": 422,
+    "AMOUNT_EXCEEDS_HOLD": 422,
+    "IDEMPOTENCY_KEY_REUSED": 422,
+    "RATE_LIMITED": 429,
+    "CVC_ATTEMPTS_EXCEEDED": 429,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+}
+
+
+def http_status(error: DomainError) -> int:
+    return ERROR_STATUS.get(error.code, 409)
+
+
+
 log = logging.getLogger("gcp.api")
 
 #: Contract codes for plain HTTP errors raised by Flask/werkzeug themselves.
@@ -89,10 +135,10 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_domain_error(error: DomainError):
-    headers = {}
-    if error.http_status == 429:
+    headers, status = {}, http_status(error)
+    if status == 429:
         headers["Retry-After"] = str(error.details.get("retryAfter", 1))
-    return error_response(error.http_status, error.code, error.message, error.details, headers)
+    return error_response(status, error.code, error.message, error.details, headers)
 
 
 def handle_api_error(error: ApiError):

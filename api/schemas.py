@@ -197,10 +197,6 @@ class ReasonRequest(Strict):
     reason = text(max_length=500, required=True, metadata={"example": "FRAUD_SUSPECTED"})
 
 
-class OptionalReasonRequest(Strict):
-    reason = text(max_length=500, load_default=None)
-
-
 class EmptyRequest(Strict):
     """No fields (an empty body or ``{}``)."""
 

@@ -32,14 +32,13 @@ from config import get_settings
 from observability import Outages, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer
+from models import locks
 
 log = logging.getLogger("gcp.bi")
 #: Messages taken from Kafka at most per batch.
 BATCH = 500
 #: How often the lag gauges are refreshed (seconds).
 LAG_EVERY = 1.0
-#: Advisory lock: batches take it shared, day closing exclusive.
-CLOSE_LOCK = 0x6763_7014
 STREAM = "GiftCertificates.Stream"
 
 
@@ -97,7 +96,7 @@ class Mart:
         ``invalid``: [(contract, msg-like, reason)]. msg-like has topic(), partition(), offset()."""
         result = StepResult(invalid=len(invalid))
         with self.conn, self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (CLOSE_LOCK,))
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (locks.BI_CLOSE,))
             for contract, msg, reason in invalid:
                 result.anomalies.append(self._anomaly(cur, f"{msg.topic()}:{msg.partition()}:{msg.offset()}",
                                                       rules.Anomaly(rules.SCHEMA_INVALID, reason), contract, msg))
@@ -295,7 +294,7 @@ class Mart:
             days = rules.days_to_close(closed_through, first_day, now, grace, caught_up)
             if not days:
                 return []
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (CLOSE_LOCK,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (locks.BI_CLOSE,))
             for day in days:
                 cur.execute(
                     "INSERT INTO bi.daily_snapshot (day, channel, currency, liability, locked_end)"

@@ -10,9 +10,8 @@ import os
 
 import psycopg2
 import psycopg2.extensions
+from models import locks
 
-#: Advisory lock key that serializes concurrent schema creation.
-SCHEMA_LOCK = 0x6763_7013
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS bi;
@@ -203,5 +202,5 @@ def ensure_schema(conn) -> None:
     """Create the ``bi`` schema and its tables if missing (safe to run twice, concurrently)."""
     with conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (locks.BI_SCHEMA,))
             cur.execute(DDL)

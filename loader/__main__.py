@@ -12,6 +12,7 @@ import click
 from loader import client as loading
 from loader import codes, reader
 from models.domain import DomainError, KINDS, positive_money
+from models.timeutil import parse_time
 
 #: Environment variables the loader reads.
 ENV_URL, ENV_TOKEN = "GCP_URL", "GCP_TOKEN"
@@ -37,7 +38,7 @@ def parse_expires(value: str | None, now: dt.datetime | None = None) -> str | No
             day = dt.date.fromisoformat(value)
             moment = dt.datetime.combine(day, dt.time(23, 59, 59), dt.timezone.utc)
         else:
-            moment = reader.parse_time(value)
+            moment = parse_time(value)
     except ValueError:
         raise Fatal(f"--expires {value!r}: a date (2027-12-31) or an RFC 3339 time (2027-12-31T23:59:59Z)")
     if moment <= now:

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 
 from loader import codes
 from models.domain import CODE_PATTERN, DomainError, loadable_expiry, positive_money
+from models.timeutil import parse_time
 
 #: The columns (CSV) or keys (JSON Lines) of a row; only ``code`` is required.
 FIELDS = ("code", "nominal", "expiresAt", "cvc")
@@ -37,7 +38,6 @@ INVALID_CVC = "INVALID_CVC"
 EXPIRED = "EXPIRED"
 DUPLICATE_IN_FILE = "DUPLICATE_IN_FILE"
 
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
 _MASK = (1 << 60) - 1
 _code_ok = re.compile(CODE_PATTERN).fullmatch  # the service's code rule (no trailing newline)
 
@@ -160,16 +160,6 @@ def read_rows(path: Path, fmt: str) -> Iterator[RawRow]:
 
 
 # ---- checking rows ------------------------------------------------------------------------
-
-def parse_time(value: str) -> dt.datetime:
-    """An RFC 3339 time (without an offset: UTC), in UTC. Raises ValueError."""
-    if not _TIME_RE.fullmatch(value):
-        raise ValueError(value)
-    moment = dt.datetime.fromisoformat(value.upper())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
-
 
 def format_time(moment: dt.datetime) -> str:
     moment = moment.astimezone(dt.timezone.utc)

@@ -35,9 +35,10 @@ import psycopg2.errors
 from config import get_settings
 from models import cvc as cvc_secret, services as svc
 from models.db import db
-from models.domain import DomainError, Event, Status, fmt_money, loadable_expiry
+from models.domain import DomainError, Event, EventType, Status, fmt_money, loadable_expiry
 from models.tables import BatchRejection, CertificateBatch, PoolLowWater
 from observability import POOL_AVAILABLE
+from models import locks
 
 log = logging.getLogger("gcp.batches")
 
@@ -52,8 +53,6 @@ REASON_MESSAGES = {
 }
 #: The alert raised when a pool segment falls below the low-water mark.
 LOW_WATER_ALERT = "POOL_LOW_WATER"
-#: Advisory lock space (with hashtext(segment)) serializing the low-water count of a segment.
-LOW_WATER_LOCK = 0x6763_7002
 #: Per-connection staging table of the slow path (emptied at every commit).
 STAGE = "gcp_batch_stage"
 _COLUMNS = ("code, batch_id, kind, currency, open_value, nominal, remaining_balance, status, "
@@ -254,7 +253,7 @@ def check_low_water(uow: svc.UnitOfWork, row) -> None:
     nominal = None if row.open_value else row.nominal
     currency = row.currency.strip()
     segment = segment_key(currency, row.kind, nominal)
-    db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOW_WATER_LOCK, segment))
+    db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (locks.LOW_WATER, segment))
     where = "nominal IS NULL" if nominal is None else "nominal = %s"
     params = [currency, row.kind] + ([] if nominal is None else [nominal]) + [row.id, mark]
     left = db.execute_sql(
@@ -268,7 +267,7 @@ def check_low_water(uow: svc.UnitOfWork, row) -> None:
             "WHERE NOT pool_low_water.low RETURNING segment", (segment, uow.now)).fetchone()
         if flipped is not None:
             label = f"{fmt_money(nominal) or 'open value'} {currency} {row.kind}"
-            uow.emit(Event("alert", "ALERT", {
+            uow.emit(Event(EventType.ALERT, "ALERT", {
                 "code": LOW_WATER_ALERT, "source": "GCP",
                 "message": f"{left} certificate(s) left in the pool for {label}, below the "
                            f"low-water mark {mark}",

@@ -25,7 +25,7 @@ from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from config import get_settings
-from models.domain import DomainError, Event
+from models.domain import DomainError, Event, EventType
 
 log = logging.getLogger("gcp.cvc_budget")
 #: Namespace of the counters in Redis.
@@ -86,7 +86,7 @@ class CvcBudget:
                            "try again later", retryAfter=self.retry_after())
 
     def alert_event(self) -> Event:
-        return Event("alert", "ALERT", {
+        return Event(EventType.ALERT, "ALERT", {
             "code": "CVC_ATTEMPTS_EXCEEDED",
             "message": f"client {self.client_id} used its budget of wrong CVCs ({self.item}): "
                        "its CVC checks are refused until the window moves on",

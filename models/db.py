@@ -12,13 +12,12 @@ import psycopg2.extensions
 from peewee import DatabaseProxy
 from playhouse.migrations import Runner
 from playhouse.pool import PooledPostgresqlDatabase
+from models import locks
 
 #: The database every table binds to; :func:`init_db` points it at a real server.
 db = DatabaseProxy()
 #: Numbered migration files, each ``up(migrator, db)``, applied in order in one transaction each.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-#: Advisory lock key that serializes concurrent `migrate` runs.
-MIGRATION_LOCK = 0x6763_7001
 
 
 def connect_params(url: str) -> dict:
@@ -206,11 +205,11 @@ def migrate() -> list[str]:
     """Apply pending migrations; safe to run twice and from two processes at once."""
     with db.connection_context():
         db.execute_sql("SET lock_timeout = 0; SET statement_timeout = 0")  # a migration may be long
-        db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
         try:
             return Runner(db.obj, str(MIGRATIONS_DIR)).up()
         finally:
-            db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (locks.MIGRATION,))
             db.execute_sql("RESET lock_timeout; RESET statement_timeout")  # back to the pool's
 
 

@@ -16,59 +16,15 @@ from decimal import Decimal, InvalidOperation
 
 # ---- errors ------------------------------------------------------------------------------
 
-#: Every error code the service answers with, and its HTTP status (contract section 3).
-ERROR_STATUS: dict[str, int] = {
-    "VALIDATION_ERROR": 422,
-    "BAD_REQUEST": 400,
-    "PAYLOAD_TOO_LARGE": 413,
-    "UNAUTHORIZED": 401,
-    "FORBIDDEN": 403,
-    "CHANNEL_FORBIDDEN": 403,
-    "CVC_MISMATCH": 403,
-    "NOT_FOUND": 404,
-    "CERTIFICATE_NOT_FOUND": 404,
-    "AUTHORIZATION_NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "POOL_EMPTY": 409,
-    "INVALID_STATE": 409,
-    "NOT_REDEEMABLE": 409,
-    "INSUFFICIENT_FUNDS": 409,
-    "CVC_ALREADY_DISCLOSED": 409,
-    "NO_NOTIFICATION_PENDING": 409,
-    "AUTHORIZATION_NOT_ACTIVE": 409,
-    "AUTHORIZATION_EXPIRED": 409,
-    "NOMINAL_MISMATCH": 409,
-    "ALREADY_RESERVED": 409,
-    "IDEMPOTENCY_IN_PROGRESS": 409,
-    "EXCEEDS_NOMINAL": 409,
-    "HOLDS_ACTIVE": 409,
-    "TARGET_NOT_AVAILABLE": 409,
-    "BATCH_MISMATCH": 409,
-    "ADJUSTMENT_NOT_FOUND": 404,
-    "ADJUSTMENT_NOT_PENDING": 409,
-    "ADJUSTMENT_EXPIRED": 409,
-    "SELF_APPROVAL_FORBIDDEN": 403,
-    "CURRENCY_MISMATCH": 422,
-    "AMOUNT_EXCEEDS_HOLD": 422,
-    "IDEMPOTENCY_KEY_REUSED": 422,
-    "RATE_LIMITED": 429,
-    "CVC_ATTEMPTS_EXCEEDED": 429,
-    "UNSUPPORTED_MEDIA_TYPE": 415,
-}
-
-
 class DomainError(Exception):
-    """A refused operation: ``code`` is the contract's error code (see :data:`ERROR_STATUS`)."""
+    """A refused operation: ``code`` is the contract's error code (api/errors.py maps it to an
+    HTTP status)."""
 
     def __init__(self, code: str, message: str, /, **details):  # details may hold a "code"
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details
-
-    @property
-    def http_status(self) -> int:
-        return ERROR_STATUS.get(self.code, 409)
 
 
 # ---- money -------------------------------------------------------------------------------
@@ -123,9 +79,24 @@ def reservation_lapsed(reserved_until: datetime | None, now: datetime, payment_s
     return reserved_until is not None and reserved_until <= now and not payment_seen
 
 
-def hold_overdue(hold: "Hold", now: datetime) -> bool:
-    """An active hold past its ``expires_at`` no longer reserves money: it is to be expired."""
-    return hold.status == "ACTIVE" and hold.expires_at <= now
+def issue_expiry(batch_expires_at: datetime | None, now: datetime, validity_days: int | None
+                 ) -> datetime | None:
+    """Where a sold certificate's ``expiresAt`` comes from: its batch's date, else
+    ``CERTIFICATE_VALIDITY_DAYS`` from the sale (none: it never expires)."""
+    if batch_expires_at is not None:
+        return batch_expires_at
+    return now + timedelta(days=validity_days) if validity_days else None
+
+
+def notifies_buyer(kind: str, notify: bool = True) -> bool:
+    """Only an electronic certificate's CVC is sent to the buyer; a physical card has it
+    printed under its scratch panel."""
+    return notify and kind == "ELECTRONIC"
+
+
+def available_of(balance: Decimal, held: Decimal) -> Decimal:
+    """What can still be spent: the balance less the active holds, never below zero."""
+    return max(balance - held, ZERO)
 
 
 # ---- statuses and the state machine -------------------------------------------------------
@@ -148,12 +119,88 @@ class Status(str, enum.Enum):
 
 
 S = Status
+
+
+class HoldStatus(str, enum.Enum):
+    """An authorization hold's life: ACTIVE until captured, voided or expired."""
+
+    ACTIVE = "ACTIVE"
+    CAPTURED = "CAPTURED"
+    VOIDED = "VOIDED"
+    EXPIRED = "EXPIRED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class NotificationStatus(str, enum.Enum):
+    """The CVC notification of a sold electronic certificate (``notificationStatus``)."""
+
+    REQUESTED = "NOTIFICATION_REQUESTED"
+    SENT = "NOTIFICATION_SENT"
+    FAILED = "NOTIFICATION_FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OrderStatus(str, enum.Enum):
+    """A channel's order as its messages told it (``sales_order.status``)."""
+
+    OPEN = "OPEN"
+    PAID = "PAID"
+    CANCELLED = "CANCELLED"
+    REFUNDED = "REFUNDED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EventType(str, enum.Enum):
+    """Every ``eventType`` of GiftCertificates.Stream: the contract's closed list (a test
+    checks it against the stream's schema). Adding an event type starts here."""
+
+    RESERVE = "reserve"
+    RELEASE = "release"
+    ISSUE = "issue"
+    ISSUE_BLOCKED = "issue.blocked"
+    NOTIFICATION_REQUESTED = "notification.requested"
+    NOTIFICATION_SENT = "notification.sent"
+    NOTIFICATION_FAILED = "notification.failed"
+    REDEEM_PARTIAL = "redeem.partial"
+    REDEEM_FULL = "redeem.full"
+    REFUND = "refund"
+    REFUND_PENDING_DETAILS = "refund.pendingDetails"
+    AUTHORIZATION_CREATED = "authorization.created"
+    AUTHORIZATION_CAPTURED = "authorization.captured"
+    AUTHORIZATION_VOIDED = "authorization.voided"
+    AUTHORIZATION_EXPIRED = "authorization.expired"
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    ADJUST = "adjust"
+    TRANSFER = "transfer"
+    AUDIT = "audit"
+    ERROR = "error"
+    ALERT = "alert"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+E = EventType
+#: Events that are not about one certificate's life and carry no ``sequence``.
+UNSEQUENCED = frozenset({E.ISSUE_BLOCKED, E.ERROR, E.ALERT})
+#: Events that move money: their payload's ``orderId`` is the operation's order and ``amount``
+#: the operation's amount (contract section 4, example 21).
+MONEY_MOVEMENTS = frozenset({E.REDEEM_PARTIAL, E.REDEEM_FULL, E.REFUND, E.AUTHORIZATION_CREATED,
+                             E.AUTHORIZATION_CAPTURED, E.AUTHORIZATION_VOIDED,
+                             E.AUTHORIZATION_EXPIRED, E.ADJUST})
 #: Statuses a sold certificate works in (lock and cancel apply to these).
 WORKING = frozenset({S.ISSUED, S.PARTIALLY_REDEEMED, S.REDEEMED})
 #: Statuses that can be redeemed or authorized.
 REDEEMABLE = frozenset({S.ISSUED, S.PARTIALLY_REDEEMED})
-#: Statuses no operation leaves.
-TERMINAL = frozenset({S.REFUNDED, S.CANCELLED, S.EXPIRED})
 
 #: The transition table: action -> statuses it may start from. Where an action's target
 #: depends on the balance, the aggregate computes it (see ``Certificate._spent_status``).
@@ -199,7 +246,7 @@ KINDS = ("ELECTRONIC", "PHYSICAL")
 class Event:
     """A change to publish on GiftCertificates.Stream and write to the audit trail."""
 
-    type: str
+    type: EventType
     status: str
     payload: dict = field(default_factory=dict)
     correlation_id: str | None = None  # ties events of one operation (a transfer's two sides)
@@ -224,8 +271,21 @@ class Hold:
     id: str
     amount: Decimal
     expires_at: datetime
-    status: str = "ACTIVE"  # ACTIVE | CAPTURED | VOIDED | EXPIRED
+    status: HoldStatus = HoldStatus.ACTIVE
     captured_amount: Decimal = ZERO
+    channel: str | None = None  # the channel that placed it
+
+    def lapsed(self, now: datetime) -> bool:
+        """Its time is up (whatever its status)."""
+        return self.expires_at <= now
+
+    def overdue(self, now: datetime) -> bool:
+        """An active hold past its ``expires_at`` no longer reserves money: it is to be expired."""
+        return self.status == HoldStatus.ACTIVE and self.lapsed(now)
+
+    def visible_to(self, channel: str | None) -> bool:
+        """A channel sees (captures, voids) only its own holds; support and the system see all."""
+        return channel is None or self.channel == channel
 
 
 def needs_second_approval(amount: Decimal, limit: Decimal) -> bool:
@@ -336,13 +396,20 @@ class Certificate:
     lock_reason: str | None = None
     expires_at: datetime | None = None
     cvc_failed_attempts: int = 0
+    kind: str = "ELECTRONIC"
+    # the CVC notification: its status, whether a sealed copy of the CVC is kept (until
+    # delivery is confirmed or the certificate ends), and whether CRM may still fetch it once
+    notification: NotificationStatus | None = None
+    notification_channel: str | None = None
+    cvc_copy: bool = False
+    cvc_disclosable: bool = False
     events: list[Event] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
 
     # -- derived
     @property
     def available(self) -> Decimal:
-        return self.balance - self.held
+        return available_of(self.balance, self.held)
 
     def _require(self, action: str, code: str = "INVALID_STATE") -> None:
         if self.status not in ALLOWED_FROM[action]:
@@ -367,7 +434,7 @@ class Certificate:
             return S.ISSUED
         return S.PARTIALLY_REDEEMED
 
-    def _record(self, event_type: str, status: str | None = None, *,
+    def _record(self, event_type: EventType, status: str | None = None, *,
                 correlation_id: str | None = None, **payload) -> None:
         self.events.append(Event(event_type, status or self.status.value, payload, correlation_id))
 
@@ -400,7 +467,7 @@ class Certificate:
                               f"certificate has nominal {fmt_money(self.nominal)}, not {fmt_money(nominal)}",
                               nominal=fmt_money(self.nominal))
         self.status = S.RESERVED
-        self._record("reserve")
+        self._record(E.RESERVE)
 
     def release(self, reason: str) -> None:
         """Give a reservation back to the pool (cancelled order or expired reservation)."""
@@ -408,16 +475,20 @@ class Certificate:
         self.status = S.AVAILABLE
         if self.open_value:
             self.nominal = None
-        self._record("release", reason=reason)
+        self._record(E.RELEASE, reason=reason)
 
-    def issue(self, expires_at: datetime | None) -> None:
-        """Sell: the order is paid in full. Balance becomes the nominal."""
+    def issue(self, expires_at: datetime | None, notify: bool = True) -> None:
+        """Sell: the order is paid in full. Balance becomes the nominal; an electronic
+        certificate's CVC notification is requested (the caller seals the CVC copy)."""
         self._require("issue")
         assert self.nominal is not None
         self.status = S.ISSUED
         self.expires_at = expires_at
+        self.cvc_failed_attempts = 0
         self._move("ISSUE", self.nominal)
-        self._record("issue")
+        self._record(E.ISSUE)
+        if notifies_buyer(self.kind, notify):
+            self._request_notification()
 
     # -- holds
     def authorize(self, hold: Hold, now: datetime, currency: str | None = None) -> None:
@@ -430,16 +501,16 @@ class Certificate:
             raise DomainError("INSUFFICIENT_FUNDS", "not enough available balance",
                               available=fmt_money(self.available), requested=fmt_money(hold.amount))
         self.held += hold.amount
-        self._record("authorization.created", authorizationId=hold.id, amount=fmt_money(hold.amount))
+        self._record(E.AUTHORIZATION_CREATED, authorizationId=hold.id, amount=fmt_money(hold.amount))
 
     def capture(self, hold: Hold, now: datetime, amount: Decimal | None = None,
                 currency: str | None = None) -> Decimal:
         """Debit up to the held amount (default all) and release the rest. Returns the debit."""
         self._require_currency(currency)
-        if hold.status != "ACTIVE":
+        if hold.status != HoldStatus.ACTIVE:
             raise DomainError("AUTHORIZATION_NOT_ACTIVE", f"authorization is {hold.status}",
                               authorizationStatus=hold.status)
-        if hold.expires_at <= now:
+        if hold.lapsed(now):
             raise DomainError("AUTHORIZATION_EXPIRED", "authorization has expired")
         amount = hold.amount if amount is None else amount
         if amount <= 0:
@@ -449,21 +520,21 @@ class Certificate:
                               held=fmt_money(hold.amount))
         self._require("capture", "NOT_REDEEMABLE")
         self.held -= hold.amount
-        hold.status, hold.captured_amount = "CAPTURED", amount
+        hold.status, hold.captured_amount = HoldStatus.CAPTURED, amount
         self._move("REDEEM", -amount, hold.id)
         self.status = self._spent_status()
-        self._record("authorization.captured", authorizationId=hold.id, amount=fmt_money(amount),
+        self._record(E.AUTHORIZATION_CAPTURED, authorizationId=hold.id, amount=fmt_money(amount),
                      released=fmt_money(hold.amount - amount))
         return amount
 
-    def end_hold(self, hold: Hold, status: str) -> None:
+    def end_hold(self, hold: Hold, status: HoldStatus) -> None:
         """Void (``VOIDED``) or expire (``EXPIRED``) an active hold, releasing its amount."""
-        if hold.status != "ACTIVE":
+        if hold.status != HoldStatus.ACTIVE:
             raise DomainError("AUTHORIZATION_NOT_ACTIVE", f"authorization is {hold.status}",
                               authorizationStatus=hold.status)
         hold.status = status
         self.held -= hold.amount
-        event = "authorization.voided" if status == "VOIDED" else "authorization.expired"
+        event = E.AUTHORIZATION_VOIDED if status == HoldStatus.VOIDED else E.AUTHORIZATION_EXPIRED
         self._record(event, authorizationId=hold.id, amount=fmt_money(hold.amount))
 
     # -- redemption and refunds
@@ -478,7 +549,7 @@ class Certificate:
                               available=fmt_money(self.available), requested=fmt_money(amount))
         self._move("REDEEM", -amount)
         self.status = self._spent_status()
-        self._record("redeem.full" if self.status == S.REDEEMED else "redeem.partial",
+        self._record(E.REDEEM_FULL if self.status == S.REDEEMED else E.REDEEM_PARTIAL,
                      amount=fmt_money(amount))
 
     def refund_credit(self, amount: Decimal, currency: str | None = None) -> Decimal:
@@ -491,7 +562,7 @@ class Certificate:
             raise DomainError("INVALID_STATE", "nothing to refund onto the certificate")
         self._move("REFUND_CREDIT", credit)
         self.status = self._spent_status()
-        self._record("refund", amount=fmt_money(credit), requested=fmt_money(amount))
+        self._record(E.REFUND, amount=fmt_money(credit), requested=fmt_money(amount))
         return credit
 
     def request_purchase_refund(self, requested: Decimal) -> Decimal:
@@ -505,13 +576,13 @@ class Certificate:
                               held=fmt_money(self.held))
         refundable = min(self.balance, requested)
         self.status = S.REFUND_PENDING
-        self._record("refund", amount=fmt_money(refundable), refundableAmount=fmt_money(refundable))
+        self._record(E.REFUND, amount=fmt_money(refundable), refundableAmount=fmt_money(refundable))
         return refundable
 
     def refund_needs_details(self, reason: str | None) -> None:
         self._require("refund_details")
         self.status = S.REFUND_PENDING_DETAILS
-        self._record("refund.pendingDetails", reason=reason)
+        self._record(E.REFUND_PENDING_DETAILS, reason=reason)
 
     def confirm_purchase_refund(self) -> Decimal:
         """Payments gave the buyer's money back: the balance goes to 0.00. Returns the debit."""
@@ -520,7 +591,8 @@ class Certificate:
         if refunded > 0:
             self._move("PURCHASE_REFUND", -refunded)
         self.status = S.REFUNDED
-        self._record("refund", amount=fmt_money(refunded))
+        self._wipe_cvc_copy()
+        self._record(E.REFUND, amount=fmt_money(refunded))
         return refunded
 
     # -- support corrections: adjust and transfer
@@ -554,7 +626,7 @@ class Certificate:
         kind = "ADJUST_CREDIT" if adjustment.direction == "CREDIT" else "ADJUST_DEBIT"
         self._move(kind, adjustment.signed_amount, adjustment_id=adjustment.id)
         self.status = self._spent_status()
-        self._record("adjust", direction=adjustment.direction, amount=fmt_money(adjustment.amount),
+        self._record(E.ADJUST, direction=adjustment.direction, amount=fmt_money(adjustment.amount),
                      reason=adjustment.reason, adjustmentId=adjustment.id,
                      requestedBy=adjustment.requested_by, approvedBy=adjustment.decided_by)
 
@@ -576,7 +648,8 @@ class Certificate:
         amount = self.transferable(now)
         self._move("TRANSFER_OUT", -amount, transfer_id=transfer_id)
         self.status, self.status_before_lock, self.lock_reason = S.CANCELLED, None, TRANSFERRED
-        self._record("transfer", toCode=to_code, amount=fmt_money(amount), reason=reason,
+        self._wipe_cvc_copy()
+        self._record(E.TRANSFER, toCode=to_code, amount=fmt_money(amount), reason=reason,
                      transferId=transfer_id, correlation_id=self.code)
         return amount
 
@@ -595,21 +668,23 @@ class Certificate:
             raise DomainError("TARGET_NOT_AVAILABLE", "the target has expired", to=self.code)
         self.status, self.expires_at = S.ISSUED, expires_at
         self._move("TRANSFER_IN", amount, transfer_id=transfer_id)
-        self._record("transfer", fromCode=from_code, amount=fmt_money(amount), reason=reason,
+        self._record(E.TRANSFER, fromCode=from_code, amount=fmt_money(amount), reason=reason,
                      transferId=transfer_id, correlation_id=from_code)
+        if notifies_buyer(self.kind):  # the buyer gets the target's CVC as for a sale
+            self._request_notification()
 
     # -- support actions and time
     def lock(self, reason: str) -> None:
         self._require("lock")
         self.status_before_lock, self.status, self.lock_reason = self.status, S.LOCKED, reason
-        self._record("lock", reason=reason)
+        self._record(E.LOCK, reason=reason)
 
     def unlock(self) -> None:
         self._require("unlock")
         assert self.status_before_lock is not None
         self.status, self.status_before_lock, self.lock_reason = self.status_before_lock, None, None
         self.cvc_failed_attempts = 0
-        self._record("unlock")
+        self._record(E.UNLOCK)
 
     def cancel(self, reason: str) -> None:
         """Annul (terminal). The caller ends the active holds first."""
@@ -617,7 +692,8 @@ class Certificate:
         if self.held > 0:
             raise DomainError("INVALID_STATE", "certificate has active authorizations")
         self.status, self.status_before_lock, self.lock_reason = S.CANCELLED, None, None
-        self._record("cancel", reason=reason)
+        self._wipe_cvc_copy()
+        self._record(E.CANCEL, reason=reason)
 
     def expire(self, now: datetime) -> None:
         self._require("expire")
@@ -626,7 +702,57 @@ class Certificate:
         if self.held > 0:
             raise DomainError("INVALID_STATE", "certificate has active authorizations")
         self.status = S.EXPIRED
-        self._record("expire")
+        self._wipe_cvc_copy()
+        self._record(E.EXPIRE)
+
+    # -- the CVC notification: request, disclose once, result, request again
+    def _request_notification(self, channel: str = "SMS") -> None:
+        self.notification, self.notification_channel = NotificationStatus.REQUESTED, channel
+        self.cvc_copy = self.cvc_disclosable = True
+        self._record(E.NOTIFICATION_REQUESTED, NotificationStatus.REQUESTED.value, notificationChannel=channel)
+
+    def _wipe_cvc_copy(self) -> None:
+        """A certificate that ends (cancel, expire, refund, transfer) keeps no CVC copy."""
+        self.cvc_copy = self.cvc_disclosable = False
+
+    @property
+    def notification_due(self) -> bool:
+        """A CVC notification is requested and its copy is kept: it is to be sent (by SMS or CRM)."""
+        return self.notification == NotificationStatus.REQUESTED and self.cvc_copy
+
+    def disclose_cvc(self, by: str) -> None:
+        """CRM fetches the CVC: once per notification request, audited."""
+        if not self.notification_due:
+            raise DomainError("NO_NOTIFICATION_PENDING", "no CVC notification is pending for this "
+                              "certificate", notificationStatus=self.notification and self.notification.value)
+        if not self.cvc_disclosable:
+            raise DomainError("CVC_ALREADY_DISCLOSED",
+                              "the CVC was already disclosed for this notification request")
+        self.cvc_disclosable = False
+        self._record(E.AUDIT, action="CVC_DISCLOSED", by=by)
+
+    def request_notification_again(self) -> None:
+        """Support asks again after NOTIFICATION_FAILED: the same CVC (the buyer may already
+        hold it), from the copy kept until delivery is confirmed."""
+        self._require("notify")
+        if self.notification != NotificationStatus.FAILED:
+            raise DomainError("INVALID_STATE", "a notification can be requested again only after "
+                              "NOTIFICATION_FAILED", notificationStatus=self.notification and self.notification.value)
+        if not self.cvc_copy:
+            raise DomainError("INVALID_STATE", "no CVC copy is kept to send again")
+        self._request_notification(self.notification_channel or "SMS")
+
+    def record_notification(self, delivered: bool, reason: str | None = None) -> bool:
+        """CRM or the SMS sender reports the notification; a delivery wipes the CVC copy.
+        A repeated report changes nothing (returns False)."""
+        status = NotificationStatus.SENT if delivered else NotificationStatus.FAILED
+        if self.notification == status:
+            return False
+        self.notification = status
+        if delivered:
+            self._wipe_cvc_copy()
+        self._record(E.NOTIFICATION_SENT if delivered else E.NOTIFICATION_FAILED, status.value, reason=reason)
+        return True
 
     def check_cvc(self, matches: bool, max_attempts: int) -> None:
         """Count a CVC check. The ``max_attempts``-th wrong one in a row locks the certificate.
@@ -639,7 +765,7 @@ class Certificate:
         self.cvc_failed_attempts += 1
         if self.cvc_failed_attempts >= max_attempts and self.status in WORKING:
             self.lock("CVC_ATTEMPTS")
-            self.events.append(Event("alert", "ALERT", {
+            self.events.append(Event(E.ALERT, "ALERT", {
                 "code": "CVC_ATTEMPTS",
                 "message": f"{self.cvc_failed_attempts} wrong CVC attempts in a row: certificate locked",
                 "certificateCode": self.code}))

@@ -25,8 +25,10 @@ from decimal import Decimal
 
 from models import correlation as corr
 from models import services as svc
+from models import locks
 from models.db import Statements, db, locking_select_sql
-from models.domain import DomainError, Status, fmt_money
+from models.domain import DomainError, Event, EventType, OrderStatus, Status, fmt_money
+from models.timeutil import parse_time_or_none
 from models.tables import (AuthorizationHold, BlockedIssue, ClientProfile,
                            GiftCertificate, SalesOrder)
 
@@ -38,17 +40,6 @@ MULTI_STEP = frozenset({"release"})
 #: Safety bound on re-deciding after applying effects (a chain is at most issue → request →
 #: details → confirm).
 MAX_ROUNDS = 8
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    """RFC 3339 (``...Z`` or with offset) to an aware datetime; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _atomic():
@@ -70,10 +61,6 @@ def held_locks():
         _HELD.reset(token)
 
 
-#: The advisory lock keys: ``LOCK_NAMESPACE + ORDER_KEY + orderId`` (or ``CLIENT_KEY +
-#: clientId``), hashed by ``hashtextextended(key, 0)``. actors.inbox takes the same lock in SQL
-#: from these constants.
-LOCK_NAMESPACE, ORDER_KEY, CLIENT_KEY = "gcp-", "order:", "client:"
 
 
 def lock_key(key: str) -> None:
@@ -81,7 +68,7 @@ def lock_key(key: str) -> None:
     held = _HELD.get()
     if held is not None and key in held:
         return
-    db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + key,))
+    db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (locks.NAMESPACE + key,))
     if held is not None:
         held.add(key)
 
@@ -95,7 +82,7 @@ def mark_locked(key: str) -> None:
 
 def lock_order(order_id: str) -> None:
     """Serialize everything about one order until the end of the current transaction."""
-    lock_key(ORDER_KEY + order_id)
+    lock_key(locks.ORDER + order_id)
 
 
 @dataclass
@@ -130,7 +117,7 @@ def load_order(order_id: str) -> tuple[corr.Order | None, dict[str, str]]:
 
 def order_from(order_id: str, channel, currency, total, lines, tenders, cancelled_by, refunds) -> corr.Order:
     refunds = tuple(
-        corr.RefundRequest(r["eventId"], parse_time(r.get("occurredAt")),
+        corr.RefundRequest(r["eventId"], parse_time_or_none(r.get("occurredAt")),
                            tuple((str(x["lineId"]), Decimal(x["amount"])) for x in r.get("refundLines") or ()))
         for r in refunds or ())
     return corr.Order(order_id=order_id, channel=channel, currency=currency.strip(), total=total,
@@ -193,53 +180,29 @@ def issued_codes(order_id: str) -> dict[str, str]:
 
 # ---- recording what the messages say -------------------------------------------------------
 
-def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
-    """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock).
-    Returns the row when the order is new (its first message), else None.
+#: The ``sales_order`` columns of :class:`models.correlation.OrderRecord`.
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(corr.OrderRecord))
 
-    The content (lines, tenders, total) is the latest ``ORDER_CREATED``/``ORDER_UPDATED`` by
-    ``occurredAt``; until one arrived, whatever message came first stands in. A cancellation and
-    the refunds are kept beside it, so a late ``ORDER_CREATED`` never undoes them.
-    """
-    order_id, event_type = msg["orderId"], msg["eventType"]
-    occurred = parse_time(msg.get("occurredAt"))
+
+def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
+    """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock) by the
+    rule of :func:`models.correlation.merge_order_message`. Returns the row when the order is
+    new (its first message), else None."""
+    order_id = msg["orderId"]
     row = next(iter(SalesOrder.raw(locking_select_sql(SalesOrder, "order_id"), order_id)), None)
-    new = row is None
-    content = dict(channel=msg["channel"], currency=msg["currency"], total=Decimal(msg["total"]),
-                   lines=msg.get("lines") or [], tenders=msg.get("tenders") or [],
-                   customer=msg.get("customer"))
-    is_snapshot = event_type in corr.SNAPSHOT_TYPES
-    if new:
-        row = SalesOrder(order_id=order_id, status="OPEN", created_at=now, refunds=[],
-                         snapshot_at=occurred if is_snapshot else None, **content)
-    else:
-        newer = row.snapshot_at is None or (occurred is not None and occurred >= row.snapshot_at)
-        if is_snapshot and newer:
-            for name, value in content.items():
-                if name == "customer" and value is None:
-                    continue
-                setattr(row, name, value)
-            row.snapshot_at = occurred or now
-        elif not row.lines and content["lines"]:
-            row.lines = content["lines"]
-    if event_type == "ORDER_CANCELLED" and row.cancelled_event_id is None:
-        row.cancelled_event_id = msg["eventId"]
-        row.status = "CANCELLED"
-    if event_type == "ORDER_REFUNDED":
-        refunds = list(row.refunds or [])
-        if all(r["eventId"] != msg["eventId"] for r in refunds):
-            refunds.append({"eventId": msg["eventId"], "occurredAt": msg.get("occurredAt"),
-                            "refundLines": msg.get("refundLines") or []})
-        row.refunds = refunds
-        if row.status != "CANCELLED":
-            row.status = "REFUNDED"
-    row.last_event_id = msg["eventId"]
-    row.updated_at = now
-    if new:  # read back by the correlation right after: sent with that read
+    before = None if row is None else corr.OrderRecord(**{
+        name: OrderStatus(row.status) if name == "status" else getattr(row, name) for name in _RECORD_FIELDS})
+    record = corr.merge_order_message(before, msg, parse_time_or_none(msg.get("occurredAt")), now)
+    columns = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    columns["status"] = record.status.value
+    if row is None:  # read back by the correlation right after: sent with that read
         writes = Statements()
-        writes.insert(SalesOrder, **row.__data__)
+        writes.insert(SalesOrder, **columns, created_at=now, updated_at=now)
         writes.flush(later=True)
-        return row
+        return SalesOrder(**columns, created_at=now, updated_at=now)
+    for name, value in columns.items():
+        setattr(row, name, value)
+    row.updated_at = now
     row.save()
     return None
 
@@ -255,7 +218,7 @@ def record_payment_message(msg: dict, now: dt.datetime) -> bool:
         (msg["eventId"], msg["orderId"], msg["paymentId"], msg["eventType"], msg["channel"],
          Decimal(msg["amount"]), msg["currency"], msg["method"], gc.get("code"), gc.get("operation"),
          Decimal(gc["amount"]) if gc.get("amount") else None, json.dumps(msg),
-         parse_time(msg.get("occurredAt")), now))
+         parse_time_or_none(msg.get("occurredAt")), now))
     return cursor.fetchone() is not None
 
 
@@ -434,8 +397,8 @@ def correlate(order_id: str, ctx: svc.Context, source: str,
         if not order.refunds:
             break  # only a refund's effects wait for other effects of the same order
     if any(key.startswith("issue:") for key, _ in applied):
-        db.defer("UPDATE sales_order SET status = 'PAID', paid_at = %s"
-                 " WHERE order_id = %s AND paid_at IS NULL", (svc.utcnow(), order_id))
+        db.defer("UPDATE sales_order SET status = %s, paid_at = %s"
+                 " WHERE order_id = %s AND paid_at IS NULL", (OrderStatus.PAID.value, svc.utcnow(), order_id))
     return applied
 
 
@@ -518,7 +481,7 @@ def on_payment_message(cmd: PaymentMessage, ctx: svc.Context) -> Outcome:
 @svc.handler(ClientMessage)
 def on_client_message(cmd: ClientMessage, ctx: svc.Context) -> Outcome:
     msg = cmd.message
-    occurred = parse_time(msg.get("occurredAt")) or svc.utcnow()
+    occurred = parse_time_or_none(msg.get("occurredAt")) or svc.utcnow()
     with db.atomic():
         if msg.get("phone") or msg.get("email"):
             profile = (ClientProfile.select().where(ClientProfile.client_id == msg["clientId"])
@@ -561,7 +524,7 @@ def confirm_capture(cmd: ConfirmCapture, ctx: svc.Context) -> tuple[str, str | N
             seen = {"code": row.code, "status": hold.status, "captured": hold.captured_amount}
         mismatch = corr.capture_mismatch(cmd.code, cmd.amount, cmd.authorization_id, seen)
         if mismatch is not None:
-            uow.emit(svc.Event("alert", "ALERT", {"code": "CAPTURE_MISMATCH", "message": mismatch,
+            uow.emit(Event(EventType.ALERT, "ALERT", {"code": "CAPTURE_MISMATCH", "message": mismatch,
                                                    "source": cmd.source, "certificateCode": cmd.code,
                                                    "authorizationId": cmd.authorization_id}),
                      None, key=cmd.code)

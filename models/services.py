@@ -22,36 +22,18 @@ from peewee import IntegrityError, fn
 from config import get_settings
 from models import cache, cvc as cvc_secret, cvc_budget
 from models.db import Statements, db, locking_select_sql
-from models.domain import (CHANNELS, SYSTEM, Certificate, DomainError, Event, Hold, Status,
-                           fmt_money, hold_overdue, reservation_lapsed,
-                           valid_code, ZERO)
+from models.domain import (CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event,
+                           EventType as E, Hold, HoldStatus, NotificationStatus, Status, available_of,
+                           fmt_money, issue_expiry, reservation_lapsed, valid_code, ZERO)
+from models.timeutil import iso, utcnow
 from models.tables import (AuditLog, AuthorizationHold, GiftCertificate,
                            Operation, OrderPayment, OutboxEvent)
 
 log = logging.getLogger("gcp.services")
-#: Events that are not about one certificate's life and carry no ``sequence``.
-UNSEQUENCED = frozenset({"issue.blocked", "error", "alert"})
-#: Events that move money: their payload's ``orderId`` is the operation's order and ``amount``
-#: the operation's amount (contract section 4, example 21).
-MONEY_MOVEMENTS = frozenset({"redeem.partial", "redeem.full", "refund", "authorization.created",
-                             "authorization.captured", "authorization.voided",
-                             "authorization.expired", "adjust"})
 #: PostgreSQL channel the outbox relay listens on.
 OUTBOX_CHANNEL = "gcp_outbox"
 #: PostgreSQL channel notified when a batch adds certificates (blocked paid orders wait on it).
 POOL_CHANNEL = "gcp_pool_refilled"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def iso(ts: dt.datetime | None) -> str | None:
-    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.123Z``."""
-    if ts is None:
-        return None
-    ts = ts.astimezone(dt.timezone.utc)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 # ---- who is acting -------------------------------------------------------------------------
@@ -93,14 +75,14 @@ def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
         "notificationStatus": row.notification_status,
     }
     if held is not None:
-        view["available"] = fmt_money(max(row.remaining_balance - held, ZERO))
+        view["available"] = fmt_money(available_of(row.remaining_balance, held))
     return view
 
 
 def active_held(certificate_id: int) -> Decimal:
     total = (AuthorizationHold.select(fn.COALESCE(fn.SUM(AuthorizationHold.amount), 0))
              .where((AuthorizationHold.certificate == certificate_id)
-                    & (AuthorizationHold.status == "ACTIVE")).scalar())
+                    & (AuthorizationHold.status == HoldStatus.ACTIVE.value)).scalar())
     return Decimal(total).quantize(Decimal("0.01"))
 
 
@@ -111,7 +93,10 @@ def to_domain(row: GiftCertificate, held: Decimal | None = None) -> Certificate:
         held=active_held(row.id) if held is None else held,
         status_before_lock=Status(row.status_before_lock) if row.status_before_lock else None,
         lock_reason=row.lock_reason, expires_at=row.expires_at,
-        cvc_failed_attempts=row.cvc_failed_attempts)
+        cvc_failed_attempts=row.cvc_failed_attempts, kind=row.kind,
+        notification=NotificationStatus(row.notification_status) if row.notification_status else None,
+        notification_channel=row.notification_channel, cvc_copy=row.cvc_encrypted is not None,
+        cvc_disclosable=row.cvc_disclosable)
 
 
 #: Codes to invalidate when the enclosing :func:`transaction` ends (None outside one).
@@ -201,6 +186,13 @@ class UnitOfWork:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
         return row
 
+    def certificate(self, code: str, held: Decimal | None = None
+                    ) -> tuple[GiftCertificate, Certificate, dict]:
+        """The locked row, its aggregate (``held``: the active holds, summed when None) and its
+        view before the change (for the audit trail): the start of every certificate use case."""
+        row = self.lock_certificate(code)
+        return row, to_domain(row, held), snapshot(row)
+
     # -- saving
     def save(self, row: GiftCertificate, cert: Certificate, before: dict, **extra: Any) -> None:
         """Write the aggregate back, then its ledger entries, audit rows and stream events."""
@@ -211,6 +203,11 @@ class UnitOfWork:
         row.lock_reason = cert.lock_reason
         row.expires_at = cert.expires_at
         row.cvc_failed_attempts = cert.cvc_failed_attempts
+        row.notification_status = cert.notification.value if cert.notification else None
+        row.notification_channel = cert.notification_channel
+        row.cvc_disclosable = cert.cvc_disclosable
+        if not cert.cvc_copy:
+            row.cvc_encrypted = None  # delivered, or the certificate ended: no copy is kept
         for name, value in extra.items():
             setattr(row, name, value)
         self.touch(row)
@@ -251,7 +248,7 @@ class UnitOfWork:
         payload.update({k: v for k, v in event.payload.items() if v is not None})
         if event.type in MONEY_MOVEMENTS and self.ctx.correlation_id:
             payload["orderId"] = self.ctx.correlation_id  # the operation's order, not the sale's
-        if event.type in ("error", "alert"):
+        if event.type in (E.ERROR, E.ALERT):
             payload = dict(event.payload)
             payload.setdefault("source", self.ctx.actor if self.ctx.actor != SYSTEM else "GCP")
         channel = self.ctx.channel if self.ctx.channel in CHANNELS else None
@@ -419,7 +416,7 @@ def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict:
     else:
         row = pick_available(cmd.nominal, cmd.currency)
     if row is None:
-        uow.emit(Event("issue.blocked", "ISSUE_BLOCKED", {
+        uow.emit(Event(E.ISSUE_BLOCKED, "ISSUE_BLOCKED", {
             "orderId": cmd.order_id, "lineId": cmd.line_id, "nominal": fmt_money(cmd.nominal),
             "currency": cmd.currency, "reason": "POOL_EMPTY"}), None, key=cmd.order_id)
         raise Deferred(DomainError("POOL_EMPTY", "no certificate available for this nominal",
@@ -517,44 +514,26 @@ def issue(cmd: Issue, ctx: Context) -> dict:
 
 def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> dict:
     """Issue an already locked, reserved row: CVC, balance, expiry, and the notification request."""
-    settings = get_settings()
     before = snapshot(row)
     cert = to_domain(row, ZERO)
-    expires = row.batch_expires_at
-    if expires is None and settings.certificate_validity_days:
-        expires = uow.now + dt.timedelta(days=settings.certificate_validity_days)
-    cert.issue(expires)
-    extra = dict(issued_at=uow.now, reserved_until=None, cvc_failed_attempts=0)
-    extra.update(sale_cvc(row, notify))
-    uow.save(row, cert, before, **extra)
-    return request_cvc_notification(uow, row, before, notify)
+    cert.issue(issue_expiry(row.batch_expires_at, uow.now, get_settings().certificate_validity_days), notify)
+    uow.save(row, cert, before, issued_at=uow.now, reserved_until=None, **sale_cvc(row, cert))
+    return snapshot(row)
 
 
-def sale_cvc(row: GiftCertificate, notify: bool = True) -> dict:
+def sale_cvc(row: GiftCertificate, cert: Certificate) -> dict:
     """The CVC columns of a certificate being sold (or receiving a transfer): a physical card
-    keeps the CVC printed under its scratch panel; an electronic one gets a fresh CVC, kept
-    sealed for its notification to the buyer. Never logged."""
+    keeps the CVC printed under its scratch panel; any other gets a fresh CVC, and a sealed
+    copy of it when the domain requested its notification to the buyer. Never logged."""
     extra: dict = {}
     if row.kind == "PHYSICAL" and row.cvc_hash:
         secret = None  # printed under the scratch panel: its hash came with the batch
     else:  # generated once, here (a physical card of a batch loaded without CVCs: unknowable)
         secret = cvc_secret.generate()
         extra.update(cvc_secret.hashed(row.code, secret))
-    if notify and row.kind == "ELECTRONIC":
-        extra.update(cvc_secret.sealed(row.code, secret), cvc_disclosable=True,
-                     notification_status="NOTIFICATION_REQUESTED", notification_channel="SMS")
+    if cert.cvc_copy:
+        extra.update(cvc_secret.sealed(row.code, secret))
     return extra
-
-
-def request_cvc_notification(uow: UnitOfWork, row: GiftCertificate, before: dict,
-                             notify: bool = True) -> dict:
-    """After :func:`sale_cvc` was saved: the ``notification.requested`` event of an electronic
-    certificate (CRM or the SMS actor sends its CVC). Returns the certificate's view."""
-    after = snapshot(row)
-    if notify and row.kind == "ELECTRONIC":
-        uow.emit(Event("notification.requested", "NOTIFICATION_REQUESTED",
-                       {"notificationChannel": "SMS"}), row, before=before, after=after)
-    return after
 
 
 # -- authorization holds --------------------------------------------------------------------
@@ -570,7 +549,7 @@ class Authorize:
 
 
 def _to_hold(h: AuthorizationHold) -> Hold:
-    return Hold(h.id, h.amount, h.expires_at, h.status, h.captured_amount)
+    return Hold(h.id, h.amount, h.expires_at, HoldStatus(h.status), h.captured_amount, h.channel)
 
 
 @handler(Authorize)
@@ -611,12 +590,12 @@ def authorize(cmd: Authorize, ctx: Context) -> dict:
             raise
         AuthorizationHold.create(
             id=hold.id, certificate=row.id, channel=cmd.channel, client_id=ctx.actor,
-            order_id=cmd.order_id, amount=hold.amount, currency=row.currency, status="ACTIVE",
+            order_id=cmd.order_id, amount=hold.amount, currency=row.currency, status=hold.status.value,
             expires_at=hold.expires_at, created_at=uow.now, updated_at=uow.now)
         uow.save(row, cert, before)
         return {"authorizationId": hold.id, "code": row.code, "amount": fmt_money(hold.amount),
                 "currency": row.currency.strip(), "expiresAt": iso(hold.expires_at),
-                "available": fmt_money(cert.available), "status": "ACTIVE"}
+                "available": fmt_money(cert.available), "status": hold.status.value}
     return _run(ctx, body)
 
 
@@ -638,7 +617,7 @@ class Void:
 def _lock_hold(uow: UnitOfWork, authorization_id: str, channel: str | None
                ) -> tuple[AuthorizationHold, GiftCertificate]:
     hold = AuthorizationHold.get_or_none(AuthorizationHold.id == authorization_id)
-    if hold is None or (channel is not None and hold.channel != channel):
+    if hold is None or not _to_hold(hold).visible_to(channel):
         raise DomainError("AUTHORIZATION_NOT_FOUND", "no such authorization",
                           authorizationId=authorization_id)
     row = uow.lock_certificate(hold.certificate.code)  # certificate first, then its hold
@@ -654,7 +633,7 @@ def capture(cmd: Capture, ctx: Context) -> dict:
         cert = to_domain(row)
         hold = _to_hold(hold_row)
         captured = cert.capture(hold, uow.now, cmd.amount, cmd.currency)
-        hold_row.status, hold_row.captured_amount, hold_row.updated_at = hold.status, captured, uow.now
+        hold_row.status, hold_row.captured_amount, hold_row.updated_at = hold.status.value, captured, uow.now
         hold_row.save()
         uow.save(row, cert, before)
         return {"authorizationId": hold.id, "code": row.code, "captured": fmt_money(captured),
@@ -670,13 +649,13 @@ def void(cmd: Void, ctx: Context) -> dict:
         before = snapshot(row)
         cert = to_domain(row)
         hold = _to_hold(hold_row)
-        if cmd.expired and hold.expires_at > uow.now:
+        if cmd.expired and not hold.lapsed(uow.now):
             raise DomainError("INVALID_STATE", "authorization has not expired")
-        cert.end_hold(hold, "EXPIRED" if cmd.expired else "VOIDED")
-        hold_row.status, hold_row.updated_at = hold.status, uow.now
+        cert.end_hold(hold, HoldStatus.EXPIRED if cmd.expired else HoldStatus.VOIDED)
+        hold_row.status, hold_row.updated_at = hold.status.value, uow.now
         hold_row.save()
         uow.save(row, cert, before)
-        return {"authorizationId": hold.id, "code": row.code, "status": hold.status,
+        return {"authorizationId": hold.id, "code": row.code, "status": hold.status.value,
                 "amount": fmt_money(hold.amount), "available": fmt_money(cert.available),
                 "remainingBalance": fmt_money(row.remaining_balance)}
     return _run(_with_correlation(ctx, cmd.authorization_id), body)
@@ -693,26 +672,26 @@ def _with_correlation(ctx: Context, authorization_id: str) -> Context:
 def expire_overdue_holds(uow: UnitOfWork, row: GiftCertificate, cert: Certificate) -> None:
     """Expire a locked certificate's holds past ``expires_at`` (the scheduler may be behind)."""
     holds = (AuthorizationHold.select().where((AuthorizationHold.certificate == row.id)
-                                             & (AuthorizationHold.status == "ACTIVE")
+                                             & (AuthorizationHold.status == HoldStatus.ACTIVE.value)
                                              & (AuthorizationHold.expires_at <= uow.now))
              .order_by(AuthorizationHold.id).for_update())
     for hold_row in holds:
         hold = _to_hold(hold_row)
-        if hold_overdue(hold, uow.now):
-            cert.end_hold(hold, "EXPIRED")
-            hold_row.status, hold_row.updated_at = hold.status, uow.now
+        if hold.overdue(uow.now):
+            cert.end_hold(hold, HoldStatus.EXPIRED)
+            hold_row.status, hold_row.updated_at = hold.status.value, uow.now
             hold_row.save()
 
 
 def end_active_holds(uow: UnitOfWork, row: GiftCertificate, cert: Certificate) -> None:
     """Void every active hold of a locked certificate (before cancel, refund request, expiry)."""
     holds = (AuthorizationHold.select().where((AuthorizationHold.certificate == row.id)
-                                             & (AuthorizationHold.status == "ACTIVE"))
+                                             & (AuthorizationHold.status == HoldStatus.ACTIVE.value))
              .order_by(AuthorizationHold.id).for_update())
     for hold_row in holds:
         hold = _to_hold(hold_row)
-        cert.end_hold(hold, "VOIDED")
-        hold_row.status, hold_row.updated_at = hold.status, uow.now
+        cert.end_hold(hold, HoldStatus.VOIDED)
+        hold_row.status, hold_row.updated_at = hold.status.value, uow.now
         hold_row.save()
 
 
@@ -791,8 +770,7 @@ def purchase_refund_needs_details(cmd: PurchaseRefundNeedsDetails, ctx: Context)
 
 @handler(ConfirmPurchaseRefund)
 def confirm_purchase_refund(cmd: ConfirmPurchaseRefund, ctx: Context) -> dict:
-    return _change(cmd.code, ctx, lambda uow, c: c.confirm_purchase_refund(),
-                   cvc_encrypted=None, cvc_disclosable=False)
+    return _change(cmd.code, ctx, lambda uow, c: c.confirm_purchase_refund())
 
 
 # -- support actions ---------------------------------------------------------------------------
@@ -833,8 +811,7 @@ def cancel(cmd: Cancel, ctx: Context) -> dict:
         cert._require("cancel")
         end_active_holds(uow, row, cert)
         cert.cancel(cmd.reason)
-        uow.save(row, cert, before, cancel_reason=cmd.reason, cvc_encrypted=None,
-                 cvc_disclosable=False)
+        uow.save(row, cert, before, cancel_reason=cmd.reason)
         return snapshot(row, cert.held)
     return _run(ctx, body)
 
@@ -850,21 +827,12 @@ class DiscloseCvc:
 def disclose_cvc(cmd: DiscloseCvc, ctx: Context) -> dict:
     """CRM fetches the CVC once per notification request."""
     def body(uow: UnitOfWork) -> dict:
-        row = uow.lock_certificate(cmd.code)
-        if row.notification_status != "NOTIFICATION_REQUESTED" or not row.cvc_encrypted:
-            raise DomainError("NO_NOTIFICATION_PENDING", "no CVC notification is pending for this "
-                              "certificate", notificationStatus=row.notification_status)
-        if not row.cvc_disclosable:
-            raise DomainError("CVC_ALREADY_DISCLOSED",
-                              "the CVC was already disclosed for this notification request")
+        row, cert, before = uow.certificate(cmd.code)
+        cert.disclose_cvc(ctx.actor)
         secret = cvc_secret.decrypt(row.cvc_encrypted)
         if secret is None:
             raise DomainError("INVALID_STATE", "the stored CVC cannot be decrypted with the configured key")
-        before = snapshot(row)
-        row.cvc_disclosable = False
-        uow.touch(row)
-        uow.emit(Event("audit", row.status, {"action": "CVC_DISCLOSED", "by": ctx.actor}), row,
-                 before=before, after=snapshot(row))
+        uow.save(row, cert, before)
         return {"code": row.code, "cvc": secret}
     return _run(ctx, body)
 
@@ -876,24 +844,13 @@ class RequestNotification:
 
 @handler(RequestNotification)
 def request_notification(cmd: RequestNotification, ctx: Context) -> dict:
-    """Support asks for the CVC notification again after NOTIFICATION_FAILED: the same CVC
-    (the buyer may already hold it), from the copy kept until delivery is confirmed."""
+    """Support asks for the CVC notification again after NOTIFICATION_FAILED."""
     def body(uow: UnitOfWork) -> dict:
-        row = uow.lock_certificate(cmd.code)
-        cert = to_domain(row)
-        cert._require("notify")
-        if row.notification_status != "NOTIFICATION_FAILED":
-            raise DomainError("INVALID_STATE", "a notification can be requested again only after "
-                              "NOTIFICATION_FAILED", notificationStatus=row.notification_status)
-        if not row.cvc_encrypted or cvc_secret.decrypt(row.cvc_encrypted) is None:
+        row, cert, before = uow.certificate(cmd.code)
+        cert.request_notification_again()
+        if cvc_secret.decrypt(row.cvc_encrypted) is None:
             raise DomainError("INVALID_STATE", "no CVC copy is kept to send again")
-        before = snapshot(row)
-        row.cvc_disclosable = True
-        row.notification_status = "NOTIFICATION_REQUESTED"
-        uow.touch(row)
-        uow.emit(Event("notification.requested", "NOTIFICATION_REQUESTED",
-                       {"notificationChannel": row.notification_channel or "SMS"}), row,
-                 before=before, after=snapshot(row))
+        uow.save(row, cert, before)
         return snapshot(row, cert.held)
     return _run(ctx, body)
 
@@ -909,17 +866,9 @@ class NotificationResult:
 def notification_result(cmd: NotificationResult, ctx: Context) -> dict:
     """CRM (or our SMS sender) reports the notification: delivered erases the stored CVC copy."""
     def body(uow: UnitOfWork) -> dict:
-        row = uow.lock_certificate(cmd.code)
-        status = "NOTIFICATION_SENT" if cmd.delivered else "NOTIFICATION_FAILED"
-        if row.notification_status == status:
-            return snapshot(row)  # a repeated report changes nothing
-        before = snapshot(row)
-        row.notification_status = status
-        if cmd.delivered:
-            row.cvc_encrypted, row.cvc_disclosable = None, False
-        uow.touch(row)
-        event = "notification.sent" if cmd.delivered else "notification.failed"
-        uow.emit(Event(event, status, {"reason": cmd.reason}), row, before=before, after=snapshot(row))
+        row, cert, before = uow.certificate(cmd.code)
+        if cert.record_notification(cmd.delivered, cmd.reason):
+            uow.save(row, cert, before)
         return snapshot(row)
     return _run(ctx, body)
 
@@ -939,7 +888,7 @@ def expire_certificate(cmd: ExpireCertificate, ctx: Context) -> dict:
         cert = to_domain(row)
         end_active_holds(uow, row, cert)
         cert.expire(uow.now)
-        uow.save(row, cert, before, cvc_encrypted=None, cvc_disclosable=False)
+        uow.save(row, cert, before)
         return snapshot(row, cert.held)
     return _run(ctx, body)
 
@@ -963,8 +912,9 @@ def raise_alert(cmd: RaiseAlert, ctx: Context) -> dict:
                    "source": cmd.source}
         if cmd.certificate_code:
             payload["certificateCode"] = cmd.certificate_code
-        status = "ALERT" if cmd.event_type == "alert" else "ERROR"
-        return uow.emit(Event(cmd.event_type, status, payload), None,
+        event_type = E(cmd.event_type)
+        status = "ALERT" if event_type == E.ALERT else "ERROR"
+        return uow.emit(Event(event_type, status, payload), None,
                         key=cmd.key or cmd.certificate_code or ctx.correlation_id or "")
     return _run(ctx, body)
 

@@ -19,7 +19,7 @@ from models.batches import check_low_water
 from models.db import locking_select_sql
 from models.domain import Adjustment, DomainError, fmt_money, transfer_expiry, ZERO
 from models.services import (Context, Deferred, UnitOfWork, _run, expire_overdue_holds, handler,
-                             iso, pick_available, request_cvc_notification, sale_cvc, snapshot,
+                             iso, pick_available, sale_cvc, snapshot,
                              to_domain)
 from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate
 
@@ -251,13 +251,12 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
             id=transfer_id, from_certificate=source.id, to_certificate=target.id, amount=amount,
             currency=source.currency, reason=cmd.reason, actor=ctx.actor, request_id=ctx.request_id,
             created_at=uow.now)
-        uow.save(source, cert, source_before, cancel_reason=cmd.reason, cvc_encrypted=None,
-                 cvc_disclosable=False)
+        uow.save(source, cert, source_before, cancel_reason=cmd.reason)
         # the buyer keeps the sale: the target answers to the source's order (and its phone)
         uow.save(target, received, target_before, issued_at=uow.now, channel=source.channel,
                  order_id=source.order_id, line_id=None, reserved_at=None, reserved_until=None,
-                 **sale_cvc(target))
-        target_view = request_cvc_notification(uow, target, target_before)
+                 **sale_cvc(target, received))
+        target_view = snapshot(target)
         check_low_water(uow, target)  # the target left the pool, as a reservation would
         return {"transferId": transfer_id, "fromCode": source.code, "toCode": target.code,
                 "amount": fmt_money(amount), "currency": source.currency.strip(),

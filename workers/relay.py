@@ -34,10 +34,9 @@ from models.db import listening_connection, wait_for_notify
 from models.services import OUTBOX_CHANNEL
 from observability import Outages, dependency_of
 from workers.kafka import EndOfTopic, producer as make_producer, read_to_end
+from models import locks
 
 log = logging.getLogger("gcp.relay")
-#: Advisory lock key held by the publishing relay.
-RELAY_LOCK = 0x6763_7002
 #: Rows published per round trip.
 BATCH = 500
 #: Fallback poll when no NOTIFY arrives (seconds).
@@ -63,7 +62,7 @@ class Relay:
     def try_lead(self) -> bool:
         if not self.leader:
             with self.conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (locks.RELAY,))
                 self.leader = bool(cur.fetchone()[0])
             if self.leader:
                 log.info("relay is the leader")

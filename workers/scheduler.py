@@ -31,10 +31,9 @@ from models.domain import DomainError
 from models.housekeeping import purge_idempotency_keys
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
 from observability import Outages, dependency_of
+from models import locks
 
 log = logging.getLogger("gcp.scheduler")
-#: Advisory lock key held by the working scheduler.
-SCHEDULER_LOCK = 0x6763_7003
 #: Rows handled per kind and tick.
 BATCH = 200
 #: Blocked issues are retried at least this often even without a NOTIFY (seconds).
@@ -140,7 +139,7 @@ class Scheduler:
     def try_lead(self) -> bool:
         if not self.leader:
             with self.conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (SCHEDULER_LOCK,))
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (locks.SCHEDULER,))
                 self.leader = bool(cur.fetchone()[0])
         return self.leader
 

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from models import orders, services as svc
+from models import locks, orders, services as svc
 from models.db import db
 from models.tables import (AuthorizationHold, BlockedIssue, GiftCertificate, InboxMessage,
                            OrderEffect, OutboxEvent)
@@ -439,8 +439,8 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
     def actor_side():
         with db.connection_context(), db.atomic():
             db.execute_sql(_LOCK_AND_LOAD, {
-                "id": inbox_id, "clients": get_settings().topic_clients, "ns": orders.LOCK_NAMESPACE,
-                "client": orders.CLIENT_KEY, "order": orders.ORDER_KEY}).fetchall()
+                "id": inbox_id, "clients": get_settings().topic_clients, "ns": locks.NAMESPACE,
+                "client": locks.CLIENT, "order": locks.ORDER}).fetchall()
             held.set()
             release.wait(10)
 
@@ -451,14 +451,14 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
         # then the key orders.lock_order would lock is taken
         with db.atomic():
             taken = db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                                   (orders.LOCK_NAMESPACE + orders.ORDER_KEY + order_id,)).fetchone()[0]
+                                   (locks.NAMESPACE + locks.ORDER + order_id,)).fetchone()[0]
         assert taken is False
     finally:
         release.set()
         t.join()
     with db.atomic():
         free = db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                              (orders.LOCK_NAMESPACE + orders.ORDER_KEY + order_id,)).fetchone()[0]
+                              (locks.NAMESPACE + locks.ORDER + order_id,)).fetchone()[0]
     assert free is True
 
 

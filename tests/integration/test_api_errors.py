@@ -12,7 +12,7 @@ from app import create_app
 from config import get_settings
 from models import services as svc
 from models.db import db
-from models.domain import ERROR_STATUS
+from api.errors import ERROR_STATUS
 from models.tables import AuthorizationHold
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, authorize, issued_with_cvc, reserve_body

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from models.domain import (REDEEMABLE, Adjustment, Certificate, DomainError, Hold, Status, fmt_money,
-                           hold_overdue, parse_money, positive_money, reservation_lapsed)
+                           HoldStatus, parse_money, positive_money, reservation_lapsed)
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
 cents = st.integers(min_value=1, max_value=200_000).map(lambda c: Decimal(c) / 100)
@@ -72,9 +72,9 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(data=st.data(), expire=st.booleans())
     def end(self, data, expire):
         hold = data.draw(st.sampled_from(self.holds))
-        if expire and not hold_overdue(hold, NOW):
+        if expire and not hold.overdue(NOW):
             return
-        self.attempt(lambda: self.cert.end_hold(hold, "EXPIRED" if expire else "VOIDED"))
+        self.attempt(lambda: self.cert.end_hold(hold, HoldStatus.EXPIRED if expire else HoldStatus.VOIDED))
 
     @rule(amount=cents)
     def redeem(self, amount):

@@ -100,7 +100,7 @@ def test_above_the_limit_it_waits_for_approval():
 def test_four_eyes_the_author_never_approves():
     adjustment = request("CREDIT", "6000.00", by="support-1")
     error = refused("SELF_APPROVAL_FORBIDDEN", lambda: adjustment.approve("support-1", NOW))
-    assert error.http_status == 403 and adjustment.status == "PENDING_APPROVAL"
+    assert adjustment.status == "PENDING_APPROVAL"  # refused, and still waiting
     adjustment.approve("support-2", NOW)
     assert (adjustment.status, adjustment.decided_by) == ("APPLIED", "support-2")
     refused("ADJUSTMENT_NOT_PENDING", lambda: adjustment.approve("support-3", NOW))
@@ -161,10 +161,14 @@ def test_transfer_moves_the_whole_balance_and_each_side_records_the_other():
     assert source.ledger[-1].kind == "TRANSFER_OUT" and target.ledger[-1].kind == "TRANSFER_IN"
     assert source.ledger[-1].amount + target.ledger[-1].amount == 0
     assert source.ledger[-1].transfer_id == target.ledger[-1].transfer_id == "trf-1"
-    (out,), (into,) = source.events, target.events
+    (out,), (into, requested) = source.events, target.events
     assert (out.type, out.status, out.payload["toCode"]) == ("transfer", "CANCELLED", target.code)
     assert (into.type, into.status, into.payload["fromCode"]) == ("transfer", "ISSUED", source.code)
     assert out.correlation_id == into.correlation_id == source.code
+    # the buyer gets the target's CVC as for a sale; the source keeps no CVC copy
+    assert (requested.type, target.notification, target.cvc_copy) == ("notification.requested",
+                                                                      "NOTIFICATION_REQUESTED", True)
+    assert not source.cvc_copy and not source.cvc_disclosable
 
 
 def test_a_locked_certificate_can_be_transferred():
@@ -179,7 +183,7 @@ def test_transfer_is_refused_while_holds_are_active():
     source = issued("1000.00")
     source.authorize(Hold("h1", D("1.00"), NOW + dt.timedelta(minutes=15)), NOW)
     error = refused("HOLDS_ACTIVE", lambda: source.transferable(NOW))
-    assert error.http_status == 409 and source.status == Status.ISSUED
+    assert error.details["held"] == "1.00" and source.status == Status.ISSUED
 
 
 @pytest.mark.parametrize("status", [Status.CANCELLED, Status.REFUNDED, Status.EXPIRED, Status.REDEEMED,
