@@ -223,8 +223,8 @@ def rotate_cvc_key(batch):
               help="slack beyond SCHEDULER_INTERVAL_MS and INBOX_SWEEP_AFTER_MS")
 def verify(stream, grace_ms):
     """Recompute the contract's invariants; print each violation (rule, certificate or order,
-    figures) and exit 1 if there is any (models/verify.py lists the rules)."""
-    from models.verify import summary, verify as run_verify
+    figures) and exit 1 if there is any (workers/verify.py lists the rules)."""
+    from workers.verify import summary, verify as run_verify
 
     if not get_settings().database_url:
         raise click.ClickException("DATABASE_URL is not set (or run `make run` for the embedded stack)")
@@ -328,7 +328,7 @@ def seed_demo_batch() -> int:
     import secrets
     from decimal import Decimal
 
-    from models import services as svc
+    from models import commands, messagebus, unit_of_work as work
     from models.db import db
     from models.tables import GiftCertificate
 
@@ -340,8 +340,8 @@ def seed_demo_batch() -> int:
             for _ in range(count):
                 items.append({"code": "DEMO" + "".join(secrets.choice("0123456789") for _ in range(12)),
                               "nominal": Decimal(nominal) if nominal else None})
-        result = svc.handle(svc.LoadBatch("demo-1", "ELECTRONIC", get_settings().default_currency,
-                                          tuple(items)), svc.Context(actor="demo-seed"))
+        result = messagebus.handle(commands.LoadBatch("demo-1", "ELECTRONIC", get_settings().default_currency,
+                                          tuple(items)), work.Context(actor="demo-seed"))
         return result.accepted
 
 

@@ -200,6 +200,11 @@ class Settings:
     def topics_in(self) -> tuple[str, str, str]:
         return (self.topic_sales_order, self.topic_payments, self.topic_clients)
 
+    def contract_of(self, topic: str) -> str | None:
+        """The contract name of a configured topic (tests suffix the real names), or None."""
+        return {self.topic_sales_order: "All_SalesOrder", self.topic_payments: "All_Payments",
+                self.topic_clients: "All_Clients", self.topic_stream: "GiftCertificates.Stream"}.get(topic)
+
 
 def load_settings() -> Settings:
     """Build :class:`Settings` from ``os.environ`` (no caching)."""

@@ -65,24 +65,10 @@ def sms_text(code: str, cvc: str, nominal: str | None, currency: str,
 
 def _report(code: str, delivered: bool, reason: str | None, event_id: str, gateway_id: str | None = None,
             alert: bool = False) -> None:
-    from models import services as svc
-    from models.domain import DomainError
-    from models.tables import SmsMessage
+    from models import commands, messagebus, unit_of_work as work
 
-    now = svc.utcnow()
-    with svc.transaction():
-        (SmsMessage.update(status="SENT" if delivered else "FAILED", last_error=reason, touched_at=now,
-                           sending_until=None, gateway_id=gateway_id, sent_at=now if delivered else None)
-         .where(SmsMessage.notification_event_id == event_id).execute())
-        ctx = svc.Context(actor="sms-gateway", causation_id=event_id)
-        try:
-            svc.handle(svc.NotificationResult(code, delivered, reason), ctx)
-        except DomainError as refused:  # e.g. cancelled meanwhile: nothing to report on
-            log.warning("notification result for %s refused: %s", code, refused.code)
-        if alert:
-            svc.handle(svc.RaiseAlert("alert", "NOTIFICATION_FAILED", f"the CVC SMS could not be sent: {reason}",
-                                      "sms-gateway", certificate_code=code,
-                                      details={"notificationId": event_id}), ctx)
+    messagebus.handle(commands.RecordSmsOutcome(code, event_id, delivered, reason, gateway_id, alert),
+                      work.Context(actor="sms-gateway"))
 
 
 def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
@@ -90,7 +76,8 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     from models import cvc as cvc_secret
     from models.db import connection, db
     from models.domain import ZERO, fmt_money
-    from models.services import to_domain, utcnow
+    from models.repository import to_domain
+    from models.timeutil import utcnow
     from models.tables import GiftCertificate, SmsMessage
     from observability import mask_phone
 

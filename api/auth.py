@@ -112,9 +112,9 @@ def require(*scopes: str):
 
 
 def service_context(channel: str | None = None, order_id: str | None = None):
-    """The use-case :class:`~models.services.Context` of this request: who, for which channel,
+    """The use-case :class:`~models.unit_of_work.Context` of this request: who, for which channel,
     the request id (the stream's ``causationId``) and the order it concerns."""
-    from models.services import Context
+    from models.unit_of_work import Context
 
     principal = current_principal()
     return Context(actor=principal.client_id, channel=channel or principal.channel,

@@ -11,7 +11,7 @@ from api import links, schemas as s
 from api.auth import check_channel, current_principal, require, service_context
 from api.certificates import CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
-from models import services as svc
+from models import commands, messagebus
 from models.domain import DomainError
 
 blp = Blueprint("authorizations", __name__, description=(
@@ -54,9 +54,9 @@ class Authorizations(MethodView):
         gets 429 CVC_ATTEMPTS_EXCEEDED (with `Retry-After`) until the window moves on.
         """
         check_channel(args["channel"])
-        command = svc.Authorize(code, args["channel"], args["orderId"], args["amount"], args["cvc"],
+        command = commands.Authorize(code, args["channel"], args["orderId"], args["amount"], args["cvc"],
                                 args["currency"])
-        return svc.handle(command, service_context(args["channel"], args["orderId"]))
+        return messagebus.handle(command, service_context(args["channel"], args["orderId"]))
 
 
 @blp.route("/authorizations/<authorization_id>/capture", parameters=[ID_PARAM])
@@ -73,9 +73,9 @@ class Capture(MethodView):
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, authorization_id):
         """Capture: debit up to the held amount (default all) and release the rest (certificates:redeem)"""
-        command = svc.Capture(_hold_id(authorization_id), args["amount"],
+        command = commands.Capture(_hold_id(authorization_id), args["amount"],
                               channel=current_principal().channel, currency=args["currency"])
-        return svc.handle(command, service_context())
+        return messagebus.handle(command, service_context())
 
 
 @blp.route("/authorizations/<authorization_id>/void", parameters=[ID_PARAM])
@@ -90,5 +90,5 @@ class Void(MethodView):
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, authorization_id):
         """Void: release the hold (certificates:redeem)"""
-        command = svc.Void(_hold_id(authorization_id), channel=current_principal().channel)
-        return svc.handle(command, service_context())
+        command = commands.Void(_hold_id(authorization_id), channel=current_principal().channel)
+        return messagebus.handle(command, service_context())

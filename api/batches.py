@@ -9,7 +9,6 @@ the rules themselves are the domain's (``valid_code``, ``positive_money``; ``loa
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import re
 
 import marshmallow as ma
@@ -24,8 +23,8 @@ from api.errors import ApiError
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
 from config import get_settings
 from models.timeutil import parse_time_or_none
-from models import batches
-from models import services as svc
+from models.handlers import pool
+from models import commands, messagebus
 from models.domain import CODE_PATTERN, CURRENCY_PATTERN, KINDS, DomainError, positive_money
 
 blp = Blueprint("batches", __name__, description=(
@@ -101,7 +100,7 @@ def document(spec, settings) -> None:
 
 class RejectedCodeSchema(ma.Schema):
     code = ma.fields.String(required=True)
-    reason = ma.fields.String(required=True, validate=validate.OneOf(sorted(batches.REASON_MESSAGES)),
+    reason = ma.fields.String(required=True, validate=validate.OneOf(sorted(pool.REASON_MESSAGES)),
                               metadata={"description": "DUPLICATE_CODE: loaded by another batch; "
                                                        "DUPLICATE_IN_BATCH: earlier in this request"})
     message = ma.fields.String(required=True)
@@ -184,7 +183,7 @@ def _time(value, cache: dict, problem, field: str = "expiresAt"):
     return None
 
 
-def parse_batch(body: object) -> svc.LoadBatch:
+def parse_batch(body: object) -> commands.LoadBatch:
     """The ``LoadBatch`` command of a request body; 422 ``VALIDATION_ERROR`` naming every bad field."""
     problems = _Problems()
     if not isinstance(body, dict):
@@ -251,11 +250,11 @@ def parse_batch(body: object) -> svc.LoadBatch:
                     item["expiresAt"] = _time(expires, times,
                                               lambda f, m: problems.item(index, f, m))
     problems.raise_any()
-    return svc.LoadBatch(batch_id, kind, currency, tuple(items), dry_run)
+    return commands.LoadBatch(batch_id, kind, currency, tuple(items), dry_run)
 
 
-def _answer(result: svc.BatchResult, dry_run: bool):
-    rejected = [{"code": r["code"], "reason": r["reason"], "message": batches.REASON_MESSAGES[r["reason"]]}
+def _answer(result: commands.BatchResult, dry_run: bool):
+    rejected = [{"code": r["code"], "reason": r["reason"], "message": pool.REASON_MESSAGES[r["reason"]]}
                 for r in result.rejected]
     response = jsonify({"batchId": result.batch_id, "accepted": result.accepted,
                         "alreadyLoaded": result.already_loaded, "rejected": rejected,
@@ -290,7 +289,7 @@ class Batches(MethodView):
         """
         command = parse_batch(request.get_json(silent=True))
         ctx = dataclasses.replace(service_context(), correlation_id=command.batch_id)
-        return _answer(svc.handle(command, ctx), command.dry_run)
+        return _answer(messagebus.handle(command, ctx), command.dry_run)
 
 
 @blp.route("/pool")
@@ -304,4 +303,4 @@ class Pool(MethodView):
         Scopes batches:write, certificates:read or certificates:admin. Also sets the
         `gcp_pool_available` gauge on /metrics.
         """
-        return batches.pool_view()
+        return pool.pool_view()

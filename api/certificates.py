@@ -9,8 +9,7 @@ from api import links, schemas as s
 from api.auth import check_channel, current_principal, require, service_context
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
 from config import get_settings
-from models import queries
-from models import services as svc
+from models import commands, messagebus, queries
 from models.domain import CODE_PATTERN
 
 blp = Blueprint("certificates", __name__, description=(
@@ -28,9 +27,9 @@ ADMIN = ("certificates:admin",)
 def _reserve(args: dict):
     check_channel(args["channel"])
     currency = args["currency"] or (None if args["code"] else get_settings().default_currency)
-    command = svc.Reserve(args["channel"], args["orderId"], args["lineId"], args["nominal"],
+    command = commands.Reserve(args["channel"], args["orderId"], args["lineId"], args["nominal"],
                           currency, code=args["code"])
-    view, created = svc.handle(command, service_context(args["channel"], args["orderId"]))
+    view, created = messagebus.handle(command, service_context(args["channel"], args["orderId"]))
     return view, 201 if created else 200
 
 
@@ -113,7 +112,7 @@ class Certificate(MethodView):
         Never carries the CVC. Any `certificates:read` holder may read any certificate (they
         are not personalised and can be spent in any channel).
         """
-        return svc.certificate_view(code)
+        return queries.certificate_view(code)
 
 
 @blp.route("/certificates/<code>/operations", parameters=[CODE_PARAM])
@@ -158,12 +157,12 @@ class Cvc(MethodView):
         notification pending (not yet issued, a PHYSICAL card, delivery confirmed or failed):
         409 NO_NOTIFICATION_PENDING. The disclosure is in the audit trail; the CVC is never logged.
         """
-        result = svc.handle(svc.DiscloseCvc(code), service_context())
+        result = messagebus.handle(commands.DiscloseCvc(code), service_context())
         return result, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _action(command):
-    return svc.handle(command, service_context())
+    return messagebus.handle(command, service_context())
 
 
 ACTION_ERRORS = {404: ["CERTIFICATE_NOT_FOUND"], 409: ["INVALID_STATE", "IDEMPOTENCY_IN_PROGRESS"],
@@ -183,7 +182,7 @@ class Lock(MethodView):
 
         Nothing can be authorized or redeemed until it is unlocked.
         """
-        return _action(svc.Lock(code, args["reason"]))
+        return _action(commands.Lock(code, args["reason"]))
 
 
 @blp.route("/certificates/<code>/actions/unlock", parameters=[CODE_PARAM])
@@ -196,7 +195,7 @@ class Unlock(MethodView):
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):
         """Unlock: back to the status before the lock (certificates:admin)"""
-        return _action(svc.Unlock(code))
+        return _action(commands.Unlock(code))
 
 
 @blp.route("/certificates/<code>/actions/cancel", parameters=[CODE_PARAM])
@@ -212,7 +211,7 @@ class Cancel(MethodView):
 
         Active holds are voided first; CANCELLED is terminal.
         """
-        return _action(svc.Cancel(code, args["reason"]))
+        return _action(commands.Cancel(code, args["reason"]))
 
 
 @blp.route("/certificates/<code>/notifications", parameters=[CODE_PARAM])
@@ -228,5 +227,5 @@ class Notifications(MethodView):
 
         A fresh CVC is generated; CRM may fetch it once through GET /certificates/{code}/cvc.
         """
-        return _action(svc.RequestNotification(code))
+        return _action(commands.RequestNotification(code))
 

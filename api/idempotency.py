@@ -32,7 +32,7 @@ from api import errors
 from api.auth import current_principal
 from api.errors import ApiError
 from api.schemas import IDEMPOTENCY_KEY_PATTERN
-from models import cvc, services as svc
+from models import cvc, unit_of_work as work
 from models.housekeeping import IDEMPOTENCY_KEY_TTL, purge_idempotency_keys
 from models.domain import DomainError
 from models.tables import IdempotencyKey
@@ -147,7 +147,7 @@ def idempotent(view):
         digest = request_hash()
         _drop_stale(client_id, key)
         try:
-            with svc.transaction():
+            with work.transaction():
                 if not _claim(client_id, key, digest):
                     return _answer_again(client_id, key, digest)
                 response = _as_response(view, args, kwargs)

@@ -15,7 +15,7 @@ from marshmallow import validate
 from api.errors import ErrorSchema
 from models.domain import (ADJUST_REASONS, ADJUSTMENT_STATUSES, CHANNELS, CODE_PATTERN,
                            CURRENCY_PATTERN, DIRECTIONS, KINDS, MONEY_PATTERN, POSITIVE_MONEY_PATTERN,
-                           DomainError, Status, parse_money, positive_money)
+                           DomainError, NotificationStatus, Status, parse_money, positive_money)
 
 #: Printable text without control characters (they never belong in ids or reasons).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -32,7 +32,7 @@ MAX_PAGE_SIZE = 100
 #: Highest page number (deeper pages: narrow the filters).
 MAX_PAGE = 10_000
 STATUSES = [s.value for s in Status]
-NOTIFICATION_STATUSES = ["NOTIFICATION_REQUESTED", "NOTIFICATION_SENT", "NOTIFICATION_FAILED"]
+NOTIFICATION_STATUSES = [s.value for s in NotificationStatus]
 
 
 class FullMatch(validate.Regexp):

@@ -1,6 +1,6 @@
 """Support tools (scope certificates:admin): balance adjustments with a second approver above
 ``ADJUST_APPROVAL_LIMIT``, their list, and the transfer of a balance onto another certificate.
-Each view turns its input into a command of ``models.support`` and calls ``handle``."""
+Each view turns its input into a command of ``models.commands`` and calls ``handle``."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from api import links, schemas as s
 from api.auth import require, service_context
 from api.certificates import ADMIN, CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
-from models import queries, services as svc, support
+from models import commands, messagebus, queries
 from models.domain import DomainError
 
 blp = Blueprint("support", __name__, description=(
@@ -52,9 +52,9 @@ class Adjust(MethodView):
         PENDING_APPROVAL for another admin (POST /adjustments/{id}/approve) for at most
         ADJUST_APPROVAL_TTL (24 h by default). The status follows the new balance.
         """
-        command = support.Adjust(code, args["direction"], args["amount"], args["reason"],
+        command = commands.Adjust(code, args["direction"], args["amount"], args["reason"],
                                  args["comment"])
-        return svc.handle(command, service_context())
+        return messagebus.handle(command, service_context())
 
 
 @blp.route("/adjustments")
@@ -90,8 +90,8 @@ class Approve(MethodView):
         EXPIRED (409 ADJUSTMENT_EXPIRED); already decided, 409 ADJUSTMENT_NOT_PENDING. The bounds
         are checked again against the balance of now; a refusal leaves it pending.
         """
-        command = support.ApproveAdjustment(_adjustment_id(adjustment_id), args.get("comment"))
-        return svc.handle(command, service_context())
+        command = commands.ApproveAdjustment(_adjustment_id(adjustment_id), args.get("comment"))
+        return messagebus.handle(command, service_context())
 
 
 @blp.route("/adjustments/<adjustment_id>/reject", parameters=[ID_PARAM])
@@ -106,8 +106,8 @@ class Reject(MethodView):
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, adjustment_id):
         """Reject a pending adjustment (certificates:admin; its author may withdraw it)"""
-        command = support.RejectAdjustment(_adjustment_id(adjustment_id), args.get("comment"))
-        return svc.handle(command, service_context())
+        command = commands.RejectAdjustment(_adjustment_id(adjustment_id), args.get("comment"))
+        return messagebus.handle(command, service_context())
 
 
 @blp.route("/certificates/<code>/actions/transfer", parameters=[CODE_PARAM])
@@ -133,5 +133,5 @@ class Transfer(MethodView):
         `transfer` event each. The target's CVC goes to the buyer as for a sale (an electronic
         one is notified; a physical card has its printed CVC).
         """
-        command = support.Transfer(code, args["reason"], args["to"])
-        return svc.handle(command, service_context())
+        command = commands.Transfer(code, args["reason"], args["to"])
+        return messagebus.handle(command, service_context())

@@ -185,7 +185,7 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from config import get_settings
-    from models import services as svc
+    from models import commands, messagebus, unit_of_work as work
     from models.db import db
     from workers.kafka import consumer_config, producer_config
 
@@ -193,13 +193,13 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     sales = int(n * cert_share) // 2 + 5
     codes = [("B" + uuid.uuid4().hex[:14]).upper() for _ in range(sales)]
     with db.connection_context():
-        svc.handle(svc.LoadBatch("bench-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
+        messagebus.handle(commands.LoadBatch("bench-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
                                  tuple({"code": c, "nominal": Decimal("1000.00")} for c in codes)),
-                   svc.Context(actor="bench"))
+                   work.Context(actor="bench"))
         orders = []
         for code in codes:
             order_id = "bench-" + uuid.uuid4().hex[:10]
-            svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
+            messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
             orders.append((order_id, code))
     producer = Producer(producer_config())
     now = "2026-11-22T10:00:00Z"

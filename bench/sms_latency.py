@@ -32,7 +32,7 @@ RATE = int(os.environ.get("BENCH_SMS_RATE", "20"))
 def issue_with_phone(n: int) -> list[str]:
     import uuid
 
-    from models import services as svc
+    from models import commands, messagebus, timeutil
     from models.db import db
     from models.tables import SalesOrder
     from tests.helpers import load
@@ -41,11 +41,11 @@ def issue_with_phone(n: int) -> list[str]:
     with db.connection_context():
         for code in paced(codes, RATE):
             order_id = "bench-" + uuid.uuid4().hex[:10]
-            svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
+            messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
             SalesOrder.create(order_id=order_id, channel="ONLINE_STORE", currency="RUB", total=Decimal("1000.00"),
                               status="PAID", customer={"clientId": "c-" + order_id, "phone": "+79990001122"},
-                              created_at=svc.utcnow(), updated_at=svc.utcnow())
-            svc.handle(svc.Issue(code))
+                              created_at=timeutil.utcnow(), updated_at=timeutil.utcnow())
+            messagebus.handle(commands.Issue(code))
     return codes
 
 

@@ -4,7 +4,7 @@
   status and balance they leave).
 - Nothing doubled: no event twice (by eventId), no event a story did not cause, no balance off.
 - No sequence gap and no reordering of one certificate's events (sequence = 1..n in offset order).
-- ``verify --stream`` (models/verify.py) finds nothing.
+- ``verify --stream`` (workers/verify.py) finds nothing.
 """
 from __future__ import annotations
 
@@ -76,6 +76,6 @@ def check(stories: list[Story], ch: Channel, topic: str) -> tuple[list[str], Cou
 
 def verify_all() -> list[str]:
     """``verify --stream`` over the scenario's own database and stream (nothing else is in them)."""
-    from models.verify import verify
+    from workers.verify import verify
 
     return [str(v) for v in verify(stream=True, stream_timeout=60)]

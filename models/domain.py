@@ -1,7 +1,7 @@
 """The business rules of gift certificates: statuses, the state machine, money, and the
 certificate aggregate. Pure: standard library only, no I/O, no clock (``now`` is passed in).
 
-Both the HTTP API and the actors reach these rules through ``models.services``; nothing else
+Both the HTTP API and the actors reach these rules through ``models.messagebus`` and its handlers; nothing else
 decides whether a transition or an amount is allowed. Methods change the aggregate and record
 what happened (``events`` for the stream and the audit, ``ledger`` for the balance ledger);
 the unit of work persists both in the same transaction as the change.

@@ -9,9 +9,10 @@ from decimal import Decimal
 
 from peewee import fn
 
-from models.domain import DomainError, Status, ZERO, fmt_money, valid_code
-from models.services import iso, snapshot, utcnow
-from models.support import adjustment_view
+from models.domain import DomainError, HoldStatus, Status, ZERO, fmt_money, valid_code
+from models import cache
+from models.repository import active_held, adjustment_from, snapshot
+from models.timeutil import iso, utcnow
 from models.tables import AuditLog, AuthorizationHold, BalanceAdjustment, GiftCertificate, Operation
 
 
@@ -26,7 +27,7 @@ def _held(ids: list[int]) -> dict[int, Decimal]:
     if not ids:
         return {}
     rows = (AuthorizationHold.select(AuthorizationHold.certificate, fn.SUM(AuthorizationHold.amount))
-            .where(AuthorizationHold.certificate.in_(ids) & (AuthorizationHold.status == "ACTIVE"))
+            .where(AuthorizationHold.certificate.in_(ids) & (AuthorizationHold.status == HoldStatus.ACTIVE.value))
             .group_by(AuthorizationHold.certificate).tuples())
     return {cid: Decimal(total) for cid, total in rows}
 
@@ -112,3 +113,42 @@ def adjustments(status: str | None = None, code: str | None = None, page: int = 
     rows = q.order_by(A.requested_at.desc(), A.id.desc()).paginate(page, page_size)
     items = [adjustment_view(r, r.certificate.code, now) for r in rows]
     return {"items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def adjustment_view(record: BalanceAdjustment, code: str, now: dt.datetime) -> dict:
+    """An adjustment as support sees it (a pending one past its time shows EXPIRED)."""
+    return {
+        "adjustmentId": record.id, "code": code, "direction": record.direction,
+        "amount": fmt_money(record.amount), "currency": record.currency.strip(),
+        "reason": record.reason, "comment": record.comment,
+        "status": adjustment_from(record).effective_status(now),
+        "requestedBy": record.requested_by, "requestedAt": iso(record.requested_at),
+        "expiresAt": iso(record.expires_at), "decidedBy": record.decided_by,
+        "decidedAt": iso(record.decided_at), "decisionComment": record.decision_comment,
+    }
+
+
+def certificate_view(code: str) -> dict:
+    """The certificate as ``GET /certificates/{code}`` returns it (cached, never stale)."""
+    if not valid_code(code):
+        raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
+
+    def load() -> dict | None:
+        row = GiftCertificate.get_or_none(GiftCertificate.code == code)
+        return None if row is None else snapshot(row, active_held(row.id))
+    view = cache.get_or_load(code, load)
+    if view is None:
+        raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
+    return view
+
+
+def pool_summary() -> dict:
+    rows = (GiftCertificate.select(GiftCertificate.nominal, GiftCertificate.currency,
+                                   GiftCertificate.kind, fn.COUNT(GiftCertificate.id).alias("n"))
+            .where(GiftCertificate.status == Status.AVAILABLE.value)
+            .group_by(GiftCertificate.nominal, GiftCertificate.currency, GiftCertificate.kind)
+            .order_by(GiftCertificate.currency, GiftCertificate.kind, GiftCertificate.nominal.asc(nulls="LAST"))
+            .tuples())
+    by = [{"nominal": fmt_money(n), "currency": c.strip(), "kind": k, "available": cnt}
+          for n, c, k, cnt in rows]
+    return {"available": sum(b["available"] for b in by), "byNominal": by}

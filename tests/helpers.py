@@ -5,7 +5,7 @@ import string
 import uuid
 from decimal import Decimal
 
-from models import services as svc
+from models import commands, messagebus, unit_of_work as work
 from models.db import db
 
 
@@ -30,11 +30,11 @@ def unique_currency() -> str:
 
 
 def load(n: int = 1, nominal: str | None = "1000.00", currency: str = "RUB",
-         kind: str = "ELECTRONIC", ctx: svc.Context | None = None) -> list[str]:
+         kind: str = "ELECTRONIC", ctx: work.Context | None = None) -> list[str]:
     codes = [unique_code() for _ in range(n)]
     items = tuple({"code": c, "nominal": Decimal(nominal) if nominal else None} for c in codes)
     with db.connection_context():
-        svc.handle(svc.LoadBatch(uid("batch-"), kind, currency, items), ctx or svc.Context(actor="loader"))
+        messagebus.handle(commands.LoadBatch(uid("batch-"), kind, currency, items), ctx or work.Context(actor="loader"))
     return codes
 
 
@@ -42,6 +42,6 @@ def issued(nominal: str = "1000.00", currency: str = "RUB", channel: str = "ONLI
     """A certificate reserved and issued for a fresh order; returns its code."""
     code = load(1, nominal, currency)[0]
     with db.connection_context():
-        svc.handle(svc.Reserve(channel, uid("order-"), "1", Decimal(nominal), currency, code=code))
-        svc.handle(svc.Issue(code))
+        messagebus.handle(commands.Reserve(channel, uid("order-"), "1", Decimal(nominal), currency, code=code))
+        messagebus.handle(commands.Issue(code))
     return code

@@ -40,14 +40,11 @@ def validator(contract_topic: str):
 
 
 def contract_name(topic: str) -> str:
-    """The contract name of a configured topic (tests suffix the real names)."""
-    s = get_settings()
-    names = {s.topic_sales_order: "All_SalesOrder", s.topic_payments: "All_Payments",
-             s.topic_clients: "All_Clients", s.topic_stream: "GiftCertificates.Stream"}
-    try:
-        return names[topic]
-    except KeyError:
-        raise InvalidMessage(f"UNKNOWN_TOPIC: {topic}") from None
+    """The contract name of a configured topic; an unknown topic is an invalid message."""
+    name = get_settings().contract_of(topic)
+    if name is None:
+        raise InvalidMessage(f"UNKNOWN_TOPIC: {topic}")
+    return name
 
 
 def errors(contract_topic: str, message: object) -> list[str]:

@@ -66,7 +66,7 @@ def _ensure_db() -> None:
 
 def replay(ids: list[str] | None = None) -> list[Entry]:
     """Send entries back to their source topic. Returns the entries replayed."""
-    from models.services import utcnow
+    from models.timeutil import utcnow
     from models.tables import DlqReplay
 
     entries = read_entries()

@@ -31,7 +31,7 @@ import uuid
 
 from config import get_settings
 from models.db import listening_connection, wait_for_notify
-from models.services import OUTBOX_CHANNEL
+from models.unit_of_work import OUTBOX_CHANNEL
 from observability import Outages, dependency_of
 from workers.kafka import EndOfTopic, producer as make_producer, read_to_end
 from models import locks

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 
 from config import get_settings
-from models import orders, services as svc
+from models import commands, messagebus, timeutil, unit_of_work as work
 from models.db import connection, listening_connection, wait_for_notify
-from models.domain import DomainError
+from models.domain import REDEEMABLE, DomainError, HoldStatus
 from models.housekeeping import purge_idempotency_keys
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
 from observability import Outages, dependency_of
@@ -40,7 +40,7 @@ BATCH = 200
 BLOCKED_FALLBACK = 60.0
 #: Expired idempotency keys are purged this often (seconds).
 HOUSEKEEPING_EVERY = 60.0
-SYSTEM_CTX = svc.Context(actor="scheduler")
+SYSTEM_CTX = work.Context(actor="scheduler")
 
 
 @dataclass
@@ -56,11 +56,11 @@ class TickResult:
 def expire_holds(now) -> list[str]:
     done = []
     ids = [h.id for h in AuthorizationHold.select(AuthorizationHold.id)
-           .where((AuthorizationHold.status == "ACTIVE") & (AuthorizationHold.expires_at <= now))
+           .where((AuthorizationHold.status == HoldStatus.ACTIVE.value) & (AuthorizationHold.expires_at <= now))
            .order_by(AuthorizationHold.expires_at).limit(BATCH)]
     for hold_id in ids:
         try:
-            svc.handle(svc.Void(hold_id, expired=True), SYSTEM_CTX)
+            messagebus.handle(commands.Void(hold_id, expired=True), SYSTEM_CTX)
             done.append(hold_id)
         except DomainError as refused:  # captured or voided meanwhile
             log.debug("hold %s not expired: %s", hold_id, refused.code)
@@ -73,10 +73,10 @@ def release_reservations(now) -> list[str]:
                 .where((GiftCertificate.status == "RESERVED") & (GiftCertificate.reserved_until <= now))
                 .order_by(GiftCertificate.reserved_until).limit(BATCH).tuples())
     for code, order_id in rows:
-        ctx = svc.Context(actor="scheduler", correlation_id=order_id)
+        ctx = work.Context(actor="scheduler", correlation_id=order_id)
         try:
-            with svc.transaction():
-                released = svc.handle(orders.ExpireOrderReservation(code, order_id), ctx)
+            with work.transaction():
+                released = messagebus.handle(commands.ExpireOrderReservation(code, order_id), ctx)
         except DomainError as refused:
             log.debug("reservation %s kept: %s", code, refused.code)
             continue
@@ -88,12 +88,12 @@ def release_reservations(now) -> list[str]:
 def expire_certificates(now) -> list[str]:
     done = []
     codes = [c.code for c in GiftCertificate.select(GiftCertificate.code)
-             .where(GiftCertificate.status.in_(("ISSUED", "PARTIALLY_REDEEMED"))
+             .where(GiftCertificate.status.in_([s.value for s in REDEEMABLE])
                     & (GiftCertificate.expires_at <= now))
              .order_by(GiftCertificate.expires_at).limit(BATCH)]
     for code in codes:
         try:
-            svc.handle(svc.ExpireCertificate(code), SYSTEM_CTX)
+            messagebus.handle(commands.ExpireCertificate(code), SYSTEM_CTX)
             done.append(code)
         except DomainError as refused:
             log.debug("certificate %s not expired: %s", code, refused.code)
@@ -103,7 +103,7 @@ def expire_certificates(now) -> list[str]:
 def resolve_blocked() -> list[str]:
     if not BlockedIssue.select().where(BlockedIssue.status == "BLOCKED").exists():
         return []
-    return svc.handle(orders.ResolveBlockedIssues(), svc.Context(actor="scheduler"))
+    return messagebus.handle(commands.ResolveBlockedIssues(), work.Context(actor="scheduler"))
 
 
 def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
@@ -111,7 +111,7 @@ def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
     purge of expired idempotency keys when ``housekeeping``)."""
     result = TickResult()
     with connection():
-        now = svc.utcnow()
+        now = timeutil.utcnow()
         result.holds_expired = expire_holds(now)
         result.reservations_released = release_reservations(now)
         result.certificates_expired = expire_certificates(now)
@@ -132,7 +132,7 @@ def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
 class Scheduler:
     def __init__(self):
         self.settings = get_settings()
-        self.conn = listening_connection("gcp-scheduler", svc.POOL_CHANNEL)
+        self.conn = listening_connection("gcp-scheduler", work.POOL_CHANNEL)
         self.leader = False
         self.outages = Outages("scheduler")
 
@@ -181,7 +181,7 @@ class Scheduler:
         self.leader = False
         self.conn.close()
         try:
-            self.conn = listening_connection("gcp-scheduler", svc.POOL_CHANNEL)
+            self.conn = listening_connection("gcp-scheduler", work.POOL_CHANNEL)
         except Exception as exc:
             if dependency_of(exc) is None:
                 raise

@@ -153,13 +153,13 @@ def procs(stack, request):
 
 
 def verify_what_the_module_did(timeout: float = 30.0) -> list:
-    """``verify --stream`` (models/verify.py) over what this module's processes did: the
+    """``verify --stream`` (workers/verify.py) over what this module's processes did: the
     certificates whose history is on its stream topic, the orders and inbox rows of its input topics. (The
     database is the test worker's, shared with other modules; a key on the stream that names no
     certificate is an event a test wrote there on purpose.)"""
     from config import get_settings
     from models.db import db
-    from models.verify import Scope, verify
+    from workers.verify import Scope, verify
     from workers.kafka import read_to_end
 
     s = get_settings()

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from models import locks, orders, services as svc
+from models import locks, commands, messagebus, repository, timeutil, unit_of_work as work
 from models.db import db
 from models.tables import (AuthorizationHold, BlockedIssue, GiftCertificate, InboxMessage,
                            OrderEffect, OutboxEvent)
@@ -22,11 +22,11 @@ def conn(stack):
 
 def deliver(kind: str, msg: dict) -> str:
     """Record ``msg`` in the inbox as the pump does, then run the actor's body on it."""
-    from actors.inbox import process
+    from models.inbox import process
 
     topic = flow.topic_of(kind)
     row = (InboxMessage.insert(event_id=msg["eventId"], topic=topic, partition=0, offset=0,
-                               message_key=flow.key_of(kind, msg), payload=msg, received_at=svc.utcnow())
+                               message_key=flow.key_of(kind, msg), payload=msg, received_at=timeutil.utcnow())
            .on_conflict_ignore().execute())
     inbox_id = row or InboxMessage.get(InboxMessage.event_id == msg["eventId"]).id
     return process(inbox_id)
@@ -48,7 +48,7 @@ def cert(code: str) -> GiftCertificate:
 def reserved(nominal="1500.00", currency="RUB", channel="ONLINE_STORE"):
     code = load(1, nominal, currency)[0]
     order_id = uid("order-")
-    svc.handle(svc.Reserve(channel, order_id, "1", D(nominal), currency, code=code))
+    messagebus.handle(commands.Reserve(channel, order_id, "1", D(nominal), currency, code=code))
     return code, order_id
 
 
@@ -81,7 +81,7 @@ def test_payment_hours_before_the_order_issues_when_the_order_arrives():
     code, order_id = reserved()
     # given the payment first (the scheduler keeps the reservation: a payment was seen)
     deliver("payment", flow.payment(order_id, "2000.00", minute=0))
-    assert svc.payment_seen(order_id, "ONLINE_STORE") and not svc.payment_seen(order_id, "POS")
+    assert repository.payment_seen(order_id, "ONLINE_STORE") and not repository.payment_seen(order_id, "POS")
     assert cert(code).status == "RESERVED"
     # when the order arrives hours later, then it is issued, by the order's event
     created = sale(code, order_id, minute=180)
@@ -104,15 +104,15 @@ def test_lost_reservation_resells_the_same_code_when_free_else_a_fresh_one():
     code, order_id = reserved("1000.00", currency)
     spare = load(1, "1000.00", currency)[0]
     # given the reservation lapsed and was released
-    svc.handle(svc.Release(code, "RESERVATION_EXPIRED"))
+    messagebus.handle(commands.Release(code, "RESERVATION_EXPIRED"))
     deliver("order", flow.order(order_id, [flow.gc_line(code, "1000.00")], "1000.00", currency=currency))
     # when paid, then the very same code is reserved again and issued
     deliver("payment", flow.payment(order_id, "1000.00", currency=currency))
     assert cert(code).status == "ISSUED" and cert(code).order_id == order_id
     # given another order whose code was meanwhile sold to someone else
     taken, other_order = reserved("1000.00", currency)
-    svc.handle(svc.Release(taken, "RESERVATION_EXPIRED"))
-    svc.handle(svc.Reserve("POS", uid("thief-"), "1", D("1000.00"), currency, code=taken))
+    messagebus.handle(commands.Release(taken, "RESERVATION_EXPIRED"))
+    messagebus.handle(commands.Reserve("POS", uid("thief-"), "1", D("1000.00"), currency, code=taken))
     deliver("order", flow.order(other_order, [flow.gc_line(taken, "1000.00")], "1000.00", currency=currency))
     deliver("payment", flow.payment(other_order, "1000.00", currency=currency))
     # then a fresh certificate from the pool is issued for the line, never the taken one
@@ -126,8 +126,8 @@ def test_lost_reservation_on_an_empty_pool_blocks_then_issues_oldest_first_on_re
     first_code, first = reserved("700.00", currency)
     second_code, second = reserved("700.00", currency)
     for code, order_id in ((first_code, first), (second_code, second)):
-        svc.handle(svc.Release(code, "RESERVATION_EXPIRED"))
-        svc.handle(svc.Reserve("POS", uid("thief-"), "1", D("700.00"), currency, code=code))
+        messagebus.handle(commands.Release(code, "RESERVATION_EXPIRED"))
+        messagebus.handle(commands.Reserve("POS", uid("thief-"), "1", D("700.00"), currency, code=code))
     # when both orders are paid while the pool is empty
     for order_id, code in ((first, first_code), (second, second_code)):
         deliver("order", flow.order(order_id, [flow.gc_line(code, "700.00")], "700.00", currency=currency))
@@ -139,12 +139,12 @@ def test_lost_reservation_on_an_empty_pool_blocks_then_issues_oldest_first_on_re
             .order_by(BlockedIssue.id)] == [first, second]
     # when a batch adds one code, then the oldest blocked order gets it; no new issue.blocked
     one = load(1, "700.00", currency)[0]
-    assert svc.handle(orders.ResolveBlockedIssues()) == [one]
+    assert messagebus.handle(commands.ResolveBlockedIssues()) == [one]
     assert cert(one).order_id == first and cert(one).status == "ISSUED"
     assert types(second) == ["issue.blocked"]
     # when another arrives, then the second order gets it
     two = load(1, "700.00", currency)[0]
-    assert svc.handle(orders.ResolveBlockedIssues()) == [two]
+    assert messagebus.handle(commands.ResolveBlockedIssues()) == [two]
     assert cert(two).order_id == second
 
 
@@ -188,9 +188,9 @@ def test_redemption_beyond_the_balance_is_refused_with_an_error_event():
 def api_capture(code, amount):
     row = cert(code)
     from models import cvc
-    hold = svc.handle(svc.Authorize(code, "ONLINE_STORE", uid("o-"), D(amount), cvc.decrypt(row.cvc_encrypted)),
-                      svc.Context(actor="web", channel="ONLINE_STORE"))
-    svc.handle(svc.Capture(hold["authorizationId"]))
+    hold = messagebus.handle(commands.Authorize(code, "ONLINE_STORE", uid("o-"), D(amount), cvc.decrypt(row.cvc_encrypted)),
+                      work.Context(actor="web", channel="ONLINE_STORE"))
+    messagebus.handle(commands.Capture(hold["authorizationId"]))
     return hold["authorizationId"]
 
 
@@ -265,7 +265,7 @@ def test_purchase_refund_needing_requisites_then_confirmed():
 
 def test_purchase_refund_of_a_fully_redeemed_certificate_is_refused_with_an_error():
     code, order_id = sold()
-    svc.handle(svc.Redeem(code, D("1500.00")))
+    messagebus.handle(commands.Redeem(code, D("1500.00")))
     deliver("order", refund_order(code, order_id))
     assert cert(code).status == "REDEEMED"
     error = events(code)[-1]
@@ -385,7 +385,7 @@ def test_a_transient_fault_rolls_everything_back_and_the_retry_applies_once():
 
 
 def test_messages_of_one_order_are_handled_in_their_kafka_order_whatever_the_thread_order():
-    from actors.inbox import process
+    from models.inbox import process
 
     code, order_id = sold()
     deliver("order", refund_order(code, order_id))
@@ -395,7 +395,7 @@ def test_messages_of_one_order_are_handled_in_their_kafka_order_whatever_the_thr
     for offset, msg in ((41, failed), (42, paid)):  # the pump recorded both, in this order
         ids.append(InboxMessage.insert(event_id=msg["eventId"], topic=flow.topic_of("payment"), partition=2,
                                        offset=offset, message_key=order_id, payload=msg,
-                                       received_at=svc.utcnow()).execute())
+                                       received_at=timeutil.utcnow()).execute())
     # when a worker thread takes the later one first
     assert process(ids[1]) == "done"
     # then the earlier one was handled before it, in the same go
@@ -426,13 +426,13 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
     Both must lock the same key, or an order's messages and its scheduler expiry could race."""
     import threading
 
-    from actors.inbox import _LOCK_AND_LOAD
+    from models.inbox import _LOCK_AND_LOAD
     from config import get_settings
 
     order_id = uid("order-")
     msg = flow.payment(order_id, "10.00")
     inbox_id = (InboxMessage.insert(event_id=msg["eventId"], topic=flow.topic_of("payment"), partition=0,
-                                    offset=0, message_key=order_id, payload=msg, received_at=svc.utcnow())
+                                    offset=0, message_key=order_id, payload=msg, received_at=timeutil.utcnow())
                 .execute())
     held, release = threading.Event(), threading.Event()
 
@@ -474,8 +474,8 @@ def test_an_order_line_is_issued_only_with_its_own_channels_reservation():
     online_code, pos_code = load(2, "1000.00", currency)
     order_id = uid("web-order-")
     # given the customer's online reservation, and a POS token reserving against the same order line
-    svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), currency, code=online_code))
-    svc.handle(svc.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
+    messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), currency, code=online_code))
+    messagebus.handle(commands.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
     # when the online order is paid (its line names no code)
     deliver("order", flow.order(order_id, [{"lineId": "1", "type": "GIFT_CERTIFICATE", "amount": "1000.00"}],
                                 "1000.00", currency=currency))
@@ -484,8 +484,8 @@ def test_an_order_line_is_issued_only_with_its_own_channels_reservation():
     assert cert(online_code).status == "ISSUED"
     assert cert(pos_code).status == "RESERVED" and cert(pos_code).order_id == order_id
     # and the online payment does not pin the POS reservation: it lapses back to the pool
-    GiftCertificate.update(reserved_until=svc.utcnow()).where(GiftCertificate.code == pos_code).execute()
-    assert svc.handle(orders.ExpireOrderReservation(pos_code, order_id)) is not None
+    GiftCertificate.update(reserved_until=timeutil.utcnow()).where(GiftCertificate.code == pos_code).execute()
+    assert messagebus.handle(commands.ExpireOrderReservation(pos_code, order_id)) is not None
     assert cert(pos_code).status == "AVAILABLE"
 
 
@@ -493,7 +493,7 @@ def test_another_channels_reservation_of_the_line_issues_nothing_and_alerts():
     currency = unique_currency()
     (pos_code,) = load(1, "1000.00", currency)
     order_id = uid("web-order-")
-    svc.handle(svc.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
+    messagebus.handle(commands.Reserve("POS", order_id, "1", D("1000.00"), currency, code=pos_code))
     deliver("order", flow.order(order_id, [flow.gc_line(pos_code, "1000.00")], "1000.00", currency=currency))
     deliver("payment", flow.payment(order_id, "1000.00", currency=currency))
     assert cert(pos_code).status == "RESERVED"
@@ -514,7 +514,7 @@ def test_a_line_that_contradicts_its_reservation_issues_nothing(line_amount, ord
     currency = unique_currency()
     code, other = load(2, "5000.00", currency)
     order_id = uid("order-")
-    svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("5000.00"), currency, code=code))
+    messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D("5000.00"), currency, code=code))
     paid_in = order_currency or currency
     line = flow.gc_line(other if names_other_code else code, line_amount)
     # when the order sells the line for another amount / currency / code, and is paid in full

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from config import reset_settings
-from models import cvc, services as svc
+from models import cvc, commands, messagebus, timeutil
 from models.db import db
 from models.tables import GiftCertificate, OutboxEvent, SalesOrder, SmsMessage
 from tests.helpers import load, uid
@@ -53,11 +53,11 @@ def sold_with_phone(phone="+79990001122"):
     code = load(1, "1500.00")[0]
     order_id = uid("order-")
     with db.connection_context():
-        svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1500.00"), "RUB", code=code))
+        messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D("1500.00"), "RUB", code=code))
         SalesOrder.create(order_id=order_id, channel="ONLINE_STORE", currency="RUB", total=D("1500.00"),
                           status="PAID", customer={"clientId": "c-1", "phone": phone} if phone else None,
-                          created_at=svc.utcnow(), updated_at=svc.utcnow())
-        svc.handle(svc.Issue(code))
+                          created_at=timeutil.utcnow(), updated_at=timeutil.utcnow())
+        messagebus.handle(commands.Issue(code))
         event = (OutboxEvent.select().where((OutboxEvent.message_key == code)
                                             & (OutboxEvent.event_type == "notification.requested")).get())
         secret = cvc.decrypt(GiftCertificate.get(GiftCertificate.code == code).cvc_encrypted)

@@ -314,14 +314,14 @@ def test_cancel_voids_active_holds(client):
 
 def test_notification_requested_again_after_failure_resends_the_same_cvc(client):
     # given a certificate whose notification failed, after CRM fetched its CVC
-    from models import services as svc
+    from models import commands, messagebus
 
     code = issued("100.00")
     old_cvc = client.get(f"/certificates/{code}/cvc", headers=auth("certificates:cvc")).json["cvc"]
     admin = auth("certificates:admin")
     early = client.post(f"/certificates/{code}/notifications", headers=admin)
     with db.connection_context():
-        svc.handle(svc.NotificationResult(code, delivered=False, reason="UNREACHABLE"))
+        messagebus.handle(commands.NotificationResult(code, delivered=False, reason="UNREACHABLE"))
     # when support requests the notification again
     resp = client.post(f"/certificates/{code}/notifications", headers=admin)
     # then it is accepted, and CRM can fetch the very same CVC once more (the buyer may hold it)
@@ -385,7 +385,7 @@ def test_reservation_expiry_returns_to_pool_unless_payment_seen(client):
     # given two reservations past reservedUntil, one of whose orders has a payment
     import datetime as dt
 
-    from models import services as svc
+    from models import commands, messagebus
     from models.tables import GiftCertificate, OrderPayment
 
     currency = unique_currency()
@@ -400,7 +400,7 @@ def test_reservation_expiry_returns_to_pool_unless_payment_seen(client):
                             event_type="PAYMENT_CAPTURED", channel="ONLINE_STORE", amount=Decimal("100.00"),
                             currency=currency, method="CARD", payload={}, created_at=past)
         # when the scheduler expires both reservations
-        results = {code: svc.handle(svc.ExpireReservation(code)) for code in (lapsed["code"], paid["code"])}
+        results = {code: messagebus.handle(commands.ExpireReservation(code)) for code in (lapsed["code"], paid["code"])}
     # then the unpaid one is back in the pool, the paid one stays reserved
     assert results[lapsed["code"]]["status"] == "AVAILABLE" and results[paid["code"]] is None
     assert row(lapsed["code"]).status == "AVAILABLE" and row(lapsed["code"]).order_id is None

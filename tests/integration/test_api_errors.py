@@ -10,7 +10,7 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import services as svc
+from models import commands, messagebus
 from models.db import db
 from api.errors import ERROR_STATUS
 from models.tables import AuthorizationHold
@@ -200,7 +200,7 @@ def s_rate_limited(c):
 def s_no_notification_pending(c):
     code = issued()
     crm = auth("certificates:cvc")
-    svc.handle(svc.NotificationResult(code, True))  # delivered: nothing is pending any more
+    messagebus.handle(commands.NotificationResult(code, True))  # delivered: nothing is pending any more
     return is_error(c.get(f"/certificates/{code}/cvc", headers=crm), 409, "NO_NOTIFICATION_PENDING")
 
 

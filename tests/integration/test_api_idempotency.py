@@ -8,7 +8,7 @@ import pytest
 import api.idempotency as idem
 from app import create_app
 from config import get_settings
-from models import services as svc
+from models import commands, messagebus, unit_of_work as work
 from models.db import db
 from models.tables import AuthorizationHold, GiftCertificate, IdempotencyKey
 from tests.helpers import uid, unique_currency, load
@@ -195,14 +195,14 @@ def test_server_error_is_not_recorded(client, monkeypatch):
     code, cvc = issued_with_cvc("1000.00")
     headers = {**auth(channel="POS"), "Idempotency-Key": uid("key-")}
     body = auth_body(cvc)
-    real = svc.handle
+    real = messagebus.handle
 
-    def broken(command, ctx=svc.SYSTEM_CONTEXT):
+    def broken(command, ctx=work.SYSTEM_CONTEXT):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(svc, "handle", broken)
+    monkeypatch.setattr(messagebus, "handle", broken)
     failed = client.post(f"/certificates/{code}/authorizations", json=body, headers=headers)
-    monkeypatch.setattr(svc, "handle", real)
+    monkeypatch.setattr(messagebus, "handle", real)
     # when the call is retried with the same key
     retried = client.post(f"/certificates/{code}/authorizations", json=body, headers=headers)
     # then the 500 was not kept: the retry runs
@@ -245,9 +245,9 @@ def test_nested_transactions_invalidate_after_the_outermost_commit(client):
     gen_key = f"gcp:cert-gen:{code}"
     before = int(cache.client().get(gen_key) or 0)
     with db.connection_context():
-        with svc.transaction():
-            with svc.transaction():
-                svc.handle(svc.Lock(code, "NESTED"))
+        with work.transaction():
+            with work.transaction():
+                messagebus.handle(commands.Lock(code, "NESTED"))
             # when the inner one has ended: then nothing is invalidated yet
             assert int(cache.client().get(gen_key) or 0) == before
     # and after the outermost commit the generation moved and the read is fresh

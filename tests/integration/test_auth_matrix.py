@@ -76,12 +76,12 @@ def r_cancel(c, h, ch):
 
 
 def r_notify(c, h, ch):
-    from models import services as svc
+    from models import commands, messagebus
     from models.db import db
 
     code = issued(channel=ch)
     with db.connection_context():
-        svc.handle(svc.NotificationResult(code, delivered=False))
+        messagebus.handle(commands.NotificationResult(code, delivered=False))
     return c.post(f"/certificates/{code}/notifications", headers=h)
 
 

@@ -14,8 +14,8 @@ import pytest
 import config
 from app import create_app
 from config import get_settings
-from models import batches
-from models import services as svc
+from models.handlers import pool
+from models import commands, messagebus, unit_of_work as work
 from models.db import db
 from models.tables import AuditLog, BatchRejection, CertificateBatch, GiftCertificate, OutboxEvent
 from observability import POOL_AVAILABLE
@@ -57,7 +57,7 @@ def test_a_clean_chunk_is_added_to_the_pool_and_the_batch_recorded(client, stack
                                  "expiresAt": "2031-05-01T10:00:00+03:00"})
     listener = psycopg2.connect(stack["DATABASE_URL"])
     listener.autocommit = True
-    listener.cursor().execute(f"LISTEN {svc.POOL_CHANNEL}")
+    listener.cursor().execute(f"LISTEN {work.POOL_CHANNEL}")
     # when it is posted
     resp = post(client, body)
     # then 201, every code AVAILABLE as sent, the batch recorded with who and counts
@@ -161,7 +161,7 @@ def test_a_dry_run_classifies_but_writes_nothing(client):
 
 def test_the_staging_path_gives_the_same_answers(client, monkeypatch):
     # given the fast COPY path switched off
-    monkeypatch.setattr(batches, "FAST_PATH", False)
+    monkeypatch.setattr(pool, "FAST_PATH", False)
     body = batch(3)
     # when a fresh chunk, then the same chunk, are posted
     first, second = post(client, body), post(client, body)
@@ -370,7 +370,7 @@ def _load(client, currency, n, nominal="100.00"):
 
 def _reserve(currency, nominal="100.00"):
     with db.connection_context():
-        return svc.handle(svc.Reserve("ONLINE_STORE", uid("o-"), "1", Decimal(nominal), currency))[0]
+        return messagebus.handle(commands.Reserve("ONLINE_STORE", uid("o-"), "1", Decimal(nominal), currency))[0]
 
 
 def _alerts(segment):
@@ -461,8 +461,8 @@ def test_the_use_case_keeps_working_for_in_process_callers(stack):
               "expiresAt": dt.datetime(2032, 1, 1, tzinfo=dt.timezone.utc)},)
     with db.connection_context():
         # when loaded through handle(); then it is in the pool
-        result = svc.handle(svc.LoadBatch(uid("s-"), "ELECTRONIC", "RUB", items), svc.Context(actor="seed"))
+        result = messagebus.handle(commands.LoadBatch(uid("s-"), "ELECTRONIC", "RUB", items), work.Context(actor="seed"))
         row = GiftCertificate.get(GiftCertificate.code == code)
     assert (result.accepted, result.already_loaded, result.created) == (1, 0, True)
     assert row.nominal == Decimal("700.00") and row.batch_expires_at.year == 2032
-    assert batches.segment_key("RUB", "PHYSICAL", None) == "RUB/PHYSICAL/OPEN"
+    assert pool.segment_key("RUB", "PHYSICAL", None) == "RUB/PHYSICAL/OPEN"

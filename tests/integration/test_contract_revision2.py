@@ -6,7 +6,7 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import services as svc
+from models import commands, messagebus
 from models.db import db
 from models.tables import GiftCertificate
 from tests.e2e import flow
@@ -27,7 +27,7 @@ def test_a_captured_payment_in_another_currency_gets_a_currency_mismatch_error(s
     (code,) = load(1, "1000.00", currency)
     order_id = uid("order-")
     with db.connection_context():
-        svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), currency, code=code))
+        messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), currency, code=code))
         deliver("order", flow.order(order_id, [flow.gc_line(code, "1000.00")], "1000.00", currency=currency))
         # when Payments captures the total, but in EUR, and the same message comes twice
         eur = flow.payment(order_id, "1000.00", currency="EUR")
@@ -48,7 +48,7 @@ def test_the_cvc_answers_with_nothing_pending_and_once_disclosed(client):
     currency = unique_currency()
     (reserved_code,) = load(1, "1000.00", currency)
     with db.connection_context():
-        svc.handle(svc.Reserve("POS", uid("o-"), "1", D("1000.00"), currency, code=reserved_code))
+        messagebus.handle(commands.Reserve("POS", uid("o-"), "1", D("1000.00"), currency, code=reserved_code))
     # a reserved certificate: nothing to disclose yet
     resp = client.get(f"/certificates/{reserved_code}/cvc", headers=crm)
     assert resp.status_code == 409 and resp.json["code"] == "NO_NOTIFICATION_PENDING"
@@ -60,7 +60,7 @@ def test_the_cvc_answers_with_nothing_pending_and_once_disclosed(client):
     assert second.status_code == 409 and second.json["code"] == "CVC_ALREADY_DISCLOSED"
     # delivery confirmed: nothing pending any more
     with db.connection_context():
-        svc.handle(svc.NotificationResult(code, True))
+        messagebus.handle(commands.NotificationResult(code, True))
     third = client.get(f"/certificates/{code}/cvc", headers=crm)
     assert third.status_code == 409 and third.json["code"] == "NO_NOTIFICATION_PENDING"
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from models import services as svc
+from models import commands, messagebus
 from models.db import db
 from models.tables import GiftCertificate, InboxMessage
 from tests.e2e import flow
@@ -40,7 +40,7 @@ def test_a_message_failing_every_retry_is_dead_lettered_then_replayed_once_fixed
     code = load(1, "1000.00")[0]
     order_id = uid("order-")
     with db.connection_context():
-        svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), "RUB", code=code))
+        messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D("1000.00"), "RUB", code=code))
         # given a fault that refuses this order's row (a bug, a bad migration...)
         db.execute_sql("""CREATE OR REPLACE FUNCTION gcp_dlq_fault() RETURNS trigger AS $$
             BEGIN IF NEW.order_id = '%s' THEN RAISE EXCEPTION 'order table refuses %s'; END IF;
@@ -55,7 +55,7 @@ def test_a_message_failing_every_retry_is_dead_lettered_then_replayed_once_fixed
         other = load(1, "500.00")[0]
         other_order = uid("order-")
         with db.connection_context():
-            svc.handle(svc.Reserve("POS", other_order, "1", D("500.00"), "RUB", code=other))
+            messagebus.handle(commands.Reserve("POS", other_order, "1", D("500.00"), "RUB", code=other))
         pub.send("order", flow.order(other_order, [flow.gc_line(other, "500.00")], "500.00", channel="POS"))
         pub.send("payment", flow.payment(other_order, "500.00", channel="POS"))
         # then the order lands in the DLQ after the actors' retries, and the rest goes on

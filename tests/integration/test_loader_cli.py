@@ -21,7 +21,7 @@ from config import get_settings
 from devstack import free_port
 from loader import client as loading, codes, reader
 from loader.__main__ import main, parse_expires
-from models import services as svc
+from models import commands, messagebus
 from models.db import db
 from models.tables import CertificateBatch, GiftCertificate
 from tests.helpers import load, uid, unique_currency
@@ -130,7 +130,7 @@ def test_every_kind_of_bad_row_is_reported_with_its_line(server, token, tmp_path
     # of each problem
     taken = good(uid("GCTAKEN").upper())
     with db.connection_context():
-        svc.handle(svc.LoadBatch(uid("other-"), "ELECTRONIC", "RUB", ({"code": taken, "nominal": None},)))
+        messagebus.handle(commands.LoadBatch(uid("other-"), "ELECTRONIC", "RUB", ({"code": taken, "nominal": None},)))
     ok1, ok2 = good(uid("GCOK").upper()), good(uid("GCOP").upper())
     lines = [
         "code,nominal,expiresAt",

@@ -20,7 +20,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 
 from config import get_settings
-from models import services as svc
+from models import commands, messagebus, unit_of_work as work
 from models.db import connect_params, db
 from observability import DEPENDENCY_OUTAGES, OUTAGES_KEY, Outages, dependency_of
 from tests.e2e import flow
@@ -102,7 +102,7 @@ def test_the_relay_reconnects_after_losing_its_connection_and_publishes_once(sta
         # when its connection is cut (the leadership, a session lock, goes with it)
         assert terminate("gcp-relay") >= 1
         with db.connection_context():
-            svc.handle(svc.Redeem(code, D("100.00")), svc.Context(causation_id=flow.eid()))
+            messagebus.handle(commands.Redeem(code, D("100.00")), work.Context(causation_id=flow.eid()))
         # then it connects again, leads again, and the new event goes out, once, in sequence
         reader.wait_for(lambda r: len(r.for_key(code)) >= 4, 30, "the redemption after the cut")
         reader.poll(1.0)

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import config
 from app import cli, create_app
 from config import DEV_JWT_SECRET, ConfigError, check_settings, get_settings, reset_settings
-from models import cvc, services as svc
+from models import cvc, timeutil
 from models.db import connect_params, db, init_db
 from models.tables import GiftCertificate, IdempotencyKey, OutboxEvent
 from tests.helpers import issued, uid
@@ -212,7 +212,7 @@ def test_the_scheduler_purges_expired_idempotency_keys(stack):
     from workers import scheduler
 
     old, fresh = uid("old-"), uid("fresh-")
-    now = svc.utcnow()
+    now = timeutil.utcnow()
     with db.connection_context():
         for key, created in ((old, now - dt.timedelta(hours=25)), (fresh, now)):
             IdempotencyKey.insert(client_id="c", key=key, method="POST", path="/x", request_hash="h", status="DONE",

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from models import cvc, orders, services as svc
+from models import cvc, commands, messagebus, timeutil, unit_of_work as work
+from models.handlers import orders
 from models.db import db
 from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate, OutboxEvent
 from tests.e2e import flow
@@ -33,7 +34,7 @@ def test_overdue_hold_expires_and_gives_the_money_back():
     from workers.scheduler import tick
 
     code = issued("1000.00")
-    hold = svc.handle(svc.Authorize(code, "POS", "o-1", D("400.00"), cvc.decrypt(cert(code).cvc_encrypted)))
+    hold = messagebus.handle(commands.Authorize(code, "POS", "o-1", D("400.00"), cvc.decrypt(cert(code).cvc_encrypted)))
     # given the hold is past its expiry
     db.execute_sql("UPDATE authorization_hold SET expires_at = now() - interval '1 second' WHERE id = %s",
                    (hold["authorizationId"],))
@@ -52,9 +53,9 @@ def test_lapsed_reservation_is_released_unless_its_order_saw_a_payment():
     currency = unique_currency()
     free, kept = load(2, "500.00", currency)
     unpaid, paid = uid("order-"), uid("order-")
-    svc.handle(svc.Reserve("ONLINE_STORE", unpaid, "1", D("500.00"), currency, code=free))
-    svc.handle(svc.Reserve("ONLINE_STORE", paid, "1", D("500.00"), currency, code=kept))
-    orders.record_payment_message(flow.payment(paid, "500.00", currency=currency), svc.utcnow())
+    messagebus.handle(commands.Reserve("ONLINE_STORE", unpaid, "1", D("500.00"), currency, code=free))
+    messagebus.handle(commands.Reserve("ONLINE_STORE", paid, "1", D("500.00"), currency, code=kept))
+    orders.record_payment_message(flow.payment(paid, "500.00", currency=currency), timeutil.utcnow())
     db.execute_sql("UPDATE gift_certificate SET reserved_until = now() - interval '1 second' "
                    "WHERE code IN (%s, %s)", (free, kept))
     # when the scheduler ticks
@@ -81,10 +82,10 @@ def test_a_batch_refilling_the_pool_issues_the_blocked_order_at_once():
 
     currency = unique_currency()
     order_id = uid("order-")
-    with svc.transaction():
+    with work.transaction():
         orders.lock_order(order_id)
         BlockedIssue.create(order_id=order_id, line_id="1", channel="ONLINE_STORE", nominal=D("900.00"),
-                            currency=currency, kind="ELECTRONIC", status="BLOCKED", created_at=svc.utcnow())
+                            currency=currency, kind="ELECTRONIC", status="BLOCKED", created_at=timeutil.utcnow())
     scheduler, stop = Scheduler(), threading.Event()
     thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
     thread.start()

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from models import services as svc
+from models import commands, messagebus, queries, unit_of_work as work
 from models.db import db
 from models.domain import DomainError
 from models.tables import AuditLog, GiftCertificate, Operation, OutboxEvent
@@ -29,17 +29,17 @@ def test_reserve_issue_authorize_capture_keeps_ledger_and_stream_in_step():
     code = load(1, "1500.00", currency)[0]
     order = uid("order-")
     # when it is reserved, issued, authorized and partly captured
-    view, created = svc.handle(svc.Reserve("ONLINE_STORE", order, "1", D("1500.00"), currency))
+    view, created = messagebus.handle(commands.Reserve("ONLINE_STORE", order, "1", D("1500.00"), currency))
     assert created and view["code"] == code and view["status"] == "RESERVED"
-    again, created2 = svc.handle(svc.Reserve("ONLINE_STORE", order, "1", D("1500.00"), currency))
+    again, created2 = messagebus.handle(commands.Reserve("ONLINE_STORE", order, "1", D("1500.00"), currency))
     assert not created2 and again["code"] == code
-    svc.handle(svc.Issue(code))
+    messagebus.handle(commands.Issue(code))
     row = GiftCertificate.get(GiftCertificate.code == code)
     from models import cvc
     secret = cvc.decrypt(row.cvc_encrypted)
-    hold = svc.handle(svc.Authorize(code, "POS", "o-2", D("600.00"), secret), svc.Context(actor="pos-1", channel="POS"))
+    hold = messagebus.handle(commands.Authorize(code, "POS", "o-2", D("600.00"), secret), work.Context(actor="pos-1", channel="POS"))
     assert hold["available"] == "900.00"
-    cap = svc.handle(svc.Capture(hold["authorizationId"], D("500.00")))
+    cap = messagebus.handle(commands.Capture(hold["authorizationId"], D("500.00")))
     # then the balance, the ledger and the stream agree
     assert cap == {"authorizationId": hold["authorizationId"], "code": code, "captured": "500.00",
                    "remainingBalance": "1000.00", "status": "PARTIALLY_REDEEMED", "currency": currency}
@@ -51,14 +51,14 @@ def test_reserve_issue_authorize_capture_keeps_ledger_and_stream_in_step():
     assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
     assert events[-1]["payload"]["remainingBalance"] == "1000.00"
     assert AuditLog.select().where(AuditLog.code == code).count() == 5
-    assert svc.certificate_view(code)["available"] == "1000.00"
+    assert queries.certificate_view(code)["available"] == "1000.00"
 
 
 def test_empty_pool_commits_issue_blocked_and_refuses():
     currency = unique_currency()
     order = uid("order-")
     with pytest.raises(DomainError) as err:
-        svc.handle(svc.Reserve("ONLINE_STORE", order, "1", D("100.00"), currency))
+        messagebus.handle(commands.Reserve("ONLINE_STORE", order, "1", D("100.00"), currency))
     assert err.value.code == "POOL_EMPTY"
     blocked = OutboxEvent.get(OutboxEvent.message_key == order)
     assert blocked.event_type == "issue.blocked" and blocked.sequence is None
@@ -69,7 +69,7 @@ def test_wrong_cvc_five_times_locks_with_alert():
     code = issued()
     for i in range(5):
         with pytest.raises(DomainError) as err:
-            svc.handle(svc.Authorize(code, "POS", "o", D("1.00"), "000000x"))
+            messagebus.handle(commands.Authorize(code, "POS", "o", D("1.00"), "000000x"))
         assert err.value.code == "CVC_MISMATCH"
     row = GiftCertificate.get(GiftCertificate.code == code)
     assert row.status == "LOCKED" and row.lock_reason == "CVC_ATTEMPTS"
@@ -77,5 +77,5 @@ def test_wrong_cvc_five_times_locks_with_alert():
     assert types[-1] == "lock"
     assert OutboxEvent.select().where((OutboxEvent.message_key == code) & (OutboxEvent.event_type == "alert")).count() == 1
     with pytest.raises(DomainError) as err:
-        svc.handle(svc.Authorize(code, "POS", "o", D("1.00"), "123456"))
+        messagebus.handle(commands.Authorize(code, "POS", "o", D("1.00"), "123456"))
     assert err.value.code == "NOT_REDEEMABLE"

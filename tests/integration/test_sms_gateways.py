@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, get_settings, load_settings, require_safe_settings, reset_settings
-from models import services as svc
+from models import commands, messagebus, timeutil, unit_of_work as work
 from models.db import db
 from models.tables import GiftCertificate, OutboxEvent, SmsMessage
 from tests.integration.test_actors_sms import last_types, sold_with_phone
@@ -136,7 +136,7 @@ def test_a_gateway_that_always_fails_gives_failed_and_an_alert_then_a_rerequest_
         assert alert.envelope["payload"]["code"] == "NOTIFICATION_FAILED"
         assert secret not in json.dumps(alert.envelope)
         # when support asks again (POST /certificates/{code}/notifications)
-        svc.handle(svc.RequestNotification(code), svc.Context(actor="support"))
+        messagebus.handle(commands.RequestNotification(code), work.Context(actor="support"))
         again = (OutboxEvent.select().where((OutboxEvent.message_key == code)
                                             & (OutboxEvent.event_type == "notification.requested"))
                  .order_by(OutboxEvent.id.desc()).get())
@@ -258,8 +258,8 @@ def test_smpp_never_submits_twice_when_an_attempt_died_mid_send(smsc):
     code, event_id, _ = sold_with_phone(PHONE)
     with db.connection_context():  # an attempt that took the lease and died (its lease is past)
         SmsMessage.insert(notification_event_id=event_id, code=code, status="SENDING", attempts=1,
-                          created_at=svc.utcnow(), touched_at=svc.utcnow(),
-                          sending_until=svc.utcnow()).execute()
+                          created_at=timeutil.utcnow(), touched_at=timeutil.utcnow(),
+                          sending_until=timeutil.utcnow()).execute()
     assert deliver(code, event_id) == "failed" and smsc.parts == []
     assert sms_row(event_id).last_error == "UNKNOWN_OUTCOME"
     assert stream_types(code)[-2:] == ["notification.failed", "alert"]

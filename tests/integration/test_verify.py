@@ -13,15 +13,15 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from models import cvc, orders, services as svc
+from models import cvc, commands, messagebus, timeutil, unit_of_work as work
 from models.db import db
 from models.tables import GiftCertificate, InboxMessage, OutboxEvent
-from models.verify import Scope, verify
+from workers.verify import Scope, verify
 from tests.e2e import flow
 from tests.helpers import load, uid, unique_currency
 
 D = Decimal
-SUPPORT = svc.Context(actor="support-1", request_id="req-verify")
+SUPPORT = work.Context(actor="support-1", request_id="req-verify")
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +32,11 @@ def conn(stack):
 
 def deliver(kind: str, msg: dict) -> None:
     """Record ``msg`` in the inbox as the pump does, then run the actor's body on it."""
-    from actors.inbox import process
+    from models.inbox import process
 
     topic = flow.topic_of(kind)
     row = (InboxMessage.insert(event_id=msg["eventId"], topic=topic, partition=0, offset=0,
-                               message_key=flow.key_of(kind, msg), payload=msg, received_at=svc.utcnow())
+                               message_key=flow.key_of(kind, msg), payload=msg, received_at=timeutil.utcnow())
            .on_conflict_ignore().execute())
     process(row or InboxMessage.get(InboxMessage.event_id == msg["eventId"]).id)
 
@@ -49,7 +49,7 @@ def sell(nominal: str = "1500.00", currency: str = "RUB") -> tuple[str, str]:
     """A certificate reserved, ordered and paid in full through the inbox, as in production."""
     code = load(1, nominal, currency)[0]
     order_id = uid("order-")
-    svc.handle(svc.Reserve("ONLINE_STORE", order_id, "1", D(nominal), currency, code=code))
+    messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", D(nominal), currency, code=code))
     deliver("order", flow.order(order_id, [flow.gc_line(code, nominal)], nominal, currency=currency))
     deliver("payment", flow.payment(order_id, nominal, currency=currency))
     assert cert(code).status == "ISSUED"
@@ -58,8 +58,8 @@ def sell(nominal: str = "1500.00", currency: str = "RUB") -> tuple[str, str]:
 
 def authorize(code: str, amount: str) -> str:
     row = cert(code)
-    hold = svc.handle(svc.Authorize(code, "ONLINE_STORE", uid("o-"), D(amount), cvc.decrypt(row.cvc_encrypted)),
-                      svc.Context(actor="web", channel="ONLINE_STORE"))
+    hold = messagebus.handle(commands.Authorize(code, "ONLINE_STORE", uid("o-"), D(amount), cvc.decrypt(row.cvc_encrypted)),
+                      work.Context(actor="web", channel="ONLINE_STORE"))
     return hold["authorizationId"]
 
 
@@ -69,17 +69,17 @@ class History:
     def __init__(self):
         # a sale, a redemption, a capture, a refund onto it, a support debit, and a hold left open
         self.code, self.order_id = sell("1500.00")
-        svc.handle(svc.Redeem(self.code, D("300.00")), svc.Context(causation_id=flow.eid()))
-        svc.handle(svc.Capture(authorize(self.code, "200.00")))
-        svc.handle(svc.RefundToCertificate(self.code, D("150.00")), svc.Context(causation_id=flow.eid()))
-        self.adjustment = svc.handle(svc_support().Adjust(self.code, "DEBIT", D("50.00"), "SUPPORT_CORRECTION"),
+        messagebus.handle(commands.Redeem(self.code, D("300.00")), work.Context(causation_id=flow.eid()))
+        messagebus.handle(commands.Capture(authorize(self.code, "200.00")))
+        messagebus.handle(commands.RefundToCertificate(self.code, D("150.00")), work.Context(causation_id=flow.eid()))
+        self.adjustment = messagebus.handle(svc_support().Adjust(self.code, "DEBIT", D("50.00"), "SUPPORT_CORRECTION"),
                                      SUPPORT)["adjustmentId"]
         self.hold = authorize(self.code, "100.00")
         # a transfer of a whole balance onto an open-value pool certificate
         self.source, self.source_order = sell("700.00")
-        svc.handle(svc.Redeem(self.source, D("100.00")), svc.Context(causation_id=flow.eid()))
+        messagebus.handle(commands.Redeem(self.source, D("100.00")), work.Context(causation_id=flow.eid()))
         self.target = load(1, None)[0]
-        self.transfer = svc.handle(svc_support().Transfer(self.source, "DAMAGED_CARD", to=self.target),
+        self.transfer = messagebus.handle(svc_support().Transfer(self.source, "DAMAGED_CARD", to=self.target),
                                    SUPPORT)["transferId"]
         # a paid order the pool could not serve: issue.blocked
         currency = unique_currency()
@@ -96,7 +96,7 @@ class History:
 
 
 def svc_support():
-    from models import support
+    from models.handlers import support
 
     return support
 
@@ -358,7 +358,7 @@ def test_stream_each_event_once_in_sequence_and_a_duplicate_is_reported(relay):
     from workers.kafka import producer
 
     code, order_id = sell("500.00")
-    svc.handle(svc.Redeem(code, D("100.00")), svc.Context(causation_id=flow.eid()))
+    messagebus.handle(commands.Redeem(code, D("100.00")), work.Context(causation_id=flow.eid()))
     published([code])
     scope = Scope.of(codes=[code], orders=[order_id])
     assert [str(v) for v in verify(db.connection(), scope, stream=True)] == []

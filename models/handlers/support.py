@@ -5,76 +5,41 @@ above ``ADJUST_APPROVAL_LIMIT``, and the transfer of a whole balance onto anothe
 The rules are the domain's (:class:`models.domain.Adjustment`, ``Certificate.adjust``,
 ``transfer_out`` and ``transfer_in``); these handlers load and lock the rows, call them, and
 write the change, its ledger rows, its audit rows and its stream events in one unit of work.
-They register with :func:`models.services.handle` (``models.services`` imports this module).
+:data:`models.messagebus.COMMAND_HANDLERS` maps their commands to them.
 """
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
 
 from config import get_settings
-from models.batches import check_low_water
+from models.commands import Adjust, ApproveAdjustment, Cancel, Lock, RejectAdjustment, Transfer, Unlock
 from models.db import locking_select_sql
-from models.domain import Adjustment, DomainError, fmt_money, transfer_expiry, ZERO
-from models.services import (Context, Deferred, UnitOfWork, _run, expire_overdue_holds, handler,
-                             iso, pick_available, sale_cvc, snapshot,
-                             to_domain)
+from models.domain import Adjustment, DomainError, fmt_money, transfer_expiry, valid_code, ZERO
+from models.handlers.pool import check_low_water, sale_cvc
+from models.queries import adjustment_view
+from models.repository import adjustment_from, pick_available, snapshot, to_domain
 from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate
+from models.timeutil import iso
+from models.unit_of_work import change_certificate, Context, Deferred, run, UnitOfWork
+
+
+def lock(cmd: Lock, ctx: Context) -> dict:
+    return change_certificate(cmd.code, ctx, lambda uow, c: c.lock(cmd.reason))
+
+
+def unlock(cmd: Unlock, ctx: Context) -> dict:
+    return change_certificate(cmd.code, ctx, lambda uow, c: c.unlock())
+
+
+def cancel(cmd: Cancel, ctx: Context) -> dict:
+    return change_certificate(cmd.code, ctx, lambda uow, c: c.cancel(cmd.reason), end_holds=True,
+                              cancel_reason=cmd.reason)
+
 
 #: Kind of the certificate a transfer takes from the pool (a printed card is named with ``to``).
 POOL_KIND = "ELECTRONIC"
-
-
-# ---- commands --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Adjust:
-    """Correct a working certificate's balance (``direction`` CREDIT or DEBIT)."""
-    code: str
-    direction: str
-    amount: Decimal
-    reason: str
-    comment: str | None = None
-
-
-@dataclass(frozen=True)
-class ApproveAdjustment:
-    """A second admin (``ctx.actor``) approves a pending adjustment: it is applied."""
-    adjustment_id: str
-    comment: str | None = None
-
-
-@dataclass(frozen=True)
-class RejectAdjustment:
-    """An admin refuses (or its author withdraws) a pending adjustment: nothing moves."""
-    adjustment_id: str
-    comment: str | None = None
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """Move the whole remaining balance of ``code`` onto ``to`` (an AVAILABLE code), or onto
-    the next electronic certificate of the pool when ``to`` is None."""
-    code: str
-    reason: str
-    to: str | None = None
-
-
-# ---- views -----------------------------------------------------------------------------------
-
-def adjustment_view(record: BalanceAdjustment, code: str, now: dt.datetime) -> dict:
-    """An adjustment as support sees it (a pending one past its time shows EXPIRED)."""
-    return {
-        "adjustmentId": record.id, "code": code, "direction": record.direction,
-        "amount": fmt_money(record.amount), "currency": record.currency.strip(),
-        "reason": record.reason, "comment": record.comment,
-        "status": _to_domain(record).effective_status(now),
-        "requestedBy": record.requested_by, "requestedAt": iso(record.requested_at),
-        "expiresAt": iso(record.expires_at), "decidedBy": record.decided_by,
-        "decidedAt": iso(record.decided_at), "decisionComment": record.decision_comment,
-    }
 
 
 def _result(record: BalanceAdjustment, row: GiftCertificate, now: dt.datetime, held: Decimal) -> dict:
@@ -85,24 +50,14 @@ def _result(record: BalanceAdjustment, row: GiftCertificate, now: dt.datetime, h
     return view
 
 
-def _to_domain(record: BalanceAdjustment) -> Adjustment:
-    return Adjustment(record.id, record.direction, record.amount, record.reason,
-                      record.requested_by, record.expires_at, record.status, record.decided_by)
-
-
-# ---- adjustments -----------------------------------------------------------------------------
-
-@handler(Adjust)
 def adjust(cmd: Adjust, ctx: Context) -> dict:
     """Applied at once up to the approval limit (``adjust`` event), else recorded as
     PENDING_APPROVAL (audited; nothing moves until a second admin approves)."""
     settings = get_settings()
 
     def body(uow: UnitOfWork) -> dict:
-        row = uow.lock_certificate(cmd.code)
-        before = snapshot(row)
-        cert = to_domain(row)
-        expire_overdue_holds(uow, row, cert)
+        row, cert, before = uow.certificate(cmd.code)
+        uow.end_holds(row, cert, overdue_only=True)
         cert.check_adjustment(cmd.direction, cmd.amount, uow.now)
         adjustment = Adjustment.request(
             "adj-" + uuid.uuid4().hex, cmd.direction, cmd.amount, cmd.reason, ctx.actor, uow.now,
@@ -123,7 +78,7 @@ def adjust(cmd: Adjust, ctx: Context) -> dict:
                 "amount": fmt_money(adjustment.amount), "reason": adjustment.reason,
                 "expiresAt": iso(adjustment.expires_at)})
         return _result(record, row, uow.now, cert.held)
-    return _run(ctx, body)
+    return run(ctx, body)
 
 
 def _lock_adjustment(uow: UnitOfWork, adjustment_id: str) -> tuple[BalanceAdjustment, GiftCertificate]:
@@ -141,7 +96,7 @@ def _lock_adjustment(uow: UnitOfWork, adjustment_id: str) -> tuple[BalanceAdjust
 
 def _decide(uow: UnitOfWork, record: BalanceAdjustment, row: GiftCertificate, decide) -> Adjustment:
     """Run the domain decision; one found past its time is recorded EXPIRED (and refused)."""
-    adjustment = _to_domain(record)
+    adjustment = adjustment_from(record)
     try:
         decide(adjustment)
     except DomainError as refused:
@@ -155,7 +110,6 @@ def _decide(uow: UnitOfWork, record: BalanceAdjustment, row: GiftCertificate, de
     return adjustment
 
 
-@handler(ApproveAdjustment)
 def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
     """Four eyes: never by its author; the bounds are checked again against today's balance
     (a refusal leaves it pending, to be rejected or approved later)."""
@@ -164,7 +118,7 @@ def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
         adjustment = _decide(uow, record, row, lambda a: a.approve(ctx.actor, uow.now))
         before = snapshot(row)
         cert = to_domain(row)
-        expire_overdue_holds(uow, row, cert)
+        uow.end_holds(row, cert, overdue_only=True)
         cert.adjust(adjustment, uow.now)
         record.status, record.decided_by, record.decided_at = (adjustment.status,
                                                                adjustment.decided_by, uow.now)
@@ -172,10 +126,9 @@ def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
         record.save()
         uow.save(row, cert, before)
         return _result(record, row, uow.now, cert.held)
-    return _run(ctx, body)
+    return run(ctx, body)
 
 
-@handler(RejectAdjustment)
 def reject_adjustment(cmd: RejectAdjustment, ctx: Context) -> dict:
     def body(uow: UnitOfWork) -> dict:
         record, row = _lock_adjustment(uow, cmd.adjustment_id)
@@ -188,14 +141,10 @@ def reject_adjustment(cmd: RejectAdjustment, ctx: Context) -> dict:
         uow.audit("adjust.rejected", row, before=view, after=view, details={
             "adjustmentId": record.id, "requestedBy": record.requested_by})
         return _result(record, row, uow.now, to_domain(row).held)
-    return _run(ctx, body)
+    return run(ctx, body)
 
-
-# ---- transfers -------------------------------------------------------------------------------
 
 def _certificate_id(code: str, role: str) -> int:
-    from models.domain import valid_code
-
     found = (GiftCertificate.select(GiftCertificate.id).where(GiftCertificate.code == code).scalar()
              if valid_code(code) else None)
     if found is None:
@@ -213,7 +162,6 @@ def _lock_pair(source_id: int, target_id: int) -> tuple[GiftCertificate, GiftCer
     return locked[source_id], locked[target_id]
 
 
-@handler(Transfer)
 def transfer(cmd: Transfer, ctx: Context) -> dict:
     """One transaction: the source gives its whole balance (CANCELLED, lockReason TRANSFERRED),
     the target takes it (ISSUED, nominal = balance = the amount), one ``transfer`` event each,
@@ -234,7 +182,7 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
             source, target = _lock_by_id(source_id), None
         source_before = snapshot(source)
         cert = to_domain(source)
-        expire_overdue_holds(uow, source, cert)
+        uow.end_holds(source, cert, overdue_only=True)
         amount = cert.transferable(uow.now)  # refusals about the source come first
         if target is None:
             target = pick_available(amount, cert.currency, POOL_KIND)
@@ -262,4 +210,4 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
                 "amount": fmt_money(amount), "currency": source.currency.strip(),
                 "reason": cmd.reason, "source": snapshot(source, ZERO),
                 "target": dict(target_view, available=target_view["remainingBalance"])}
-    return _run(ctx, body)
+    return run(ctx, body)

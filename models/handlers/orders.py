@@ -1,6 +1,6 @@
 """Use cases of the Kafka side: the channels' orders, payments and CRM results.
 
-Each message becomes a command handled through ``models.services.handle``. A handler records
+Each message becomes a command handled through ``models.messagebus.handle``. A handler records
 what the message says about its order (``sales_order``, ``order_payment``), then asks the pure
 rules of :mod:`models.correlation` what is still to do and applies it through the certificate
 use cases, all under a transaction-scoped advisory lock on the ``orderId`` (so one order is
@@ -19,24 +19,28 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
 from decimal import Decimal
-
+from dataclasses import dataclass, field
 
 from models import correlation as corr
-from models import services as svc
 from models import locks
-from models.db import Statements, db, locking_select_sql
-from models.domain import DomainError, Event, EventType, OrderStatus, Status, fmt_money
-from models.timeutil import parse_time_or_none
-from models.tables import (AuthorizationHold, BlockedIssue, ClientProfile,
-                           GiftCertificate, SalesOrder)
+from models.commands import ClientMessage, CLIENTS, ConfirmCapture, ConfirmPurchaseRefund, ExpireOrderReservation, ExpireReservation, Issue, NotificationResult, OrderMessage, PaymentMessage, PAYMENTS, PurchaseRefundNeedsDetails, RaiseAlert, Redeem, RefundToCertificate, Release, RequestPurchaseRefund, Reserve, ResolveBlockedIssues, SALES_ORDER
+from models.db import db, locking_select_sql, Statements
+from models.domain import DomainError, Event, EventType, fmt_money, OrderStatus, Status
+from models.handlers.balance import confirm_purchase_refund, purchase_refund_needs_details, redeem, refund_to_certificate, request_purchase_refund
+from models.handlers.notifications import notification_result, raise_alert
+from models.handlers.pool import expire_reservation, issue, release, reserve
+from models.tables import AuthorizationHold, BlockedIssue, ClientProfile, GiftCertificate, SalesOrder
+from models.timeutil import parse_time_or_none, utcnow
+from models.unit_of_work import Context, run, transaction, UnitOfWork
+
 
 log = logging.getLogger("gcp.orders")
-#: Contract names of the input topics, used as ``source`` of error and alert events.
-SALES_ORDER, PAYMENTS, CLIENTS = "All_SalesOrder", "All_Payments", "All_Clients"
+
+
 #: Actions that make several changes (run in a savepoint of their own).
 MULTI_STEP = frozenset({"release"})
+
 #: Safety bound on re-deciding after applying effects (a chain is at most issue → request →
 #: details → confirm).
 MAX_ROUNDS = 8
@@ -59,8 +63,6 @@ def held_locks():
         yield
     finally:
         _HELD.reset(token)
-
-
 
 
 def lock_key(key: str) -> None:
@@ -92,8 +94,6 @@ class Outcome:
     effects: list[tuple[str, str]] = field(default_factory=list)
     note: str | None = None
 
-
-# ---- loading the order's state ------------------------------------------------------------
 
 def _line(raw: dict) -> corr.Line:
     return corr.Line(str(raw["lineId"]), raw["type"], Decimal(raw["amount"]), raw.get("certificateCode"))
@@ -142,7 +142,6 @@ def load_payments(order_id: str) -> list[corr.Payment]:
             reason=refund.get("reason") or failure))
     return out
 
-
 _RESERVATION_COLUMNS = "code, status, channel, order_id, line_id, nominal, currency, kind"
 
 
@@ -176,9 +175,6 @@ def reservations_for_line(order_id: str, line_id: str, code: str | None) -> list
 def issued_codes(order_id: str) -> dict[str, str]:
     return dict(db.execute_sql("SELECT line_id, code FROM gift_certificate WHERE order_id = %s"
                                " AND line_id IS NOT NULL", (order_id,)).fetchall())
-
-
-# ---- recording what the messages say -------------------------------------------------------
 
 #: The ``sales_order`` columns of :class:`models.correlation.OrderRecord`.
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(corr.OrderRecord))
@@ -222,12 +218,10 @@ def record_payment_message(msg: dict, now: dt.datetime) -> bool:
     return cursor.fetchone() is not None
 
 
-# ---- applying decisions --------------------------------------------------------------------
-
 class _Applier:
     """Applies one order's decisions in the caller's transaction."""
 
-    def __init__(self, order: corr.Order, ctx: svc.Context, source: str):
+    def __init__(self, order: corr.Order, ctx: Context, source: str):
         self.order = order
         self.ctx = dataclasses.replace(ctx, correlation_id=order.order_id,
                                        channel=ctx.channel or order.channel)
@@ -244,7 +238,7 @@ class _Applier:
                 outcome, detail = action(decision.params, ctx)
         except DomainError as refused:
             code = decision.params.get("code")
-            svc.handle(svc.RaiseAlert("error", refused.code, refused.message, self.source,
+            raise_alert(RaiseAlert("error", refused.code, refused.message, self.source,
                                       certificate_code=code, key=code or self.order.order_id), ctx)
             outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
         db.defer("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
@@ -263,7 +257,7 @@ class _Applier:
         return code
 
     # -- the actions: each returns (outcome, detail)
-    def _issue(self, p: dict, ctx: svc.Context):
+    def _issue(self, p: dict, ctx: Context):
         order, line_id = self.order, p["line_id"]
         line = corr.Line(line_id, corr.GC, p["nominal"], p.get("code"))
         found = reservations_for_line(order.order_id, line_id, line.code)
@@ -272,7 +266,7 @@ class _Applier:
         others = tuple(r for r in found if r is not own)
         mismatch = corr.line_mismatch(order, line, own, others)
         if mismatch is not None:  # issue nothing: support sorts it out
-            svc.handle(svc.RaiseAlert(
+            raise_alert(RaiseAlert(
                 "alert", "LINE_MISMATCH", f"order {order.order_id} line {line_id}: {mismatch}",
                 self.source, certificate_code=(own.code if own else line.code), key=order.order_id,
                 details={"orderId": order.order_id, "lineId": line_id,
@@ -284,23 +278,23 @@ class _Applier:
         if own is not None:  # the usual case: the reservation is there
             if own.status != Status.RESERVED.value:
                 return "SKIPPED", f"certificate {own.code} is {own.status}"
-            svc.handle(svc.Issue(own.code), ctx)
+            issue(Issue(own.code), ctx)
             return "APPLIED", own.code
         named = next((r for r in others if r.code == line.code), None)
         with db.atomic():  # reserve again, then issue: both or neither
             return self._reissue(p, ctx, named)
 
-    def _reissue(self, p: dict, ctx: svc.Context, named):
+    def _reissue(self, p: dict, ctx: Context, named):
         order, line_id = self.order, p["line_id"]
         row = None
         if named is not None and named.status == Status.AVAILABLE.value:
             # the reservation lapsed but the very code is still free: sell it after all
-            svc.handle(svc.Reserve(order.channel, order.order_id, line_id, p["nominal"],
+            reserve(Reserve(order.channel, order.order_id, line_id, p["nominal"],
                                    order.currency, code=named.code), ctx)
             row = certificate_for_line(order.channel, order.order_id, line_id)
         if row is None:  # the reservation was lost: a fresh certificate from the pool
             try:
-                svc.handle(svc.Reserve(order.channel, order.order_id, line_id, p["nominal"],
+                reserve(Reserve(order.channel, order.order_id, line_id, p["nominal"],
                                        order.currency), ctx)
             except DomainError as refused:
                 if refused.code != "POOL_EMPTY":
@@ -309,66 +303,66 @@ class _Applier:
                                     nominal=p["nominal"], currency=order.currency,
                                     kind=named.kind if named is not None else "ELECTRONIC",
                                     status="BLOCKED", causation_id=ctx.causation_id,
-                                    created_at=svc.utcnow()).on_conflict_ignore().execute()
+                                    created_at=utcnow()).on_conflict_ignore().execute()
                 return "BLOCKED", "POOL_EMPTY"
             row = certificate_for_line(order.channel, order.order_id, line_id)
-        svc.handle(svc.Issue(row.code), ctx)
+        issue(Issue(row.code), ctx)
         return "APPLIED", row.code
 
-    def _release(self, p: dict, ctx: svc.Context):
+    def _release(self, p: dict, ctx: Context):
         released = []
         rows = (GiftCertificate.select(GiftCertificate.code)
                 .where((GiftCertificate.channel == self.order.channel)
                        & (GiftCertificate.order_id == self.order.order_id)
                        & (GiftCertificate.status == Status.RESERVED.value)).order_by(GiftCertificate.id))
         for row in rows:
-            svc.handle(svc.Release(row.code, p["reason"]), ctx)
+            release(Release(row.code, p["reason"]), ctx)
             released.append(row.code)
-        (BlockedIssue.update(status="CANCELLED", resolved_at=svc.utcnow())
+        (BlockedIssue.update(status="CANCELLED", resolved_at=utcnow())
          .where((BlockedIssue.order_id == self.order.order_id) & (BlockedIssue.status == "BLOCKED"))
          .execute())
         return "APPLIED", ",".join(released) or None
 
-    def _redeem(self, p: dict, ctx: svc.Context):
-        svc.handle(svc.Redeem(p["code"], p["amount"], p["currency"]), ctx)
+    def _redeem(self, p: dict, ctx: Context):
+        redeem(Redeem(p["code"], p["amount"], p["currency"]), ctx)
         return "APPLIED", p["code"]
 
-    def _confirm(self, p: dict, ctx: svc.Context):
-        return svc.handle(ConfirmCapture(p["code"], p["amount"], p["authorization_id"], self.source), ctx)
+    def _confirm(self, p: dict, ctx: Context):
+        return confirm_capture(ConfirmCapture(p["code"], p["amount"], p["authorization_id"], self.source), ctx)
 
-    def _refund_request(self, p: dict, ctx: svc.Context):
+    def _refund_request(self, p: dict, ctx: Context):
         code = self._line_code(p)
-        svc.handle(svc.RequestPurchaseRefund(code, p["amount"]), ctx)
+        request_purchase_refund(RequestPurchaseRefund(code, p["amount"]), ctx)
         return "APPLIED", code
 
-    def _refund_details(self, p: dict, ctx: svc.Context):
+    def _refund_details(self, p: dict, ctx: Context):
         code = self._line_code(p)
-        svc.handle(svc.PurchaseRefundNeedsDetails(code, p.get("reason")), ctx)
+        purchase_refund_needs_details(PurchaseRefundNeedsDetails(code, p.get("reason")), ctx)
         return "APPLIED", code
 
-    def _refund_confirm(self, p: dict, ctx: svc.Context):
+    def _refund_confirm(self, p: dict, ctx: Context):
         code = self._line_code(p)
-        svc.handle(svc.ConfirmPurchaseRefund(code), ctx)
+        confirm_purchase_refund(ConfirmPurchaseRefund(code), ctx)
         return "APPLIED", code
 
-    def _refund_credit(self, p: dict, ctx: svc.Context):
-        svc.handle(svc.RefundToCertificate(p["code"], p["amount"], p["currency"]), ctx)
+    def _refund_credit(self, p: dict, ctx: Context):
+        refund_to_certificate(RefundToCertificate(p["code"], p["amount"], p["currency"]), ctx)
         return "APPLIED", p["code"]
 
-    def _currency_error(self, p: dict, ctx: svc.Context):
-        svc.handle(svc.RaiseAlert("error", "CURRENCY_MISMATCH", p["message"], PAYMENTS,
+    def _currency_error(self, p: dict, ctx: Context):
+        raise_alert(RaiseAlert("error", "CURRENCY_MISMATCH", p["message"], PAYMENTS,
                                   key=self.order.order_id,
                                   details={"orderId": self.order.order_id, "paymentId": p["payment_id"]}),
                    ctx)
         return "APPLIED", p["payment_id"]
 
-    def _alert(self, p: dict, ctx: svc.Context):
-        svc.handle(svc.RaiseAlert("alert", p["alert"], p["message"], self.source,
+    def _alert(self, p: dict, ctx: Context):
+        raise_alert(RaiseAlert("alert", p["alert"], p["message"], self.source,
                                   key=self.order.order_id), ctx)
         return "APPLIED", p["alert"]
 
 
-def correlate(order_id: str, ctx: svc.Context, source: str,
+def correlate(order_id: str, ctx: Context, source: str,
               recorded: SalesOrder | None = None) -> list[tuple[str, str]]:
     """Apply every decision still open for the order (call under its lock, in a transaction).
 
@@ -398,55 +392,13 @@ def correlate(order_id: str, ctx: svc.Context, source: str,
             break  # only a refund's effects wait for other effects of the same order
     if any(key.startswith("issue:") for key, _ in applied):
         db.defer("UPDATE sales_order SET status = %s, paid_at = %s"
-                 " WHERE order_id = %s AND paid_at IS NULL", (OrderStatus.PAID.value, svc.utcnow(), order_id))
+                 " WHERE order_id = %s AND paid_at IS NULL", (OrderStatus.PAID.value, utcnow(), order_id))
     return applied
 
 
-# ---- commands ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class OrderMessage:
-    """An All_SalesOrder message, already validated against its schema."""
-    message: dict
-
-
-@dataclass(frozen=True)
-class PaymentMessage:
-    """An All_Payments message, already validated against its schema."""
-    message: dict
-
-
-@dataclass(frozen=True)
-class ClientMessage:
-    """An All_Clients message, already validated against its schema."""
-    message: dict
-
-
-@dataclass(frozen=True)
-class ConfirmCapture:
-    """A tender names an authorization captured through the API: confirm it, debit nothing."""
-    code: str
-    amount: Decimal
-    authorization_id: str
-    source: str = SALES_ORDER
-
-
-@dataclass(frozen=True)
-class ResolveBlockedIssues:
-    """The pool was refilled: issue the paid order lines waiting for it, oldest first."""
-    limit: int = 1000
-
-
-@dataclass(frozen=True)
-class ExpireOrderReservation:
-    """The scheduler's call for a lapsed reservation, serialized with its order's payments."""
-    code: str
-    order_id: str | None
-
-
-def message_context(msg: dict, source: str) -> svc.Context:
+def message_context(msg: dict, source: str) -> Context:
     channel = msg.get("channel")
-    return svc.Context(actor=source, channel=channel if channel in ("ONLINE_STORE", "POS") else None,
+    return Context(actor=source, channel=channel if channel in ("ONLINE_STORE", "POS") else None,
                        correlation_id=msg.get("orderId"), causation_id=msg["eventId"])
 
 
@@ -455,8 +407,7 @@ def concerns_certificates(msg: dict) -> bool:
     return any(x.get("type") == corr.GC for x in (msg.get("lines") or []) + (msg.get("tenders") or []))
 
 
-@svc.handler(OrderMessage)
-def on_order_message(cmd: OrderMessage, ctx: svc.Context) -> Outcome:
+def on_order_message(cmd: OrderMessage, ctx: Context) -> Outcome:
     msg = cmd.message
     with _atomic():
         lock_order(msg["orderId"])
@@ -464,24 +415,22 @@ def on_order_message(cmd: OrderMessage, ctx: svc.Context) -> Outcome:
                 and db.execute_sql("SELECT 1 FROM sales_order WHERE order_id = %s",
                                    (msg["orderId"],)).fetchone() is None):
             return Outcome(msg["orderId"], note="no gift certificate in this order")
-        new = record_order_message(msg, svc.utcnow())
+        new = record_order_message(msg, utcnow())
         return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER, recorded=new))
 
 
-@svc.handler(PaymentMessage)
-def on_payment_message(cmd: PaymentMessage, ctx: svc.Context) -> Outcome:
+def on_payment_message(cmd: PaymentMessage, ctx: Context) -> Outcome:
     msg = cmd.message
     with _atomic():
         lock_order(msg["orderId"])
-        if not record_payment_message(msg, svc.utcnow()):
+        if not record_payment_message(msg, utcnow()):
             return Outcome(msg["orderId"], note="duplicate payment event")
         return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, PAYMENTS))
 
 
-@svc.handler(ClientMessage)
-def on_client_message(cmd: ClientMessage, ctx: svc.Context) -> Outcome:
+def on_client_message(cmd: ClientMessage, ctx: Context) -> Outcome:
     msg = cmd.message
-    occurred = parse_time_or_none(msg.get("occurredAt")) or svc.utcnow()
+    occurred = parse_time_or_none(msg.get("occurredAt")) or utcnow()
     with db.atomic():
         if msg.get("phone") or msg.get("email"):
             profile = (ClientProfile.select().where(ClientProfile.client_id == msg["clientId"])
@@ -489,11 +438,11 @@ def on_client_message(cmd: ClientMessage, ctx: svc.Context) -> Outcome:
             if profile is None:
                 ClientProfile.insert(client_id=msg["clientId"], phone=msg.get("phone"),
                                      email=msg.get("email"), occurred_at=occurred,
-                                     updated_at=svc.utcnow()).on_conflict_ignore().execute()
+                                     updated_at=utcnow()).on_conflict_ignore().execute()
             elif occurred >= profile.occurred_at:
                 profile.phone = msg.get("phone") or profile.phone
                 profile.email = msg.get("email") or profile.email
-                profile.occurred_at, profile.updated_at = occurred, svc.utcnow()
+                profile.occurred_at, profile.updated_at = occurred, utcnow()
                 profile.save()
         note = msg["eventType"]
         if msg["eventType"] == "NOTIFICATION_RESULT":
@@ -501,20 +450,19 @@ def on_client_message(cmd: ClientMessage, ctx: svc.Context) -> Outcome:
             code = result["certificateCode"]
             try:
                 with db.atomic():
-                    svc.handle(svc.NotificationResult(code, result["status"] == "DELIVERED",
+                    notification_result(NotificationResult(code, result["status"] == "DELIVERED",
                                                       result.get("reason")), ctx)
                 note = f"notification {result['status']}"
             except DomainError as refused:
-                svc.handle(svc.RaiseAlert("error", refused.code, refused.message, CLIENTS,
+                raise_alert(RaiseAlert("error", refused.code, refused.message, CLIENTS,
                                           certificate_code=code, key=code), ctx)
                 note = f"refused: {refused.code}"
         return Outcome(None, note=note)
 
 
-@svc.handler(ConfirmCapture)
-def confirm_capture(cmd: ConfirmCapture, ctx: svc.Context) -> tuple[str, str | None]:
+def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> tuple[str, str | None]:
     """Check the API capture against the tender; a mismatch raises a ``CAPTURE_MISMATCH`` alert."""
-    def body(uow: svc.UnitOfWork):
+    def body(uow: UnitOfWork):
         hold = AuthorizationHold.get_or_none(AuthorizationHold.id == cmd.authorization_id)
         seen = None
         if hold is not None:
@@ -534,21 +482,19 @@ def confirm_capture(cmd: ConfirmCapture, ctx: svc.Context) -> tuple[str, str | N
         uow.audit("authorization.confirmed", row, details={
             "authorizationId": hold.id, "amount": fmt_money(cmd.amount), "orderId": ctx.correlation_id})
         return "APPLIED", hold.id
-    return svc._run(ctx, body)
+    return run(ctx, body)
 
 
-@svc.handler(ExpireOrderReservation)
-def expire_order_reservation(cmd: ExpireOrderReservation, ctx: svc.Context) -> dict | None:
+def expire_order_reservation(cmd: ExpireOrderReservation, ctx: Context) -> dict | None:
     """Release a lapsed reservation unless its order's payment was seen (checked under the
     order's lock, so a payment being recorded right now is never overtaken)."""
     with db.atomic():
         if cmd.order_id:
             lock_order(cmd.order_id)
-        return svc.handle(svc.ExpireReservation(cmd.code), ctx)
+        return expire_reservation(ExpireReservation(cmd.code), ctx)
 
 
-@svc.handler(ResolveBlockedIssues)
-def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[str]:
+def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: Context) -> list[str]:
     """Issue blocked paid order lines, oldest first; returns the codes issued.
 
     A line whose nominal the pool still cannot serve stays blocked (no new ``issue.blocked``
@@ -559,7 +505,7 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[
     waiting = list(BlockedIssue.select(BlockedIssue.id).where(BlockedIssue.status == "BLOCKED")
                    .order_by(BlockedIssue.id).limit(cmd.limit).tuples())
     for (blocked_id,) in waiting:
-        with svc.transaction():
+        with transaction():
             row = BlockedIssue.get_by_id(blocked_id)
             want = (row.currency.strip(), row.nominal, row.kind)
             if want in exhausted:
@@ -572,14 +518,14 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[
             line_ctx = dataclasses.replace(ctx, channel=row.channel, correlation_id=row.order_id,
                                            causation_id=row.causation_id)
             if order is not None and order.cancelled_event_id:
-                row.status, row.resolved_at = "CANCELLED", svc.utcnow()
+                row.status, row.resolved_at = "CANCELLED", utcnow()
                 row.save()
                 continue
             cert = certificate_for_line(row.channel, row.order_id, row.line_id)
             if cert is None:
                 try:
                     with db.atomic():
-                        svc.handle(svc.Reserve(row.channel, row.order_id, row.line_id, row.nominal,
+                        reserve(Reserve(row.channel, row.order_id, row.line_id, row.nominal,
                                                row.currency.strip()), line_ctx)
                 except DomainError as refused:
                     if refused.code != "POOL_EMPTY":
@@ -588,8 +534,8 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: svc.Context) -> list[
                     continue
                 cert = certificate_for_line(row.channel, row.order_id, row.line_id)
             if cert.status == Status.RESERVED.value:
-                svc.handle(svc.Issue(cert.code), line_ctx)
+                issue(Issue(cert.code), line_ctx)
                 issued.append(cert.code)
-            row.status, row.code, row.resolved_at = "ISSUED", cert.code, svc.utcnow()
+            row.status, row.code, row.resolved_at = "ISSUED", cert.code, utcnow()
             row.save()
     return issued

@@ -23,22 +23,29 @@ The reservation path calls :func:`check_low_water`, which raises one ``alert``
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
+import psycopg2.errors
 import threading
 import time
 from decimal import Decimal
 
-import psycopg2.errors
+from peewee import IntegrityError
 
-from config import get_settings
-from models import cvc as cvc_secret, services as svc
-from models.db import db
-from models.domain import DomainError, Event, EventType, Status, fmt_money, loadable_expiry
-from models.tables import BatchRejection, CertificateBatch, PoolLowWater
-from observability import POOL_AVAILABLE
+from models import cvc as cvc_secret
 from models import locks
+from config import get_settings
+from models.commands import BatchResult, ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
+from models.db import db
+from models.domain import Certificate, DomainError, E, Event, EventType, fmt_money, issue_expiry, loadable_expiry, reservation_lapsed, Status, ZERO
+from models.queries import pool_summary
+from models.repository import order_line, payment_seen, pick_available, snapshot, to_domain
+from models.tables import BatchRejection, CertificateBatch, GiftCertificate, PoolLowWater
+from models.timeutil import iso, utcnow
+from models.unit_of_work import change_certificate, Context, Deferred, POOL_CHANNEL, run, UnitOfWork
+from observability import POOL_AVAILABLE
 
 log = logging.getLogger("gcp.batches")
 
@@ -84,7 +91,7 @@ def _copy_text(value: str) -> str:
             .replace("\r", "\\r"))
 
 
-def _prepare(cmd: svc.LoadBatch, now: dt.datetime) -> tuple[list[tuple[str, str, str, str]], list[dict]]:
+def _prepare(cmd: LoadBatch, now: dt.datetime) -> tuple[list[tuple[str, str, str, str]], list[dict]]:
     """The chunk's rows as COPY fields ``(code, nominal, expires_at, cvc_hash\tcvc_key_id)``,
     the first of each code kept; the repeats are refused ``DUPLICATE_IN_BATCH``, a code whose
     ``expiresAt`` has passed ``EXPIRED``. A printed card's CVC is kept only as its keyed hash:
@@ -126,7 +133,7 @@ def _stage(cursor, rows: list[tuple[str, str, str]]) -> None:
     cursor.copy_expert(_COPY_STAGE, io.StringIO("".join(f"{c}\t{n}\t{e}\t{h}\n" for c, n, e, h in rows)))
 
 
-def _copy_direct(cursor, cmd: svc.LoadBatch, rows: list[tuple[str, str, str]], now: dt.datetime) -> bool:
+def _copy_direct(cursor, cmd: LoadBatch, rows: list[tuple[str, str, str]], now: dt.datetime) -> bool:
     """COPY the rows straight into the table in a savepoint; False (and nothing written) when a
     code already exists."""
     batch = _copy_text(cmd.batch_id)
@@ -149,7 +156,7 @@ def _owners(codes: list[str]) -> dict[str, str]:
     return dict(cursor.fetchall())
 
 
-def _ensure_batch(cmd: svc.LoadBatch, ctx: svc.Context, now: dt.datetime) -> bool:
+def _ensure_batch(cmd: LoadBatch, ctx: Context, now: dt.datetime) -> bool:
     """Create the batch row on first sight (not in a dry run); True when it is new."""
     created = False
     if not cmd.dry_run:
@@ -167,12 +174,11 @@ def _ensure_batch(cmd: svc.LoadBatch, ctx: svc.Context, now: dt.datetime) -> boo
     return created
 
 
-@svc.handler(svc.LoadBatch)
-def load_batch(cmd: svc.LoadBatch, ctx: svc.Context) -> svc.BatchResult:
+def load_batch(cmd: LoadBatch, ctx: Context) -> BatchResult:
     """Add codes to the pool as AVAILABLE in one transaction; the same codes again add nothing."""
-    rows, rejected = _prepare(cmd, svc.utcnow())
+    rows, rejected = _prepare(cmd, utcnow())
 
-    def body(uow: svc.UnitOfWork) -> svc.BatchResult:
+    def body(uow: UnitOfWork) -> BatchResult:
         created = _ensure_batch(cmd, ctx, uow.now)
         cursor = db.cursor()
         not_inserted: list[tuple[str, str | None]] = []
@@ -197,15 +203,15 @@ def load_batch(cmd: svc.LoadBatch, ctx: svc.Context) -> svc.BatchResult:
         accepted = len(rows) - len(not_inserted)
         if not cmd.dry_run:
             _record(uow, cmd, accepted, already, rejected)
-        return svc.BatchResult(cmd.batch_id, accepted, already, rejected, created or accepted > 0)
+        return BatchResult(cmd.batch_id, accepted, already, rejected, created or accepted > 0)
 
-    result = svc._run(ctx, body)
+    result = run(ctx, body)
     if result.accepted and not cmd.dry_run:
         refresh_pool_gauge(max_age=30.0)
     return result
 
 
-def _record(uow: svc.UnitOfWork, cmd: svc.LoadBatch, accepted: int, already: int,
+def _record(uow: UnitOfWork, cmd: LoadBatch, accepted: int, already: int,
             rejected: list[dict]) -> None:
     """Rejections once per batch and code, the batch counters, the audit row, the NOTIFY."""
     new_rejections = 0
@@ -227,17 +233,15 @@ def _record(uow: svc.UnitOfWork, cmd: svc.LoadBatch, accepted: int, already: int
         "batchId": cmd.batch_id, "accepted": accepted, "alreadyLoaded": already,
         "rejected": len(rejected)})
     if accepted:
-        db.execute_sql("SELECT pg_notify(%s, %s)", (svc.POOL_CHANNEL, cmd.batch_id))
+        db.execute_sql("SELECT pg_notify(%s, %s)", (POOL_CHANNEL, cmd.batch_id))
 
-
-# ---- the pool: low-water alert and gauge ---------------------------------------------------
 
 def segment_key(currency: str, kind: str, nominal: Decimal | None) -> str:
     """A pool segment as ``RUB/ELECTRONIC/1500.00`` (``.../OPEN`` for open-value codes)."""
     return f"{currency}/{kind}/{fmt_money(nominal) if nominal is not None else 'OPEN'}"
 
 
-def check_low_water(uow: svc.UnitOfWork, row) -> None:
+def check_low_water(uow: UnitOfWork, row) -> None:
     """After ``row`` left the pool (same transaction): raise one ``alert`` when its segment
     (currency, kind, nominal or open value, as in ``GET /pool``) falls below the low-water mark.
 
@@ -304,6 +308,122 @@ def refresh_pool_gauge(max_age: float = 0.0) -> None:
 
 def pool_view() -> dict:
     """``GET /pool``: the AVAILABLE certificates by nominal, currency and kind (sets the gauge)."""
-    summary = svc.pool_summary()
+    summary = pool_summary()
     set_pool_gauge(summary["available"])
     return {**summary, "lowWaterMark": get_settings().pool_low_water_mark}
+
+
+# ---- reservation, the sale, expiry
+
+
+def reserve(cmd: Reserve, ctx: Context) -> tuple[dict, bool]:
+    """Reserve the next pool certificate (or ``code``) for an order line.
+
+    Returns ``(view, created)``; the same order line again returns its certificate (created=False).
+    """
+    for _ in range(3):
+        existing = order_line(cmd.channel, cmd.order_id, cmd.line_id)
+        if existing is not None:
+            return _reservation_view(existing), False
+        try:
+            return run(ctx, lambda uow: _reserve(uow, cmd)), True
+        except IntegrityError:  # a concurrent call reserved this order line first
+            continue
+    raise DomainError("ALREADY_RESERVED", "order line is being reserved concurrently")
+
+
+def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict:
+    if cmd.code is not None:
+        row = pick_available(cmd.nominal, cmd.currency, None, cmd.code)
+        if row is None:
+            known = GiftCertificate.get_or_none(GiftCertificate.code == cmd.code)
+            if known is None:
+                raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=cmd.code)
+            raise DomainError("ALREADY_RESERVED", "certificate is not available",
+                              status=known.status)
+    else:
+        row = pick_available(cmd.nominal, cmd.currency)
+    if row is None:
+        uow.emit(Event(E.ISSUE_BLOCKED, "ISSUE_BLOCKED", {
+            "orderId": cmd.order_id, "lineId": cmd.line_id, "nominal": fmt_money(cmd.nominal),
+            "currency": cmd.currency, "reason": "POOL_EMPTY"}), None, key=cmd.order_id)
+        raise Deferred(DomainError("POOL_EMPTY", "no certificate available for this nominal",
+                                   nominal=fmt_money(cmd.nominal), currency=cmd.currency))
+    before = snapshot(row)
+    cert = to_domain(row, ZERO)
+    cert.reserve(cmd.nominal, cmd.currency)
+    until = uow.now + dt.timedelta(seconds=get_settings().reservation_ttl_seconds)
+    uow.save(row, cert, before, channel=cmd.channel, order_id=cmd.order_id, line_id=cmd.line_id,
+             reserved_at=uow.now, reserved_until=until)
+    check_low_water(uow, row)  # one `alert` when this takes the pool below the low-water mark
+    return _reservation_view(row)
+
+
+def _reservation_view(row: GiftCertificate) -> dict:
+    return {"code": row.code, "status": row.status, "nominal": fmt_money(row.nominal),
+            "currency": row.currency.strip(), "reservedUntil": iso(row.reserved_until),
+            "orderId": row.order_id, "lineId": row.line_id, "channel": row.channel}
+
+
+def release(cmd: Release, ctx: Context) -> dict:
+    def body(uow: UnitOfWork) -> dict:
+        row, cert, before = uow.certificate(cmd.code, ZERO)
+        cert.release(cmd.reason)
+        uow.save(row, cert, before, channel=None, order_id=None, line_id=None, reserved_at=None,
+                 reserved_until=None)
+        return snapshot(row)
+    return run(ctx, body)
+
+
+def expire_reservation(cmd: ExpireReservation, ctx: Context) -> dict | None:
+    """Give a lapsed reservation back to the pool, unless a payment was seen (then keep it for
+    the issue). Returns the released certificate, or None when it stays as it is."""
+    def body(uow: UnitOfWork) -> dict | None:
+        row = uow.lock_certificate(cmd.code)
+        if row.status != Status.RESERVED.value:
+            return None
+        if not reservation_lapsed(row.reserved_until, uow.now, payment_seen(row.order_id, row.channel)):
+            return None
+        uow.ctx = dataclasses.replace(uow.ctx, correlation_id=uow.ctx.correlation_id or row.order_id)
+        before = snapshot(row)
+        cert = to_domain(row, ZERO)
+        cert.release("RESERVATION_EXPIRED")
+        uow.save(row, cert, before, channel=None, order_id=None, line_id=None, reserved_at=None,
+                 reserved_until=None)
+        return snapshot(row)
+    return run(ctx, body)
+
+
+def issue(cmd: Issue, ctx: Context) -> dict:
+    def body(uow: UnitOfWork) -> dict:
+        row = uow.lock_certificate(cmd.code)
+        return issue_locked(uow, row, notify=cmd.notify)
+    return run(ctx, body)
+
+
+def issue_locked(uow: UnitOfWork, row: GiftCertificate, notify: bool = True) -> dict:
+    """Issue an already locked, reserved row: CVC, balance, expiry, and the notification request."""
+    before = snapshot(row)
+    cert = to_domain(row, ZERO)
+    cert.issue(issue_expiry(row.batch_expires_at, uow.now, get_settings().certificate_validity_days), notify)
+    uow.save(row, cert, before, issued_at=uow.now, reserved_until=None, **sale_cvc(row, cert))
+    return snapshot(row)
+
+
+def sale_cvc(row: GiftCertificate, cert: Certificate) -> dict:
+    """The CVC columns of a certificate being sold (or receiving a transfer): a physical card
+    keeps the CVC printed under its scratch panel; any other gets a fresh CVC, and a sealed
+    copy of it when the domain requested its notification to the buyer. Never logged."""
+    extra: dict = {}
+    if row.kind == "PHYSICAL" and row.cvc_hash:
+        secret = None  # printed under the scratch panel: its hash came with the batch
+    else:  # generated once, here (a physical card of a batch loaded without CVCs: unknowable)
+        secret = cvc_secret.generate()
+        extra.update(cvc_secret.hashed(row.code, secret))
+    if cert.cvc_copy:
+        extra.update(cvc_secret.sealed(row.code, secret))
+    return extra
+
+
+def expire_certificate(cmd: ExpireCertificate, ctx: Context) -> dict:
+    return change_certificate(cmd.code, ctx, lambda uow, c: c.expire(uow.now), end_holds=True)

@@ -1,0 +1,99 @@
+"""Loading the domain's objects from their rows, and the view of a certificate the channels see.
+
+Reads only: the unit of work writes (``models.unit_of_work``).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from peewee import fn
+
+from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, Status,
+                           available_of, fmt_money)
+from models.tables import AuthorizationHold, BalanceAdjustment, GiftCertificate, OrderPayment
+from models.timeutil import iso
+
+
+def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
+    """The certificate as channels see it (never the CVC)."""
+    view = {
+        "code": row.code,
+        "status": row.status,
+        "nominal": fmt_money(row.nominal),
+        "remainingBalance": fmt_money(row.remaining_balance),
+        "currency": row.currency,
+        "kind": row.kind,
+        "channel": row.channel,
+        "orderId": row.order_id,
+        "issuedAt": iso(row.issued_at),
+        "expiresAt": iso(row.expires_at),
+        "lockReason": row.lock_reason,
+        "notificationStatus": row.notification_status,
+    }
+    if held is not None:
+        view["available"] = fmt_money(available_of(row.remaining_balance, held))
+    return view
+
+
+def active_held(certificate_id: int) -> Decimal:
+    total = (AuthorizationHold.select(fn.COALESCE(fn.SUM(AuthorizationHold.amount), 0))
+             .where((AuthorizationHold.certificate == certificate_id)
+                    & (AuthorizationHold.status == HoldStatus.ACTIVE.value)).scalar())
+    return Decimal(total).quantize(Decimal("0.01"))
+
+
+def to_domain(row: GiftCertificate, held: Decimal | None = None) -> Certificate:
+    return Certificate(
+        code=row.code, status=Status(row.status), currency=row.currency.strip(),
+        open_value=row.open_value, nominal=row.nominal, balance=row.remaining_balance,
+        held=active_held(row.id) if held is None else held,
+        status_before_lock=Status(row.status_before_lock) if row.status_before_lock else None,
+        lock_reason=row.lock_reason, expires_at=row.expires_at,
+        cvc_failed_attempts=row.cvc_failed_attempts, kind=row.kind,
+        notification=NotificationStatus(row.notification_status) if row.notification_status else None,
+        notification_channel=row.notification_channel, cvc_copy=row.cvc_encrypted is not None,
+        cvc_disclosable=row.cvc_disclosable)
+
+
+def to_hold(h: AuthorizationHold) -> Hold:
+    return Hold(h.id, h.amount, h.expires_at, HoldStatus(h.status), h.captured_amount, h.channel)
+
+
+def order_line(channel: str, order_id: str, line_id: str) -> GiftCertificate | None:
+    return (GiftCertificate.select()
+            .where((GiftCertificate.channel == channel) & (GiftCertificate.order_id == order_id)
+                   & (GiftCertificate.line_id == line_id)).first())
+
+
+def pick_available(nominal: Decimal, currency: str, kind: str | None = "ELECTRONIC",
+                   code: str | None = None) -> GiftCertificate | None:
+    """The next pool certificate for ``nominal``, locked, skipping rows others hold."""
+    q = GiftCertificate.select().where(GiftCertificate.status == Status.AVAILABLE.value)
+    if code is not None:
+        q = q.where(GiftCertificate.code == code)
+    else:
+        q = q.where((GiftCertificate.currency == currency)
+                    & ((GiftCertificate.nominal == nominal) | GiftCertificate.open_value))
+        if kind:
+            q = q.where(GiftCertificate.kind == kind)
+        # a certificate printed for this nominal first, then open-value ones, oldest first
+        q = q.order_by(GiftCertificate.open_value, GiftCertificate.id)
+    return q.limit(1).for_update(skip_locked=True).first()
+
+
+def payment_seen(order_id: str | None, channel: str | None) -> bool:
+    """Payments reported money for this order on this channel (the rule:
+    ``correlation.payment_seen``); another channel's payment never pins a reservation."""
+    from models import correlation  # pure rules of the order correlation
+
+    if not order_id:
+        return False
+    rows = (OrderPayment.select(OrderPayment.event_id, OrderPayment.payment_id, OrderPayment.event_type,
+                                OrderPayment.amount, OrderPayment.currency)
+            .where((OrderPayment.order_id == order_id) & (OrderPayment.channel == channel)).tuples())
+    return correlation.payment_seen([correlation.Payment(*r) for r in rows])
+
+
+def adjustment_from(record: BalanceAdjustment) -> Adjustment:
+    return Adjustment(record.id, record.direction, record.amount, record.reason,
+                      record.requested_by, record.expires_at, record.status, record.decided_by)
