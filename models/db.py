@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import urlparse, unquote
 
 import peewee
-import psycopg2.extensions
 from peewee import DatabaseProxy
 from playhouse.migrations import Runner
 from playhouse.pool import PooledPostgresqlDatabase
@@ -38,140 +37,6 @@ def connect_params(url: str) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-#: Statements that change nothing by themselves and can wait for the next one.
-_PIGGYBACK = ("SAVEPOINT ", "RELEASE SAVEPOINT ")
-_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT "
-
-
-class PipelinedPostgresqlDatabase(PooledPostgresqlDatabase):
-    """Peewee's pooled PostgreSQL database, with fewer round trips.
-
-    A round trip to PostgreSQL costs more CPU here (client and server, about 0.25 ms in all)
-    than most of our statements, so:
-
-    - ``BEGIN``, ``SAVEPOINT`` and ``RELEASE SAVEPOINT`` are not sent alone: they wait in a
-      per-connection queue and go with the next statement (or the ``COMMIT``). A transaction or
-      savepoint that sent nothing is ended without any round trip.
-    - :meth:`defer` queues a write whose result nobody reads (marking an inbox row done,
-      recording an applied effect) the same way; its error, if any, raises at the next
-      statement or at ``COMMIT``, and the whole transaction is rolled back, as for any error.
-    - a connection checked back into the pool less than :data:`PING_AFTER` seconds ago is
-      reused without the pool's ``SELECT 1`` (a connection that broke meanwhile fails the
-      transaction, which is retried like any other database fault).
-    """
-
-    #: Seconds a returned connection is trusted without a ping (HikariCP's bypass window).
-    PING_AFTER = 1.0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._returned_at: dict[int, float] = {}
-
-    # -- the queue
-    def _queue(self) -> list[bytes]:
-        queue = getattr(self._state, "gcp_queue", None)
-        if queue is None:
-            queue = self._state.gcp_queue = []
-        return queue
-
-    def _take_queue(self) -> bytes:
-        queue = self._queue()
-        text = b"".join(q if q.endswith(b";") else q + b";" for q in queue)
-        queue.clear()
-        return text
-
-    def _plain_cursor(self):
-        return super().cursor()
-
-    def cursor(self, named_cursor=None):
-        """A cursor for direct use (COPY, ...): whatever is queued is sent first."""
-        cursor = self._plain_cursor()
-        if self._queue():
-            with peewee.__exception_wrapper__:
-                cursor.execute(self._take_queue())
-        return cursor
-
-    def send(self, text: bytes, cursor=None):
-        """Send ready SQL (already interpolated) with whatever is queued, in one round trip."""
-        with peewee.__exception_wrapper__:
-            cursor = cursor or self._plain_cursor()
-            cursor.execute(self._take_queue() + text)
-        return cursor
-
-    def defer(self, sql: str, params: tuple = ()) -> None:
-        """Run a write with the next statement or the COMMIT (right away outside a transaction)."""
-        if not self.in_transaction():
-            self.execute_sql(sql, params)
-            return
-        self._queue().append(self._plain_cursor().mogrify(sql, params))
-
-    def execute_sql(self, sql, params=None):
-        if isinstance(sql, str) and not params and self.in_transaction():
-            if sql.startswith(_PIGGYBACK):
-                self._queue().append(sql.encode())
-                return None
-            if sql.startswith(_ROLLBACK_TO):
-                opened = ("SAVEPOINT " + sql[len(_ROLLBACK_TO):]).encode()
-                queue = self._queue()
-                if opened in queue:  # nothing was sent since: nothing to roll back
-                    del queue[queue.index(opened):]
-                    return None
-        if not self._queue():
-            return super().execute_sql(sql, params)
-        self._log_query(sql, params)
-        cursor = self._plain_cursor()
-        return self.send(cursor.mogrify(sql, params or ()), cursor)
-
-    # -- transactions
-    def begin(self, isolation_level=None):
-        if isolation_level is None and not self._isolation_level:
-            if self.is_closed():  # open it now, as peewee's BEGIN would (connecting resets state)
-                self.connect()
-            queue = self._queue()
-            queue.clear()
-            queue.append(b"BEGIN")
-            return
-        super().begin(isolation_level)
-
-    def commit(self):
-        queue = self._queue()
-        if b"BEGIN" in queue and all(q == b"BEGIN" or q.startswith((b"SAVEPOINT ", b"RELEASE "))
-                                     for q in queue):
-            queue.clear()  # the transaction never reached the server
-            return
-        self.send(b"COMMIT")
-
-    def rollback(self):
-        queue = self._queue()
-        started = b"BEGIN" not in queue
-        queue.clear()
-        if started:
-            with peewee.__exception_wrapper__:
-                self._plain_cursor().execute("ROLLBACK")
-
-    # -- the pool's liveness check
-    def _is_closed(self, conn):
-        if conn.closed:
-            return True
-        returned = self._returned_at.get(id(conn))
-        if (returned is not None and time.monotonic() - returned < self.PING_AFTER
-                and conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE):
-            return False
-        return super()._is_closed(conn)
-
-    def _close(self, conn, close_conn=False):
-        self._returned_at[id(conn)] = time.monotonic()
-        if len(self._returned_at) > 4 * (self._max_connections or 64):
-            self._returned_at.clear()  # forget connections long gone
-        super()._close(conn, close_conn)
-
-    def connect(self, reuse_if_open=False):
-        opened = super().connect(reuse_if_open)
-        if opened:
-            self._queue().clear()
-        return opened
-
-
 def session_options() -> str:
     """libpq ``options`` of every service connection: a stuck lock or a runaway statement ends
     in an error the caller can answer (409/503), never in a hung request."""
@@ -189,8 +54,8 @@ def init_db(url: str, max_connections: int = 32) -> PooledPostgresqlDatabase:
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "gcp")
     params.setdefault("options", session_options())
-    real = PipelinedPostgresqlDatabase(database, max_connections=max_connections, stale_timeout=300,
-                                       timeout=10, **params)
+    real = PooledPostgresqlDatabase(database, max_connections=max_connections, stale_timeout=300,
+                                    timeout=10, **params)
     db.initialize(real)
     return real
 
@@ -313,18 +178,14 @@ class Statements:
         self.parts.append((_update_sql(model, tuple(f.name for f in fields)),
                            tuple(f.db_value(data[f.name]) for f in fields) + (row._pk,)))
 
-    def flush(self, later: bool = False) -> None:
-        """Send every collected statement in one round trip (errors raise as Peewee's), or,
-        ``later``, with the next statement or the COMMIT (see :meth:`PipelinedPostgresqlDatabase.defer`)."""
+    def flush(self) -> None:
+        """Send every collected statement in one round trip (errors raise as Peewee's)."""
         if not self.parts:
             return
         parts, self.parts = self.parts, []
-        if later:
-            for sql, params in parts:
-                db.obj.defer(sql, params)
-            return
-        cursor = db.obj._plain_cursor()
-        db.obj.send(b";".join(cursor.mogrify(sql, params) for sql, params in parts), cursor)
+        cursor = db.cursor()
+        with peewee.__exception_wrapper__:
+            cursor.execute(b";".join(cursor.mogrify(sql, params) for sql, params in parts))
 
 
 # ---- start-up of a long-running process ---------------------------------------------------

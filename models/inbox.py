@@ -79,8 +79,8 @@ def process(inbox_id: int) -> str:
 
 def _handle(source: str, payload: dict, inbox_id: int) -> None:
     outcome = messagebus.handle(COMMAND_OF[source](payload), orders.message_context(payload, source))
-    db.defer("UPDATE inbox_message SET status = 'DONE', processed_at = now(),"
-             " attempts = attempts + 1 WHERE id = %s", (inbox_id,))  # sent with the COMMIT
+    work.later("UPDATE inbox_message SET status = 'DONE', processed_at = now(),"
+               " attempts = attempts + 1 WHERE id = %s", (inbox_id,))  # sent with the COMMIT
     log.debug("message handled", extra={"eventId": payload.get("eventId"), "source": source,
                                        "effects": outcome.effects, "note": outcome.note})
 

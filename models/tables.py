@@ -67,7 +67,6 @@ class GiftCertificate(Base):
 
     class Meta:
         table_name = "gift_certificate"
-        only_save_dirty = True  # UPDATE only the columns a use case changed (hot path)
 
 
 class AuthorizationHold(Base):

@@ -49,24 +49,50 @@ _PENDING_INVALIDATION: contextvars.ContextVar[set | None] = contextvars.ContextV
     "gcp_pending_invalidation", default=None)
 
 
+#: Writes of the enclosing :func:`transaction` that nothing reads back before its commit.
+_LATER: contextvars.ContextVar[Statements | None] = contextvars.ContextVar("gcp_later", default=None)
+
+
 @contextlib.contextmanager
 def transaction():
     """An outer transaction around use cases plus the caller's own writes (e.g. the HTTP
-    idempotency record), so both commit together; the units of work inside become savepoints
-    and their cache invalidation waits until this transaction has ended (the outermost one,
-    when nested)."""
+    idempotency record, the inbox row), so all commit together; the units of work inside become
+    savepoints and their cache invalidation waits until this transaction has ended (the
+    outermost one, when nested). Writes queued with :func:`later` go with its last round trip."""
     if _PENDING_INVALIDATION.get() is not None:  # nested: the outermost one invalidates
         with db.atomic():
             yield
         return
     pending: set[str] = set()
-    token = _PENDING_INVALIDATION.set(pending)
+    writes = Statements()
+    token, later_token = _PENDING_INVALIDATION.set(pending), _LATER.set(writes)
     try:
         with db.atomic():
             yield
+            writes.flush()
     finally:
         _PENDING_INVALIDATION.reset(token)
+        _LATER.reset(later_token)
         cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
+
+
+def later(sql: str, params: tuple = ()) -> None:
+    """A write whose result nothing reads before the commit (an effect recorded, an inbox row
+    done): sent with the end of the enclosing :func:`transaction`, or at once outside one.
+    Never queue one inside a savepoint that may roll back: it would be sent all the same.
+    A reader of such rows calls :func:`flush_later` first."""
+    writes = _LATER.get()
+    if writes is None:
+        db.execute_sql(sql, params)
+    else:
+        writes.add(sql, params)
+
+
+def flush_later() -> None:
+    """Send the queued :func:`later` writes now (before reading what they write)."""
+    writes = _LATER.get()
+    if writes is not None:
+        writes.flush()
 
 
 class UnitOfWork:

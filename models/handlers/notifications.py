@@ -77,5 +77,5 @@ def record_sms_outcome(cmd: RecordSmsOutcome, ctx: Context) -> None:
             log.warning("notification result for %s refused: %s", cmd.code, refused.code)
         if cmd.alert:
             raise_alert(RaiseAlert("alert", "NOTIFICATION_FAILED", f"the CVC SMS could not be sent: {cmd.reason}",
-                                   "sms-gateway", certificate_code=cmd.code,
-                                   details={"notificationId": cmd.notification_event_id}), ctx)
+                                "sms-gateway", certificate_code=cmd.code,
+                                details={"notificationId": cmd.notification_event_id}), ctx)

@@ -32,7 +32,7 @@ from models.handlers.notifications import notification_result, raise_alert
 from models.handlers.pool import expire_reservation, issue, release, reserve
 from models.tables import AuthorizationHold, BlockedIssue, ClientProfile, GiftCertificate, SalesOrder
 from models.timeutil import parse_time_or_none, utcnow
-from models.unit_of_work import Context, run, transaction, UnitOfWork
+from models.unit_of_work import Context, flush_later, later, run, transaction, UnitOfWork
 
 
 log = logging.getLogger("gcp.orders")
@@ -105,7 +105,9 @@ def _tender(raw: dict) -> corr.Tender:
 
 
 def load_order(order_id: str) -> tuple[corr.Order | None, dict[str, str]]:
-    """The order as recorded, and the effects already applied to it (one round trip)."""
+    """The order as recorded, and the effects already applied to it (one round trip, after the
+    effects an earlier message of this transaction recorded)."""
+    flush_later()
     row = db.execute_sql("SELECT channel, currency, total, lines, tenders, cancelled_event_id, refunds,"
                          " (SELECT json_object_agg(effect_key, outcome) FROM order_effect e"
                          "   WHERE e.order_id = o.order_id)"
@@ -191,10 +193,10 @@ def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     record = corr.merge_order_message(before, msg, parse_time_or_none(msg.get("occurredAt")), now)
     columns = {name: getattr(record, name) for name in _RECORD_FIELDS}
     columns["status"] = record.status.value
-    if row is None:  # read back by the correlation right after: sent with that read
+    if row is None:
         writes = Statements()
         writes.insert(SalesOrder, **columns, created_at=now, updated_at=now)
-        writes.flush(later=True)
+        writes.flush()
         return SalesOrder(**columns, created_at=now, updated_at=now)
     for name, value in columns.items():
         setattr(row, name, value)
@@ -239,11 +241,11 @@ class _Applier:
         except DomainError as refused:
             code = decision.params.get("code")
             raise_alert(RaiseAlert("error", refused.code, refused.message, self.source,
-                                      certificate_code=code, key=code or self.order.order_id), ctx)
+                                   certificate_code=code, key=code or self.order.order_id), ctx)
             outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
-        db.defer("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
-                 " VALUES (%s, %s, %s, %s, %s)",
-                 (self.order.order_id, decision.key, outcome, detail, ctx.causation_id))
+        later("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
+              " VALUES (%s, %s, %s, %s, %s)",
+              (self.order.order_id, decision.key, outcome, detail, ctx.causation_id))
         log.debug("order effect", extra={"orderId": self.order.order_id, "effect": decision.key,
                                         "outcome": outcome})
         return outcome, detail
@@ -290,12 +292,12 @@ class _Applier:
         if named is not None and named.status == Status.AVAILABLE.value:
             # the reservation lapsed but the very code is still free: sell it after all
             reserve(Reserve(order.channel, order.order_id, line_id, p["nominal"],
-                                   order.currency, code=named.code), ctx)
+                            order.currency, code=named.code), ctx)
             row = certificate_for_line(order.channel, order.order_id, line_id)
         if row is None:  # the reservation was lost: a fresh certificate from the pool
             try:
                 reserve(Reserve(order.channel, order.order_id, line_id, p["nominal"],
-                                       order.currency), ctx)
+                                order.currency), ctx)
             except DomainError as refused:
                 if refused.code != "POOL_EMPTY":
                     raise
@@ -351,14 +353,14 @@ class _Applier:
 
     def _currency_error(self, p: dict, ctx: Context):
         raise_alert(RaiseAlert("error", "CURRENCY_MISMATCH", p["message"], PAYMENTS,
-                                  key=self.order.order_id,
-                                  details={"orderId": self.order.order_id, "paymentId": p["payment_id"]}),
-                   ctx)
+                               key=self.order.order_id,
+                               details={"orderId": self.order.order_id, "paymentId": p["payment_id"]}),
+                ctx)
         return "APPLIED", p["payment_id"]
 
     def _alert(self, p: dict, ctx: Context):
         raise_alert(RaiseAlert("alert", p["alert"], p["message"], self.source,
-                                  key=self.order.order_id), ctx)
+                               key=self.order.order_id), ctx)
         return "APPLIED", p["alert"]
 
 
@@ -391,8 +393,8 @@ def correlate(order_id: str, ctx: Context, source: str,
         if not order.refunds:
             break  # only a refund's effects wait for other effects of the same order
     if any(key.startswith("issue:") for key, _ in applied):
-        db.defer("UPDATE sales_order SET status = %s, paid_at = %s"
-                 " WHERE order_id = %s AND paid_at IS NULL", (OrderStatus.PAID.value, utcnow(), order_id))
+        later("UPDATE sales_order SET status = %s, paid_at = %s"
+              " WHERE order_id = %s AND paid_at IS NULL", (OrderStatus.PAID.value, utcnow(), order_id))
     return applied
 
 
@@ -455,7 +457,7 @@ def on_client_message(cmd: ClientMessage, ctx: Context) -> Outcome:
                 note = f"notification {result['status']}"
             except DomainError as refused:
                 raise_alert(RaiseAlert("error", refused.code, refused.message, CLIENTS,
-                                          certificate_code=code, key=code), ctx)
+                                    certificate_code=code, key=code), ctx)
                 note = f"refused: {refused.code}"
         return Outcome(None, note=note)
 
@@ -466,9 +468,7 @@ def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> tuple[str, str | None]
         hold = AuthorizationHold.get_or_none(AuthorizationHold.id == cmd.authorization_id)
         seen = None
         if hold is not None:
-            row = uow.lock_certificate(hold.certificate.code)
-            hold = (AuthorizationHold.select().where(AuthorizationHold.id == cmd.authorization_id)
-                    .for_update().get())
+            hold, row = uow.lock_hold(cmd.authorization_id, None)
             seen = {"code": row.code, "status": hold.status, "captured": hold.captured_amount}
         mismatch = corr.capture_mismatch(cmd.code, cmd.amount, cmd.authorization_id, seen)
         if mismatch is not None:
@@ -478,7 +478,7 @@ def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> tuple[str, str | None]
                      None, key=cmd.code)
             return "REFUSED", mismatch
         hold.confirmed_by, hold.updated_at = ctx.cause, uow.now
-        hold.save()
+        uow.writes.update(hold)
         uow.audit("authorization.confirmed", row, details={
             "authorizationId": hold.id, "amount": fmt_money(cmd.amount), "orderId": ctx.correlation_id})
         return "APPLIED", hold.id
@@ -526,7 +526,7 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: Context) -> list[str]
                 try:
                     with db.atomic():
                         reserve(Reserve(row.channel, row.order_id, row.line_id, row.nominal,
-                                               row.currency.strip()), line_ctx)
+                                        row.currency.strip()), line_ctx)
                 except DomainError as refused:
                     if refused.code != "POOL_EMPTY":
                         raise

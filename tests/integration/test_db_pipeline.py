@@ -1,10 +1,11 @@
-"""The pipelined database (models.db): BEGIN, savepoints and deferred writes go with the next
-statement, yet transactions behave exactly as if each had been sent on its own."""
+"""Writes sent together: ``Statements`` (one round trip for a unit of work's writes) and
+``unit_of_work.later`` (writes nothing reads back, sent with the transaction's end)."""
 import threading
 
 import pytest
 from peewee import IntegrityError
 
+from models import unit_of_work as work
 from models.db import Statements, db
 from models.tables import GiftCertificate, OrderEffect
 from tests.helpers import load, uid
@@ -21,69 +22,57 @@ def effects(order_id):
         "SELECT effect_key FROM order_effect WHERE order_id = %s ORDER BY effect_key", (order_id,)).fetchall()]
 
 
-def defer_effect(order_id, key):
-    db.defer("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, %s, 'APPLIED')",
-             (order_id, key))
+def later_effect(order_id, key):
+    work.later("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, %s, 'APPLIED')",
+               (order_id, key))
 
 
-def test_a_deferred_write_is_seen_by_the_next_read_and_committed_with_the_transaction():
+def test_a_later_write_waits_for_the_end_of_the_transaction_and_commits_with_it():
     order = uid("o-")
-    with db.atomic():
-        defer_effect(order, "a")
-        assert effects(order) == ["a"]  # sent ahead of this read
-        defer_effect(order, "b")  # sent with the COMMIT
+    with work.transaction():
+        later_effect(order, "a")
+        assert effects(order) == []  # not sent yet
+        later_effect(order, "b")
     assert effects(order) == ["a", "b"]
 
 
-def test_a_deferred_write_that_fails_fails_the_commit_and_rolls_everything_back():
+def test_a_later_write_that_fails_fails_the_transaction_and_rolls_everything_back():
     order = uid("o-")
     with pytest.raises(IntegrityError):
-        with db.atomic():
-            defer_effect(order, "a")
-            assert effects(order) == ["a"]
-            defer_effect(order, "a")  # unique (order_id, effect_key): fails at COMMIT
+        with work.transaction():
+            db.execute_sql("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, 'x', 'APPLIED')",
+                           (order,))
+            later_effect(order, "a")
+            later_effect(order, "a")  # unique (order_id, effect_key): fails at the end
     assert effects(order) == []
-    # and the connection is usable afterwards
-    with db.atomic():
-        defer_effect(order, "c")
+    with work.transaction():  # and the connection is usable afterwards
+        later_effect(order, "c")
     assert effects(order) == ["c"]
 
 
-def test_savepoints_roll_back_only_their_own_writes_whether_sent_or_still_queued():
-    order = uid("o-")
-    with db.atomic():
-        defer_effect(order, "outer")
-        with pytest.raises(RuntimeError):
-            with db.atomic():  # nothing sent inside: the rollback costs nothing
-                defer_effect(order, "queued-inner")
-                raise RuntimeError("refused")
-        with pytest.raises(RuntimeError):
-            with db.atomic():  # sent inside, then rolled back on the server
-                defer_effect(order, "sent-inner")
-                assert "sent-inner" in effects(order)
-                raise RuntimeError("refused")
-        with db.atomic():
-            defer_effect(order, "kept-inner")
-    assert effects(order) == ["kept-inner", "outer"]
-
-
-def test_a_write_outside_a_transaction_runs_at_once():
-    order = uid("o-")
-    defer_effect(order, "now")
-    assert effects(order) == ["now"]
-
-
-def test_a_raw_cursor_sends_what_is_queued_first():
-    """COPY and other direct cursor use must run inside the transaction (and savepoint) opened
-    before it, though BEGIN and SAVEPOINT were only queued."""
+def test_a_transaction_that_fails_sends_none_of_its_later_writes():
     order = uid("o-")
     with pytest.raises(RuntimeError):
-        with db.atomic():
-            with db.atomic():
-                db.cursor().execute("INSERT INTO order_effect (order_id, effect_key, outcome)"
-                                    " VALUES (%s, 'raw', 'APPLIED')", (order,))
-            raise RuntimeError("roll the transaction back")
+        with work.transaction():
+            later_effect(order, "a")
+            raise RuntimeError("refused")
     assert effects(order) == []
+
+
+def test_a_reader_flushes_the_later_writes_first():
+    order = uid("o-")
+    with work.transaction():
+        later_effect(order, "a")
+        work.flush_later()
+        assert effects(order) == ["a"]
+        later_effect(order, "b")
+    assert effects(order) == ["a", "b"]
+
+
+def test_a_later_write_outside_a_transaction_runs_at_once():
+    order = uid("o-")
+    later_effect(order, "now")
+    assert effects(order) == ["now"]
 
 
 def test_statements_update_only_the_loaded_columns():
@@ -99,9 +88,9 @@ def test_statements_update_only_the_loaded_columns():
     assert again.lock_reason == "TEST" and str(again.nominal) == "700.00" and again.status == "AVAILABLE"
 
 
-def test_a_pooled_connection_broken_while_idle_is_replaced():
-    """Within the bypass window a returned connection is trusted; after it, the pool pings and
-    drops a connection the server closed (a thread of its own: its own pooled connection)."""
+def test_a_pooled_connection_the_server_closed_is_replaced():
+    """A pooled connection that PostgreSQL closed while it was idle is dropped at check-out,
+    not handed out (a thread of its own: its own pooled connection)."""
     import psycopg2
 
     from config import get_settings
@@ -123,25 +112,24 @@ def test_a_pooled_connection_broken_while_idle_is_replaced():
     admin.autocommit = True
     admin.cursor().execute("SELECT pg_terminate_backend(%s)", (seen[0],))
     admin.close()
-    db.obj._returned_at.clear()  # as if the bypass window had passed
     in_thread(backend_pid)
-    assert len(seen) == 2 and seen[1] != seen[0]  # the dead one was dropped, not handed out
+    assert len(seen) == 2 and seen[1] != seen[0]
 
 
-def test_threads_keep_their_own_queues():
+def test_threads_keep_their_own_later_writes():
     orders = [uid("o-") for _ in range(4)]
     errors = []
 
-    def work(order):
+    def run(order):
         try:
             with db.connection_context():
                 for i in range(20):
-                    with db.atomic():
-                        defer_effect(order, f"k{i:02d}")
+                    with work.transaction():
+                        later_effect(order, f"k{i:02d}")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(o,)) for o in orders]
+    threads = [threading.Thread(target=run, args=(o,)) for o in orders]
     for t in threads:
         t.start()
     for t in threads:
