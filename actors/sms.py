@@ -1,4 +1,5 @@
-"""The SMS actor: sends a certificate's CVC to the buyer, exactly once per notification request.
+"""The SMS actor: sends a certificate's CVC to the buyer, exactly once per notification request
+(the lease and the outcome are use cases of ``models/handlers/notifications.py``; this is the I/O).
 
 Used when ``NOTIFY_VIA=sms`` (otherwise CRM fetches the CVC once through
 ``GET /certificates/{code}/cvc`` and reports on All_Clients). The relay hands over every
@@ -38,23 +39,6 @@ QUEUE = "gcp-sms"
 _MAX_RETRIES = get_settings().sms_max_retries
 
 
-def phone_for(certificate) -> str | None:
-    """The buyer's phone: the order's customer phone, else the CRM profile's."""
-    from models.tables import ClientProfile, SalesOrder
-
-    if not certificate.order_id:
-        return None
-    order = SalesOrder.get_or_none(SalesOrder.order_id == certificate.order_id)
-    customer = (order.customer or {}) if order is not None else {}
-    if customer.get("phone"):
-        return customer["phone"]
-    if customer.get("clientId"):
-        profile = ClientProfile.get_or_none(ClientProfile.client_id == customer["clientId"])
-        if profile is not None:
-            return profile.phone
-    return None
-
-
 def sms_text(code: str, cvc: str, nominal: str | None, currency: str,
              expires_at: dt.datetime | None = None, template: str | None = None) -> str:
     """The SMS from ``SMS_TEMPLATE`` (Russian by default)."""
@@ -73,71 +57,43 @@ def _report(code: str, delivered: bool, reason: str | None, event_id: str, gatew
 
 def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     """Send the SMS of one notification request. Returns what happened; raises to be retried."""
-    from models import cvc as cvc_secret
-    from models.db import connection, db
-    from models.domain import ZERO, fmt_money
-    from models.repository import to_domain
-    from models.timeutil import utcnow
-    from models.tables import GiftCertificate, SmsMessage
+    from models import commands, messagebus
     from observability import mask_phone
 
     settings = get_settings()
     if settings.notify_via != "sms":
         return "crm-path"
     sender = gateway(settings)
-    lease = dt.timedelta(milliseconds=settings.sms_sweep_after_ms)
-    with connection():
-        with db.atomic():
-            cert = GiftCertificate.select().where(GiftCertificate.code == code).for_update().first()
-            if cert is None or not to_domain(cert, ZERO).notification_due:
-                return "not-requested"
-            now = utcnow()
-            SmsMessage.insert(notification_event_id=notification_event_id, code=code, status="PENDING",
-                              created_at=now, touched_at=now).on_conflict_ignore().execute()
-            sms = (SmsMessage.select().where(SmsMessage.notification_event_id == notification_event_id)
-                   .for_update().get())
-            if sms.status in ("SENT", "FAILED"):
-                return "already-" + sms.status.lower()
-            if sms.status == "SENDING" and sms.sending_until and sms.sending_until > now:
-                return "in-flight"  # another attempt holds the lease
-            died_mid_send = sms.status == "SENDING"
-            phone = phone_for(cert)
-            secret = cvc_secret.decrypt(cert.cvc_encrypted)
-            if not died_mid_send or sender.idempotent:
-                sms.status, sms.sending_until, sms.touched_at = "SENDING", now + lease, now
-                sms.attempts += 1
-                sms.save()
-        if died_mid_send and not sender.idempotent:  # maybe sent: never submit twice
-            _report(code, False, "UNKNOWN_OUTCOME", notification_event_id, alert=True)
+    lease = messagebus.handle(commands.TakeSmsLease(code, notification_event_id, settings.sms_sweep_after_ms,
+                                                    sender.idempotent))
+    if lease.outcome in ("not-requested", "already-sent", "already-failed", "in-flight"):
+        return lease.outcome
+    if lease.outcome != "send":  # the domain's reason not to send: the request fails
+        reason = {"unknown-outcome": "UNKNOWN_OUTCOME", "no-phone": "NO_PHONE"}.get(lease.outcome, "CVC_UNREADABLE")
+        _report(code, False, reason, notification_event_id, alert=lease.outcome == "unknown-outcome")
+        return "failed"
+    text = sms_text(code, lease.cvc, lease.nominal, lease.currency, lease.expires_at, settings.sms_template)
+    message = Sms(lease.phone, text, notification_event_id, masked(text, lease.cvc))
+    try:
+        accepted = sender.send(message)
+    except GatewayRefused as exc:
+        log.warning("sms to %s for %s refused: %s", mask_phone(lease.phone), code, exc)
+        _report(code, False, str(exc)[:300], notification_event_id, alert=True)
+        return "failed"
+    except GatewayError as exc:
+        reason = str(exc)[:300]
+        log.warning("sms to %s for %s failed (%s): %s", mask_phone(lease.phone), code,
+                    "last attempt" if final else "retrying", reason)
+        messagebus.handle(commands.SmsAttemptFailed(notification_event_id, reason))
+        if final:
+            _report(code, False, reason, notification_event_id, alert=True)
             return "failed"
-        if phone is None or secret is None:
-            _report(code, False, "NO_PHONE" if phone is None else "CVC_UNREADABLE", notification_event_id)
-            return "failed"
-        text = sms_text(code, secret, fmt_money(cert.nominal), cert.currency.strip(), cert.expires_at,
-                        settings.sms_template)
-        message = Sms(phone, text, notification_event_id, masked(text, secret))
-        try:
-            accepted = sender.send(message)
-        except GatewayRefused as exc:
-            log.warning("sms to %s for %s refused: %s", mask_phone(phone), code, exc)
-            _report(code, False, str(exc)[:300], notification_event_id, alert=True)
-            return "failed"
-        except GatewayError as exc:
-            reason = str(exc)[:300]
-            log.warning("sms to %s for %s failed (%s): %s", mask_phone(phone), code,
-                        "last attempt" if final else "retrying", reason)
-            with db.atomic():
-                SmsMessage.update(status="PENDING", sending_until=None, last_error=reason, touched_at=utcnow()).where(
-                    SmsMessage.notification_event_id == notification_event_id).execute()
-            if final:
-                _report(code, False, reason, notification_event_id, alert=True)
-                return "failed"
-            raise
-        _report(code, accepted.delivered, accepted.reason, notification_event_id, accepted.gateway_id,
-                alert=not accepted.delivered)
-        log.info("sms sent" if accepted.delivered else "sms undelivered",
-                 extra={"code": code, "to": mask_phone(phone), "reference": notification_event_id})
-        return "sent" if accepted.delivered else "failed"
+        raise
+    _report(code, accepted.delivered, accepted.reason, notification_event_id, accepted.gateway_id,
+            alert=not accepted.delivered)
+    log.info("sms sent" if accepted.delivered else "sms undelivered",
+             extra={"code": code, "to": mask_phone(lease.phone), "reference": notification_event_id})
+    return "sent" if accepted.delivered else "failed"
 
 
 def stuck_requests(limit: int = 200) -> list[tuple[str, str]]:

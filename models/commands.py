@@ -205,6 +205,22 @@ class RaiseAlert:
 
 
 @dataclass(frozen=True)
+class TakeSmsLease:
+    """An attempt to send the CVC SMS of one notification request takes its lease."""
+    code: str
+    notification_event_id: str
+    lease_ms: int
+    gateway_idempotent: bool  # the gateway drops a second submit with the same reference
+
+
+@dataclass(frozen=True)
+class SmsAttemptFailed:
+    """The gateway failed this attempt (it will be retried): the lease is given back."""
+    notification_event_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecordSmsOutcome:
     """What the SMS gateway said about the CVC SMS of one notification request."""
     code: str

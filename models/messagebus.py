@@ -44,6 +44,8 @@ COMMAND_HANDLERS: dict[type, Callable[[Any, Context], Any]] = {
     c.RequestNotification: notifications.request_notification,
     c.NotificationResult: notifications.notification_result,
     c.RaiseAlert: notifications.raise_alert,
+    c.TakeSmsLease: notifications.take_sms_lease,
+    c.SmsAttemptFailed: notifications.sms_attempt_failed,
     c.RecordSmsOutcome: notifications.record_sms_outcome,
     # the channels' messages
     c.OrderMessage: orders.on_order_message,

@@ -10,7 +10,8 @@ from peewee import fn
 
 from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, Status,
                            available_of, fmt_money)
-from models.tables import AuthorizationHold, BalanceAdjustment, GiftCertificate, OrderPayment
+from models.tables import (AuthorizationHold, BalanceAdjustment, ClientProfile, GiftCertificate, OrderPayment,
+                           SalesOrder)
 from models.timeutil import iso
 
 
@@ -97,3 +98,18 @@ def payment_seen(order_id: str | None, channel: str | None) -> bool:
 def adjustment_from(record: BalanceAdjustment) -> Adjustment:
     return Adjustment(record.id, record.direction, record.amount, record.reason,
                       record.requested_by, record.expires_at, record.status, record.decided_by)
+
+
+def phone_for(certificate) -> str | None:
+    """The buyer's phone: the order's customer phone, else the CRM profile's."""
+    if not certificate.order_id:
+        return None
+    order = SalesOrder.get_or_none(SalesOrder.order_id == certificate.order_id)
+    customer = (order.customer or {}) if order is not None else {}
+    if customer.get("phone"):
+        return customer["phone"]
+    if customer.get("clientId"):
+        profile = ClientProfile.get_or_none(ClientProfile.client_id == customer["clientId"])
+        if profile is not None:
+            return profile.phone
+    return None

@@ -1,16 +1,21 @@
-"""The CVC notification (CRM fetches the CVC once, results, support asks again) and alerts."""
+"""The CVC notification: CRM fetches the CVC once, the SMS sender takes its lease and records its
+outcome, results, support asks again; and the stream's alerts."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
+from dataclasses import dataclass
 
 from models import cvc as cvc_secret
-from models.commands import DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome, RequestNotification
-from models.domain import DomainError, E, Event
-from models.repository import snapshot
-from models.unit_of_work import Context, run, transaction, UnitOfWork
+from models.commands import (DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome, RequestNotification,
+                             SmsAttemptFailed, TakeSmsLease)
+from models.db import connection, db
+from models.domain import ZERO, DomainError, E, Event, fmt_money
+from models.repository import phone_for, snapshot, to_domain
+from models.tables import GiftCertificate, SmsMessage
 from models.timeutil import utcnow
-from models.tables import SmsMessage
+from models.unit_of_work import Context, UnitOfWork, run, transaction
 
 log = logging.getLogger("gcp.notifications")
 
@@ -79,3 +84,51 @@ def record_sms_outcome(cmd: RecordSmsOutcome, ctx: Context) -> None:
             raise_alert(RaiseAlert("alert", "NOTIFICATION_FAILED", f"the CVC SMS could not be sent: {cmd.reason}",
                                 "sms-gateway", certificate_code=cmd.code,
                                 details={"notificationId": cmd.notification_event_id}), ctx)
+
+
+@dataclass(frozen=True)
+class SmsLease:
+    """What an SMS attempt may do: ``send`` (with the phone, the CVC and the certificate's
+    figures for the text), or why not: not-requested, already-sent, already-failed, in-flight
+    (another attempt holds the lease), unknown-outcome (an attempt died mid-send on a gateway
+    that cannot tell), no-phone, cvc-unreadable."""
+    outcome: str
+    phone: str | None = None
+    cvc: str | None = None
+    nominal: str | None = None
+    currency: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+def take_sms_lease(cmd: TakeSmsLease, ctx: Context) -> SmsLease:
+    """Exactly one SMS per notification request: under the certificate's and the message's row
+    locks an attempt takes a lease (``SENDING`` until ``sending_until``) and commits it; a second
+    trigger meanwhile finds the lease and sends nothing."""
+    with connection(), db.atomic():
+        cert = GiftCertificate.select().where(GiftCertificate.code == cmd.code).for_update().first()
+        if cert is None or not to_domain(cert, ZERO).notification_due:
+            return SmsLease("not-requested")
+        now = utcnow()
+        SmsMessage.insert(notification_event_id=cmd.notification_event_id, code=cmd.code, status="PENDING",
+                          created_at=now, touched_at=now).on_conflict_ignore().execute()
+        sms = (SmsMessage.select().where(SmsMessage.notification_event_id == cmd.notification_event_id)
+               .for_update().get())
+        if sms.status in ("SENT", "FAILED"):
+            return SmsLease("already-" + sms.status.lower())
+        if sms.status == "SENDING" and sms.sending_until and sms.sending_until > now:
+            return SmsLease("in-flight")
+        if sms.status == "SENDING" and not cmd.gateway_idempotent:  # maybe sent: never submit twice
+            return SmsLease("unknown-outcome")
+        phone, secret = phone_for(cert), cvc_secret.decrypt(cert.cvc_encrypted)
+        if phone is None or secret is None:
+            return SmsLease("no-phone" if phone is None else "cvc-unreadable")
+        sms.status, sms.sending_until, sms.touched_at = "SENDING", now + dt.timedelta(milliseconds=cmd.lease_ms), now
+        sms.attempts += 1
+        sms.save()
+        return SmsLease("send", phone, secret, fmt_money(cert.nominal), cert.currency.strip(), cert.expires_at)
+
+
+def sms_attempt_failed(cmd: SmsAttemptFailed, ctx: Context) -> None:
+    with connection(), db.atomic():
+        (SmsMessage.update(status="PENDING", sending_until=None, last_error=cmd.reason, touched_at=utcnow())
+         .where(SmsMessage.notification_event_id == cmd.notification_event_id).execute())
