@@ -282,8 +282,8 @@ def _floor_end_hold(capture: bool):
 
 def _floor_reserve(cur, cert_id: int, code: str, state) -> None:
     cur.execute("SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB' AND"
-                " (nominal = 1000.00 OR open_value) AND kind = 'ELECTRONIC' ORDER BY open_value, id LIMIT 1"
-                " FOR UPDATE SKIP LOCKED")
+                " kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value ORDER BY id LIMIT 1"
+                " FOR UPDATE SKIP LOCKED")  # models.services.pick_available's first query
     row = cur.fetchone()
     # the row stays as it is (the service's own reservations need the pool): the same reads,
     # the update of a floor certificate instead
@@ -342,9 +342,18 @@ def _explain(conn, targets) -> dict:
                      " AND status = 'ACTIVE'", (cid,)),
         "overdue holds": ("SELECT * FROM authorization_hold WHERE certificate_id = %s AND status = 'ACTIVE'"
                           " AND expires_at <= now() ORDER BY id FOR UPDATE", (cid,)),
-        "next available": ("SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
-                           " AND (nominal = 1000.00 OR open_value) AND kind = 'ELECTRONIC'"
-                           " ORDER BY open_value, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (before: one query, nominal OR open value)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND (nominal = 1000.00 OR open_value) AND kind = 'ELECTRONIC'"
+            " ORDER BY open_value, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (now: printed for the nominal first)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (now: then open value)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal IS NULL AND open_value"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
     }
     with conn.cursor() as cur:
         for name, (sql, args) in queries.items():

@@ -66,6 +66,7 @@ def main() -> int:
     raw.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     out = HERE / ("report-quick.md" if quick else "report.md")
     report.write(results, meta, out)
+    raw.with_suffix(".md").write_text(out.read_text())  # the report of this run, kept with its raw results
     print(f"report: {out}\nraw: {raw}")
     return 1 if meta["failed"] else 0
 
