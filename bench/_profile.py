@@ -24,21 +24,23 @@ from pathlib import Path
 from bench import api
 
 PG = Path("/usr/lib/postgresql/15/bin")
+IDLE = ("_worker (concurrent/futures/thread.py", "select (selectors.py", "wait_for_signals", "Arbiter.sleep",
+        "WorkerTmp.notify")
 GROUPS = {
-    "flask_limiter / limits (rate limit)": ("flask_limiter", "limits/"),
+    "flask_limiter (rate limit)": ("flask_limiter",),
+    "  of which limits' strategies (Redis round trips)": ("limits/strategies",),
     "redis client": ("redis/",),
     "peewee": ("peewee",),
-    "psycopg2 (waiting on PostgreSQL)": ("psycopg2",),
+    "PostgreSQL round trips (models/db.py send, peewee execute)": ("PipelinedPostgresqlDatabase.send", "_execute_cursor"),
     "jwt": ("jwt/",),
     "marshmallow / flask_smorest / webargs": ("marshmallow", "flask_smorest", "webargs"),
     "logging": ("logging/",),
     "prometheus_client": ("prometheus_client",),
     "cvc (hash check)": ("models/cvc.py",),
     "models/services.py": ("models/services.py",),
+    "models/cvc_budget.py": ("models/cvc_budget.py",),
     "models/cache.py": ("models/cache.py",),
     "api/idempotency.py": ("api/idempotency.py",),
-    "gunicorn / server": ("gunicorn", "api/server.py"),
-    "werkzeug / flask": ("werkzeug", "flask/"),
 }
 
 
@@ -122,15 +124,19 @@ def main(seconds: float = 15) -> None:
             stmts = cur.fetchall()
         print(f"authorize c16: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, codes {r['codes']}")
         total, groups, leaves = 0, collections.Counter(), collections.Counter()
+        idle_n = 0
         for line in out.read_text().splitlines():
             stack_s, _, n = line.rpartition(" ")
             n = int(n)
+            if any(k in stack_s.split(";")[-1] for k in IDLE):  # a thread waiting for work
+                idle_n += n
+                continue
             total += n
             for g, keys in GROUPS.items():
                 if any(k in stack_s for k in keys):
                     groups[g] += n
             leaves[stack_s.split(";")[-1]] += n
-        print(f"py-spy: {total} samples of the web workers (active threads only)")
+        print(f"py-spy: {total} busy samples of the web workers ({idle_n} more of threads waiting for work)")
         for g, n in groups.most_common():
             print(f"  {n / total:6.1%}  {g}")
         print("  top leaves:")
