@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import datetime as dt
 import logging
 import uuid
@@ -97,10 +98,28 @@ def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
     return view
 
 
+# The two reads of a certificate's holds on every authorize, capture, void and balance read,
+# built once: Peewee's query builder cost more of the web's CPU than the statements themselves
+# (18% of the web's samples during authorize).
+_HELD_SQL = ('SELECT COALESCE(SUM("amount"), 0) FROM "authorization_hold"'
+             ' WHERE "certificate_id" = %s AND "status" = \'ACTIVE\'')
+
+
+@functools.lru_cache(maxsize=None)
+def _overdue_holds_sql() -> str:
+    """The active holds of a certificate past a time, oldest id first, locked (built once)."""
+    sentinel = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    sql, params = (AuthorizationHold.select()
+                   .where((AuthorizationHold.certificate == -1) & (AuthorizationHold.status == "ACTIVE")
+                          & (AuthorizationHold.expires_at <= sentinel))
+                   .order_by(AuthorizationHold.id).for_update().sql())
+    if list(params) != [-1, "ACTIVE", sentinel]:  # pragma: no cover - the order expire_overdue_holds passes
+        raise RuntimeError(f"unexpected parameters of the overdue holds query: {params}")
+    return sql
+
+
 def active_held(certificate_id: int) -> Decimal:
-    total = (AuthorizationHold.select(fn.COALESCE(fn.SUM(AuthorizationHold.amount), 0))
-             .where((AuthorizationHold.certificate == certificate_id)
-                    & (AuthorizationHold.status == "ACTIVE")).scalar())
+    total = db.execute_sql(_HELD_SQL, (certificate_id,)).fetchone()[0]
     return Decimal(total).quantize(Decimal("0.01"))
 
 
@@ -699,10 +718,7 @@ def _with_correlation(ctx: Context, authorization_id: str) -> Context:
 
 def expire_overdue_holds(uow: UnitOfWork, row: GiftCertificate, cert: Certificate) -> None:
     """Expire a locked certificate's holds past ``expires_at`` (the scheduler may be behind)."""
-    holds = (AuthorizationHold.select().where((AuthorizationHold.certificate == row.id)
-                                             & (AuthorizationHold.status == "ACTIVE")
-                                             & (AuthorizationHold.expires_at <= uow.now))
-             .order_by(AuthorizationHold.id).for_update())
+    holds = AuthorizationHold.raw(_overdue_holds_sql(), row.id, "ACTIVE", uow.now)
     for hold_row in holds:
         hold = _to_hold(hold_row)
         if hold_overdue(hold, uow.now):
