@@ -1,6 +1,7 @@
 """Where the web's time goes during authorize at 16 connections: py-spy and pg_stat_statements.
 
-Not part of `make bench` (a leading underscore): ``python -m bench._profile [seconds]``.
+Not part of `make bench` (a leading underscore): ``python -m bench._profile [seconds]``;
+``PROFILE_GIL=1``: only the thread holding the GIL is sampled (where the web's CPU goes).
 Runs a private PostgreSQL 15 from Debian's packages (``/usr/lib/postgresql/15``, for its
 pg_stat_statements; the embedded pgserver has no contrib) in a temp dir, the embedded Redis and
 Tansu, the service's web, worker, pump and relay; plays ``POST /certificates/{code}/authorizations``
@@ -113,7 +114,7 @@ def main(seconds: float = 15) -> None:
         conn.cursor().execute("SELECT pg_stat_statements_reset()")
         out = tmp / "spy.txt"
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(procs["web"].pid),
-                                "--subprocesses", "-r", "200", "-d", str(int(seconds) + 2), "-f", "raw", "-o", str(out)],
+                                "--subprocesses", "-r", "200", *(["--gil"] if os.environ.get("PROFILE_GIL") else []), "-d", str(int(seconds) + 2), "-f", "raw", "-o", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         r = runner.wrk("authorize", port, lines, 16, seconds)
