@@ -17,16 +17,17 @@ def _table() -> dict[int, tuple[int, float]]:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        out[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+        # utime + stime, and cutime + cstime: the children it reaped (a postgres backend or an
+        # autovacuum worker that exited meanwhile is then still counted, in the postmaster's)
+        out[int(d.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / TICK)
     return out
 
 
 def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each named root pid and its descendants (one /proc scan).
 
-    A descendant that exited meanwhile is lost (its time went to the parent's cutime, which we
-    do not add, as the parent may be a long-lived server that reaps many): the bench keeps its
-    servers' process sets stable during a measurement (pools, gunicorn workers, backends)."""
+    Each process counts its own time and that of the children it reaped, so a descendant that
+    exits between two readings moves from one term to another and the sum stays right."""
     table = _table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _cpu) in table.items():

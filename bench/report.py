@@ -223,6 +223,20 @@ def build(results: dict, meta: dict) -> str:
         bad = [x for x in worst if x[2] is not None and x[2] > 1.2]
         goals.append((f"Growth: no figure worse by more than 20% at {labels[1]}",
                       ", ".join(f"{k} {r:.2f}×" for k, _r, r in worst), not bad))
+        w("\nCPU per request (ms, every process tree but wrk: web, worker, pump, relay, postgres, redis, kafka, "
+          "and the idle bare route) in the same runs: less noisy than the latency on a shared machine.\n")
+        w("| figure | " + " | ".join(labels) + " | " + " | ".join(f"ratio {lab} / {labels[0]}" for lab in labels[1:]) + " |")
+        w("|---|" + "---|" * (2 * len(labels) - 1))
+        for k in keys:
+            if k == "sale latency":
+                continue
+            vals = [sum(v for n, v in api["growth"][lab][k].get("cpu_ms", {}).items() if n != "wrk")
+                    if api["growth"][lab].get(k) else None for lab in labels]
+            # a negative sum: a process of a tree exited during the run, its time lost (runs made
+            # before bench/_proc.py counted reaped children)
+            vals = [v if v is None or v >= 0 else None for v in vals]
+            w(f"| {k} | " + " | ".join(_f(v, 2) for v in vals) + " | "
+              + " | ".join(_f(v / vals[0], 2) if v and vals[0] else "–" for v in vals[1:]) + " |")
         w("\nThe goal's check divides each API figure by the bare route of the same phase (the machine's drift "
           "between phases); the sale latency is compared as it is.\n")
         w("\nPlans of the hot statements (EXPLAIN ANALYZE) at each size:\n")
@@ -231,6 +245,50 @@ def build(results: dict, meta: dict) -> str:
             for name, plan in plans.items():
                 w(f"**{name}**\n\n```\n{plan}\n```\n")
             w("</details>\n")
+    base = meta.get("baseline")
+    if base and base.get("api", {}).get("runs") and api.get("runs"):
+        w(f"## Before and after the fixes\n")
+        w(f"The same benchmarks on the commit before the fixes (`{meta.get('baseline_file')}`), and in this run. "
+          "Each ratio is to its own run's floor.\n")
+        w("| figure | before | before / floor | after | after / floor |")
+        w("|---|---|---|---|---|")
+
+        def fig(res, op, c):
+            rs = [r for r in res["api"]["runs"] if r["name"] == op and r["conns"] == c]
+            bare = [r for r in res["api"]["runs"] if r["name"] == "bare route (floor a)" and r["conns"] == c]
+            return (rs[0] if rs else None), (_mean(bare, "rps") if bare else None), (_mean(bare, "p50") if bare else None)
+
+        for op in OPS:
+            for c, what in ((1, "p50"), (16, "rps"), (16, "p99")):
+                b, bb_rps, bb_p50 = fig(base, op, c)
+                a, ab_rps, ab_p50 = fig(results, op, c)
+                if not (a and b):
+                    continue
+                if what == "rps":
+                    w(f"| {op}, {c} conn, req/s | {_f(b['rps'])} | {_f(b['rps'] / bb_rps, 3)} | {_f(a['rps'])} | {_f(a['rps'] / ab_rps, 3)} |")
+                elif what == "p50":
+                    w(f"| {op}, {c} conn, p50 ms | {_f(b['p50'], 2)} | {_f(b['p50'] / bb_p50, 2)} | {_f(a['p50'], 2)} | {_f(a['p50'] / ab_p50, 2)} |")
+                else:
+                    w(f"| {op}, {c} conn, p99 ms | {_f(b['p99'], 1)} | – | {_f(a['p99'], 1)} | – |")
+            b, _x, _y = fig(base, op, 16)
+            a, _x, _y = fig(results, op, 16)
+            if a and b:
+                cb = sum(v for k, v in b["cpu_ms"].items() if k != "wrk")
+                ca = sum(v for k, v in a["cpu_ms"].items() if k != "wrk")
+                w(f"| {op}, CPU per request, ms (all but wrk, 16 conn) | {_f(cb, 2)} | – | {_f(ca, 2)} | – |")
+        bg, ag = base["api"].get("growth", {}), api.get("growth", {})
+        for lab in ag:
+            if lab in bg and "reserve c1" in ag[lab] and "reserve c1" in bg[lab]:
+                w(f"| reserve, 1 conn, p50 ms, {lab} | {_f(bg[lab]['reserve c1']['p50'], 2)} | – | "
+                  f"{_f(ag[lab]['reserve c1']['p50'], 2)} | – |")
+        if base.get("events") and results.get("events"):
+            w(f"| highest paid orders/s with p99 < 200 ms | {base['events']['best_orders_per_s']} | – | "
+              f"{results['events']['best_orders_per_s']} | – |")
+        if base.get("latency") and results.get("latency"):
+            for key, label in (("service", "all-sales p99 ms at 100 msg/s"), ("mixed", "mixed p99 ms at 100 msg/s")):
+                w(f"| {label} | {_f(base['latency'][key]['p99'])} | {_f(base['latency'][key]['p99'] / base['latency']['floor']['p99'], 2)} | "
+                  f"{_f(results['latency'][key]['p99'])} | {_f(results['latency'][key]['p99'] / results['latency']['floor']['p99'], 2)} |")
+        w("")
     if goals:
         w("## Goals of issue 15 in this run\n")
         w("| goal | this run | |")
@@ -253,5 +311,21 @@ def build(results: dict, meta: dict) -> str:
 
 
 def write(results: dict, meta: dict, path: Path) -> None:
-    meta = dict(meta, machine_end=machine(), versions=versions(), git=git_head())
+    meta = dict(meta)
+    meta.setdefault("machine_end", machine())
+    meta.setdefault("versions", versions())
+    meta.setdefault("git", git_head())
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline and Path(baseline).exists():
+        meta["baseline"] = json.loads(Path(baseline).read_text())["results"]
+        meta["baseline_file"] = str(Path(baseline).resolve().relative_to(ROOT))
     path.write_text(build(results, meta))
+
+
+if __name__ == "__main__":  # python -m bench.report bench/runs/<run>.json: its report again
+    import sys
+
+    raw = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench" / "report.md"
+    write(raw["results"], raw["meta"], out)
+    print(f"report: {out}")

@@ -1,8 +1,10 @@
 """Run every benchmark under bench/ (each module's ``main()``), print its figures, and write one
 Markdown report, bench/report.md, with the raw results kept in bench/runs/<timestamp>.json.
 
-``BENCH_QUICK=1``: short runs for iterating (the report says so). ``BENCH_ONLY=api,events``: only
-those modules. The order: the API first (the longest), then the event paths, then the others.
+``BENCH_QUICK=1``: short runs for iterating (the report says so, and goes to report-quick.md).
+``BENCH_ONLY=api,events``: only those modules. ``BENCH_BASELINE=bench/runs/<run>.json``: a section
+comparing this run with that one. ``python -m bench.report bench/runs/<run>.json`` writes a run's
+report again. The order: the API first (the longest), then the event paths, then the others.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def main() -> int:
         meta["seconds_each"][name] = round(time.monotonic() - started, 1)
         print(f"   ({time.monotonic() - started:.1f} s)\n", flush=True)
     meta["seconds"] = time.monotonic() - started_all
+    meta.update(machine_end=machine(), versions=report.versions(), git=report.git_head())
     runs = HERE / "runs"
     runs.mkdir(exist_ok=True)
     raw = runs / f"{stamp}{'-quick' if quick else ''}.json"
