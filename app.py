@@ -103,7 +103,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     limiter = Limiter(rate_key, app=app, default_limits=[settings.rate_limit],
                       storage_uri=settings.redis_url or "memory://", headers_enabled=True,
-                      strategy="moving-window", swallow_errors=True,
+                      strategy="sliding-window-counter", swallow_errors=True,
                       storage_options={"socket_timeout": 2})
     for endpoint in ("health.Live", "health.Ready", "health.Metrics", "api-docs.openapi_json",
                      "api-docs.openapi_swagger_ui", "swagger_asset"):

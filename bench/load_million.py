@@ -51,7 +51,7 @@ def _create_database(stack: EmbeddedStack, name: str) -> str:
 
 def _start_web(url: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": url, "PORT": str(port), "HOST": "127.0.0.1",
-           "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING", "RATE_LIMIT": "100000/second",
+           "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING", "RATE_LIMIT": "100000/second", "GCP_ENV": "development",
            "WEB_CONCURRENCY": "2", "PYTHONUNBUFFERED": "1"}
     for name in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)

@@ -85,6 +85,7 @@ def main(n: int | None = None) -> dict:
         from config import get_settings, reset_settings
 
         reset_settings()
+        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
         from models.db import init_db, migrate
         from workers.kafka import ensure_topics
 

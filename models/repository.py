@@ -4,10 +4,11 @@ Reads only: the unit of work writes (``models.unit_of_work``).
 """
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from decimal import Decimal
 
-from peewee import fn
-
+from models.db import db
 from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, Status,
                            available_of, fmt_money)
 from models.tables import (AuthorizationHold, BalanceAdjustment, ClientProfile, GiftCertificate, OrderPayment,
@@ -36,11 +37,30 @@ def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
     return view
 
 
+#: The reads of a certificate's holds on every authorize, capture, void and balance read, built
+#: once: Peewee's query builder cost more of the web's CPU than the statements themselves (18%
+#: of the web's samples during authorize).
+_HELD_SQL = ('SELECT COALESCE(SUM("amount"), 0) FROM "authorization_hold"'
+             ' WHERE "certificate_id" = %s AND "status" = \'ACTIVE\'')
+
+
 def active_held(certificate_id: int) -> Decimal:
-    total = (AuthorizationHold.select(fn.COALESCE(fn.SUM(AuthorizationHold.amount), 0))
-             .where((AuthorizationHold.certificate == certificate_id)
-                    & (AuthorizationHold.status == HoldStatus.ACTIVE.value)).scalar())
+    total = db.execute_sql(_HELD_SQL, (certificate_id,)).fetchone()[0]
     return Decimal(total).quantize(Decimal("0.01"))
+
+
+@functools.lru_cache(maxsize=None)
+def active_holds_sql(overdue: bool) -> str:
+    """A certificate's active holds (``overdue``: past a time), oldest id first, locked; built
+    once. Parameters: the certificate id, then (``overdue``) the time."""
+    query = AuthorizationHold.select().where((AuthorizationHold.certificate == -1)
+                                             & (AuthorizationHold.status == HoldStatus.ACTIVE.value))
+    if overdue:
+        query = query.where(AuthorizationHold.expires_at <= dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
+    sql, params = query.order_by(AuthorizationHold.id).for_update().sql()
+    if params[:2] != [-1, HoldStatus.ACTIVE.value]:  # pragma: no cover - the order end_holds passes
+        raise RuntimeError(f"unexpected parameters of the holds query: {params}")
+    return sql
 
 
 def to_domain(row: GiftCertificate, held: Decimal | None = None) -> Certificate:
@@ -71,15 +91,20 @@ def pick_available(nominal: Decimal, currency: str, kind: str | None = "ELECTRON
     """The next pool certificate for ``nominal``, locked, skipping rows others hold."""
     q = GiftCertificate.select().where(GiftCertificate.status == Status.AVAILABLE.value)
     if code is not None:
-        q = q.where(GiftCertificate.code == code)
-    else:
-        q = q.where((GiftCertificate.currency == currency)
-                    & ((GiftCertificate.nominal == nominal) | GiftCertificate.open_value))
-        if kind:
-            q = q.where(GiftCertificate.kind == kind)
-        # a certificate printed for this nominal first, then open-value ones, oldest first
-        q = q.order_by(GiftCertificate.open_value, GiftCertificate.id)
-    return q.limit(1).for_update(skip_locked=True).first()
+        return q.where(GiftCertificate.code == code).limit(1).for_update(skip_locked=True).first()
+    q = q.where(GiftCertificate.currency == currency)
+    if kind:
+        q = q.where(GiftCertificate.kind == kind)
+    # A certificate printed for this nominal first, then open-value ones (no nominal while in
+    # the pool: constraint open_value_unpriced_in_pool), oldest first. Two queries, each the
+    # first entries of one range of gift_certificate_pool_idx; one query with
+    # "nominal = x OR open_value" read and sorted the whole pool (671 ms at 1,000,000 rows).
+    for which in ((GiftCertificate.nominal == nominal) & ~GiftCertificate.open_value,
+                  GiftCertificate.nominal.is_null() & GiftCertificate.open_value):
+        row = q.where(which).order_by(GiftCertificate.id).limit(1).for_update(skip_locked=True).first()
+        if row is not None:
+            return row
+    return None
 
 
 def payment_seen(order_id: str | None, channel: str | None) -> bool:

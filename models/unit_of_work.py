@@ -16,7 +16,7 @@ from models import cache
 from models.db import Statements, db, locking_select_sql
 from models.domain import (CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event,
                            EventType as E, Hold, HoldStatus, valid_code)
-from models.repository import snapshot, to_domain, to_hold
+from models.repository import active_holds_sql, snapshot, to_domain, to_hold
 from models.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation, OutboxEvent
 from models.timeutil import iso, utcnow
 
@@ -180,6 +180,7 @@ class UnitOfWork:
         """A new hold of the locked certificate (``channel``, ``client_id``, ``order_id``)."""
         self.writes.insert(AuthorizationHold, id=hold.id, certificate=row.id, amount=hold.amount,
                            currency=row.currency, status=hold.status.value, expires_at=hold.expires_at,
+                           captured_amount=hold.captured_amount,
                            created_at=self.now, updated_at=self.now, **columns)
 
     def save_hold(self, hold_row: AuthorizationHold, hold: Hold) -> None:
@@ -191,11 +192,8 @@ class UnitOfWork:
         """End the locked certificate's active holds: every one voided (before cancel, a refund
         request, expiry), or, ``overdue_only``, those past ``expires_at`` expired (the scheduler
         may be behind)."""
-        query = AuthorizationHold.select().where((AuthorizationHold.certificate == row.id)
-                                                 & (AuthorizationHold.status == HoldStatus.ACTIVE.value))
-        if overdue_only:
-            query = query.where(AuthorizationHold.expires_at <= self.now)
-        for hold_row in query.order_by(AuthorizationHold.id).for_update():
+        params = (row.id, HoldStatus.ACTIVE.value) + ((self.now,) if overdue_only else ())
+        for hold_row in AuthorizationHold.raw(active_holds_sql(overdue_only), *params):
             hold = to_hold(hold_row)
             if overdue_only and not hold.overdue(self.now):
                 continue

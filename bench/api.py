@@ -1,0 +1,592 @@
+"""HTTP API benchmark with wrk, every figure beside floors measured in the same run.
+
+Starts its own embedded PostgreSQL, Redis and Tansu (a temp dir), the service's web (gunicorn
+with ``gunicorn.conf.py``), worker, pump and relay, and the floor app ``bench/_bare_app.py``
+under the same gunicorn settings. Then, at 1 and at 16 connections:
+
+- ``GET /certificates/{code}`` (balance read), ``POST /certificates/next`` (reserve),
+  ``POST /certificates/{code}/authorizations``, ``POST /authorizations/{id}/capture`` and
+  ``/void``, spread over ``BENCH_TARGETS`` (400) issued certificates, with 64 client ids (so no
+  per-client limit is reached) and the right CVC (so the CVC budget is never touched);
+- floor (a): ``GET /bare/{code}``, the same primary-key read in a bare Flask route;
+- floor (b): the same SQL transactions sent directly with psycopg2 (one statement per round
+  trip), serially and from 16 threads, on 400 floor certificates and copies of the tables.
+
+The CPU each process tree spent per request (web, worker, pump, relay, postgres with all its
+backends, redis, the broker, wrk) comes from /proc. Then growth: the key figures again with
+10,000 certificates (the start), with 1,000,000, and with 100,000 past holds on one
+certificate, with the plans (EXPLAIN) of the hot statements at each size.
+
+Run: ``make bench`` (all benchmarks, report in bench/report.md) or ``python -m bench.api``.
+``BENCH_QUICK=1``: short runs and 100,000 instead of 1,000,000 certificates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+from bench import _proc
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+DURATION = float(os.environ.get("BENCH_DURATION", "3" if QUICK else "8"))
+TARGETS = int(os.environ.get("BENCH_TARGETS", "400"))
+CLIENTS = 64
+BASE_SIZE = 10_000
+BIG_SIZE = 100_000 if QUICK else 1_000_000
+PAST_HOLDS = 20_000 if QUICK else 100_000
+CONNS = (1, 16)
+FLOOR_SERIAL_N = 300 if QUICK else 1000
+WRK = shutil.which("wrk")
+
+
+# ---- servers ---------------------------------------------------------------------------------
+
+def _gunicorn(app: str, port: int, env: dict, log: Path) -> subprocess.Popen:
+    import requests
+
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
+                            cwd=ROOT, env={**env, "PORT": str(port)}, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn {app} exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health/live", timeout=1).ok:
+                time.sleep(0.5)  # every worker booted
+                return proc
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"gunicorn {app} did not answer within 60 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def _fill(conn, upto: int, currency: str = "RUB") -> float:
+    """Bulk-add AVAILABLE certificates (one INSERT ... SELECT generate_series) until the table
+    holds ``upto`` rows; returns the seconds it took (ANALYZE included)."""
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), coalesce(max(id), 0) FROM gift_certificate")
+        have, _ = cur.fetchone()
+        if have < upto:
+            batch = "bench-fill-" + uuid.uuid4().hex[:6]
+            cur.execute("INSERT INTO certificate_batch (batch_id, kind, currency, loaded_by) "
+                        "VALUES (%s, 'ELECTRONIC', %s, 'bench')", (batch, currency))
+            cur.execute(
+                "INSERT INTO gift_certificate (code, batch_id, kind, currency, open_value, nominal,"
+                " remaining_balance, status, stream_sequence, cvc_failed_attempts, cvc_disclosable,"
+                " created_at, updated_at)"
+                " SELECT %s || lpad(g::text, 9, '0'), %s, 'ELECTRONIC', %s, false, 1000.00, 0,"
+                " 'AVAILABLE', 0, 0, false, now(), now() FROM generate_series(1, %s) g",
+                ("F" + uuid.uuid4().hex[:5].upper(), batch, currency, upto - have))
+        conn.commit()
+    old = conn.autocommit
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE gift_certificate")
+        cur.execute("ANALYZE authorization_hold")
+    conn.autocommit = old
+    return time.perf_counter() - started
+
+
+def _issue_targets(n: int) -> list[tuple[str, str, int]]:
+    """``n`` issued certificates (1,000,000.00 each, so holds never run out): (code, cvc, id)."""
+    from models import cvc as cvc_secret
+    from models import commands, messagebus, unit_of_work as work
+    from models.db import db
+    from models.tables import GiftCertificate
+
+    codes = [("B" + uuid.uuid4().hex[:14]).upper() for _ in range(n)]
+    out = []
+    with db.connection_context():
+        messagebus.handle(commands.LoadBatch("bench-targets-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
+                                 tuple({"code": c, "nominal": Decimal("1000000.00")} for c in codes)),
+                   work.Context(actor="bench"))
+        for code in codes:
+            messagebus.handle(commands.Reserve("ONLINE_STORE", "bench-" + uuid.uuid4().hex[:10], "1",
+                                   Decimal("1000000.00"), "RUB", code=code))
+            messagebus.handle(commands.Issue(code))
+        for row in GiftCertificate.select().where(GiftCertificate.code.in_(codes)):
+            out.append((row.code, cvc_secret.decrypt(row.cvc_encrypted), row.id))
+    return out
+
+
+# ---- wrk -------------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, tmp: Path, roots: dict[str, int]):
+        self.tmp = tmp
+        self.roots = roots
+        self.runs: list[dict] = []
+
+    def wrk(self, name: str, port: int, lines: list[tuple[str, str, str, str]], conns: int,
+            duration: float = DURATION, once: bool = False, ids_out: Path | None = None,
+            record: bool = True) -> dict:
+        data = self.tmp / f"wrk-{len(self.runs)}-{conns}.tsv"
+        data.write_text("".join("\t".join(x) + "\n" for x in lines))
+        env = {**os.environ, "BENCH_DATA": str(data), "BENCH_RUN": uuid.uuid4().hex[:8],
+               "BENCH_ONCE": "1" if once else "0"}
+        if ids_out:
+            env["BENCH_IDS_OUT"] = str(ids_out)
+        cmd = [WRK, "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+               "-s", str(ROOT / "bench" / "_wrk.lua"), f"http://127.0.0.1:{port}"]
+        before = _proc.tree_cpu(self.roots)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=duration + 60)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after = _proc.tree_cpu(self.roots)
+        after["wrk"] = ru1.ru_utime + ru1.ru_stime
+        before["wrk"] = ru0.ru_utime + ru0.ru_stime
+        line = next((x for x in out.decode().splitlines() if x.startswith("BENCHJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk gave no result: {out.decode()[-1000:]} {err.decode()[-1000:]}")
+        r = json.loads(line[len("BENCHJSON "):])
+        secs = r["duration_us"] / 1e6
+        ok = sum(v for k, v in r["codes"].items() if k.startswith("2"))
+        cpu = _proc.delta(before, after)
+        r.update(name=name, conns=conns, seconds=round(secs, 2), rps=r["requests"] / secs if secs else 0,
+                 p50=r["p50_us"] / 1000, p99=r["p99_us"] / 1000, ok=ok, non2xx=r["requests"] - ok,
+                 cpu_ms={k: v * 1000 / max(r["requests"], 1) for k, v in cpu.items()})
+        if record:
+            self.runs.append(r)
+        return r
+
+
+# ---- floor (b): the same SQL transactions with psycopg2 ------------------------------------------
+
+FLOOR_TABLES = ("authorization_hold", "outbox_event", "audit_log", "gift_certificate_operation")
+
+
+def _floor_setup(conn, n: int) -> list[tuple[int, str]]:
+    """Copies of the written tables (same columns and indexes, no foreign keys, nothing reads
+    them) and ``n`` floor certificates in their own currency (no reservation takes them)."""
+    with conn.cursor() as cur:
+        for t in FLOOR_TABLES:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS bench_{t} (LIKE {t} INCLUDING ALL)")
+        batch = "bench-floor-" + uuid.uuid4().hex[:6]
+        cur.execute("INSERT INTO certificate_batch (batch_id, kind, currency, loaded_by) "
+                    "VALUES (%s, 'ELECTRONIC', 'XFL', 'bench')", (batch,))
+        cur.execute(
+            "INSERT INTO gift_certificate (code, batch_id, kind, currency, open_value, nominal,"
+            " remaining_balance, status, stream_sequence, cvc_failed_attempts, cvc_disclosable,"
+            " created_at, updated_at, cvc_hash)"
+            " SELECT %s || lpad(g::text, 6, '0'), %s, 'ELECTRONIC', 'XFL', false, 1000000.00,"
+            " 1000000.00, 'ISSUED', 0, 0, false, now(), now(), md5(g::text) FROM generate_series(1, %s) g"
+            " RETURNING id, code", ("FL" + uuid.uuid4().hex[:4].upper(), batch, n))
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
+def _envelope(code: str, kind: str) -> str:
+    return json.dumps({"eventId": str(uuid.uuid4()), "eventType": kind, "occurredAt": "2026-12-02T10:00:00Z",
+                       "channel": "POS", "status": "ACTIVE", "correlationId": "o-1", "causationId": "req-1",
+                       "payload": {"code": code, "status": "ACTIVE", "remainingBalance": "1000000.00",
+                                   "available": "999999.00", "currency": "RUB", "amount": "1.00"},
+                       "sequence": 1})
+
+
+def _tail(cur, cert_id: int, code: str, kind: str, ledger: bool) -> None:
+    """The writes every certificate transaction ends with: the certificate update, a ledger row
+    (capture), the outbox row, its audit row and the relay's NOTIFY."""
+    cur.execute("UPDATE gift_certificate SET remaining_balance = remaining_balance - %s, stream_sequence ="
+                " stream_sequence + 1, updated_at = now() WHERE id = %s RETURNING stream_sequence",
+                ("0.00" if not ledger else "1.00", cert_id))
+    seq = cur.fetchone()[0]
+    if ledger:
+        cur.execute("INSERT INTO bench_gift_certificate_operation (certificate_id, kind, amount, balance_after, currency,"
+                    " authorization_id, order_id, channel, op_key, causation_id, created_at)"
+                    " VALUES (%s, 'REDEEM', -1.00, 999999.00, 'XFL', NULL, 'o-1', 'POS', %s, 'req-1', now())",
+                    (cert_id, uuid.uuid4().hex))
+    env = _envelope(code, kind)
+    cur.execute("INSERT INTO bench_outbox_event (event_id, message_key, event_type, channel, certificate_id,"
+                " sequence, envelope, created_at) VALUES (%s, %s, %s, 'POS', %s, %s, %s, now())",
+                (str(uuid.uuid4()), code, kind, cert_id, seq, env))
+    cur.execute("INSERT INTO bench_audit_log (certificate_id, code, action, actor, channel, request_id,"
+                " correlation_id, before, after, details, created_at)"
+                " VALUES (%s, %s, %s, 'bench', 'POS', 'req-1', 'o-1', %s, %s, NULL, now())",
+                (cert_id, code, kind, env, env))
+    cur.execute("SELECT pg_notify('bench_floor', '')")
+
+
+def _floor_read(cur, cert_id: int, code: str, _state) -> None:
+    cur.execute("SELECT * FROM gift_certificate WHERE code = %s", (code,))
+    cur.fetchone()
+    cur.execute("SELECT coalesce(sum(amount), 0) FROM authorization_hold WHERE certificate_id = %s"
+                " AND status = 'ACTIVE'", (cert_id,))
+    cur.fetchone()
+
+
+def _floor_authorize(cur, cert_id: int, code: str, state) -> None:
+    cur.execute("SELECT * FROM gift_certificate WHERE code = %s FOR UPDATE", (code,))
+    cur.fetchone()
+    cur.execute("SELECT coalesce(sum(amount), 0) FROM bench_authorization_hold WHERE certificate_id = %s"
+                " AND status = 'ACTIVE'", (cert_id,))
+    cur.fetchone()
+    hold = "auth-" + uuid.uuid4().hex
+    cur.execute("INSERT INTO bench_authorization_hold (id, certificate_id, channel, client_id, order_id,"
+                " amount, captured_amount, currency, status, expires_at, created_at, updated_at)"
+                " VALUES (%s, %s, 'POS', 'bench', 'o-1', 1.00, 0, 'XFL', 'ACTIVE', now() + interval '15 min',"
+                " now(), now())", (hold, cert_id))
+    _tail(cur, cert_id, code, "authorize", False)
+    state.append((cert_id, code, hold))
+
+
+class _NoHold(Exception):
+    """The floor's capture or void ran out of holds: its loop ends there."""
+
+
+def _floor_end_hold(capture: bool):
+    def run(cur, cert_id: int, code: str, state) -> None:
+        try:
+            cert_id, code, hold = state.pop()
+        except IndexError:
+            raise _NoHold() from None
+        cur.execute("SELECT certificate_id, order_id FROM bench_authorization_hold WHERE id = %s", (hold,))
+        cur.fetchone()
+        cur.execute("SELECT * FROM gift_certificate WHERE id = %s FOR UPDATE", (cert_id,))
+        cur.fetchone()
+        cur.execute("SELECT * FROM bench_authorization_hold WHERE id = %s FOR UPDATE", (hold,))
+        cur.fetchone()
+        cur.execute("SELECT coalesce(sum(amount), 0) FROM bench_authorization_hold WHERE certificate_id = %s"
+                    " AND status = 'ACTIVE'", (cert_id,))
+        cur.fetchone()
+        cur.execute("UPDATE bench_authorization_hold SET status = %s, captured_amount = %s, updated_at = now()"
+                    " WHERE id = %s", ("CAPTURED" if capture else "VOIDED", "1.00" if capture else "0", hold))
+        _tail(cur, cert_id, code, "redeem" if capture else "void", capture)
+    return run
+
+
+def _floor_reserve(cur, cert_id: int, code: str, state) -> None:
+    cur.execute("SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB' AND"
+                " kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value ORDER BY id LIMIT 1"
+                " FOR UPDATE SKIP LOCKED")  # models.repository.pick_available's first query
+    row = cur.fetchone()
+    # the row stays as it is (the service's own reservations need the pool): the same reads,
+    # the update of a floor certificate instead
+    _tail(cur, cert_id, code, "reserve", False)
+
+
+def floor_sql(url: str, certs: list[tuple[int, str]], txn, conns: int, duration: float,
+              serial_n: int, state: list) -> dict:
+    """Per-transaction latency of ``txn`` (autocommit off: BEGIN is sent with the first
+    statement, COMMIT is a round trip of its own), serially or from ``conns`` threads."""
+    import psycopg2
+
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def loop(i: int) -> None:
+        conn = psycopg2.connect(url)
+        mine, k = [], 0
+        with conn.cursor() as cur:
+            while (len(mine) < serial_n) if conns == 1 else (time.perf_counter() < stop_at):
+                cert_id, code = certs[(i + k * conns) % len(certs)]
+                k += 1
+                t0 = time.perf_counter()
+                try:
+                    txn(cur, cert_id, code, state)
+                except _NoHold:
+                    conn.rollback()
+                    break
+                conn.commit()
+                mine.append(time.perf_counter() - t0)
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - started
+    s = sorted(lat)
+    pick = lambda q: s[min(len(s) - 1, int(q * (len(s) - 1)))] * 1000  # noqa: E731
+    return {"n": len(s), "rps": len(s) / secs, "p50": pick(0.5), "p99": pick(0.99)}
+
+
+# ---- the benchmark -----------------------------------------------------------------------------
+
+def _explain(conn, targets) -> dict:
+    code, _cvc, cid = targets[0]
+    plans = {}
+    queries = {
+        "read by code": ("SELECT * FROM gift_certificate WHERE code = %s", (code,)),
+        "held sum": ("SELECT coalesce(sum(amount), 0) FROM authorization_hold WHERE certificate_id = %s"
+                     " AND status = 'ACTIVE'", (cid,)),
+        "overdue holds": ("SELECT * FROM authorization_hold WHERE certificate_id = %s AND status = 'ACTIVE'"
+                          " AND expires_at <= now() ORDER BY id FOR UPDATE", (cid,)),
+        "next available (before: one query, nominal OR open value)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND (nominal = 1000.00 OR open_value) AND kind = 'ELECTRONIC'"
+            " ORDER BY open_value, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (now: printed for the nominal first)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (now: then open value)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal IS NULL AND open_value"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+    }
+    with conn.cursor() as cur:
+        for name, (sql, args) in queries.items():
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, args)
+            plans[name] = "\n".join(r[0] for r in cur.fetchall())
+    conn.rollback()
+    return plans
+
+
+def main() -> dict:
+    if WRK is None:
+        raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
+    tmp = Path(tempfile.mkdtemp(prefix="gcp-bench-api-"))
+    saved = dict(os.environ)
+    procs: dict[str, subprocess.Popen] = {}
+    stack = None
+    result: dict = {"settings": {}, "runs": [], "floors_sql": [], "growth": {}, "plans": {}}
+    try:
+        import psycopg2
+
+        from bench.latency import start_procs
+        from devstack import EmbeddedStack
+
+        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            os.environ.pop(var, None)
+        stack = EmbeddedStack(tmp / "stack", database="gcp")
+        os.environ.update(stack.start())
+        prom = tmp / "prometheus"
+        prom.mkdir()
+        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0", GCP_ENV="development",
+                          PROMETHEUS_MULTIPROC_DIR=str(prom), PYTHONUNBUFFERED="1",
+                          PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+        from config import get_settings, reset_settings
+
+        reset_settings()
+        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
+        from api.auth import issue_token
+        from models.db import init_db, migrate
+        from workers.kafka import ensure_topics
+
+        s = get_settings()
+        init_db(s.database_url)
+        migrate()
+        ensure_topics()
+        result["settings"] = {
+            "duration_s": DURATION, "targets": TARGETS, "clients": CLIENTS, "wrk": "-t1 --timeout 5s",
+            "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"), "WEB_THREADS": os.environ.get("WEB_THREADS", "8"),
+            "RATE_LIMIT": s.rate_limit, "CVC_CLIENT_BUDGET": os.environ.get("CVC_CLIENT_BUDGET", "20/10 minutes"),
+            "GCP_PG_FAST": os.environ.get("GCP_PG_FAST", "") or "off (durable commits)",
+            "database": "embedded PostgreSQL (pgserver)"}
+        url = s.database_url
+        conn = psycopg2.connect(url)
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            result["settings"]["postgres"] = cur.fetchone()[0]
+            cur.execute("SHOW fsync")
+            result["settings"]["fsync"] = cur.fetchone()[0]
+            cur.execute("SHOW synchronous_commit")
+            result["settings"]["synchronous_commit"] = cur.fetchone()[0]
+        conn.rollback()
+
+        t0 = time.perf_counter()
+        targets = _issue_targets(TARGETS)
+        floor_certs = _floor_setup(conn, TARGETS)
+        fill_s = _fill(conn, BASE_SIZE)
+        print(f"  set-up: {TARGETS} issued targets, {BASE_SIZE:,} certificates ({time.perf_counter() - t0:.1f} s,"
+              f" fill {fill_s:.1f} s)")
+
+        env = dict(os.environ)
+        procs = start_procs(env, tmp)
+        procs["web"] = _gunicorn("app:create_app()", web_port := _free(), env, tmp / "web.log")
+        procs["bare"] = _gunicorn("bench._bare_app:app", bare_port := _free(), env, tmp / "bare.log")
+        roots = {name: p.pid for name, p in procs.items()}
+        roots.update(stack.pids())
+        roots["postgres"] = int((stack.pgdata / "postmaster.pid").read_text().split()[0])
+        runner = Runner(tmp, roots)
+
+        tokens = [issue_token(f"bench-client-{i}", "certificates:read certificates:reserve certificates:redeem",
+                              None, ttl_seconds=7200) for i in range(CLIENTS)]
+        tok = lambda i: tokens[i % CLIENTS]  # noqa: E731
+        read_lines = [("GET", f"/certificates/{c}", tok(i), "") for i, (c, _v, _id) in enumerate(targets)]
+        bare_lines = [("GET", f"/bare/{c}", tok(i), "") for i, (c, _v, _id) in enumerate(targets)]
+        reserve_lines = [("POST", "/certificates/next", tok(i),
+                          '{"channel":"ONLINE_STORE","orderId":"bench-{n}","lineId":"1","nominal":"1000.00",'
+                          '"currency":"RUB"}') for i in range(CLIENTS)]
+
+        def auth_lines(subset):
+            return [("POST", f"/certificates/{c}/authorizations", tok(i),
+                     '{"channel":"POS","orderId":"bench-{n}","amount":"1.00","cvc":"%s"}' % v)
+                    for i, (c, v, _id) in enumerate(subset)]
+
+        def hold_lines(ids_file: Path, action: str, body: str):
+            ids = ids_file.read_text().split()
+            return [("POST", f"/authorizations/{h}/{action}", tok(i), body) for i, h in enumerate(ids)]
+
+        # warm-up: every worker, thread and connection pool
+        runner.wrk("warm", web_port, read_lines, 16, 2, record=False)
+        runner.wrk("warm", bare_port, bare_lines, 16, 2, record=False)
+        runner.wrk("warm", web_port, auth_lines(targets), 16, 2, record=False)
+
+        # holds to capture and void: an untimed authorize run, long enough to feed them
+        hold_files = {}
+        for c in CONNS:
+            for action in ("capture", "void"):
+                f = tmp / f"holds-{action}-{c}.txt"
+                runner.wrk("preload", web_port, auth_lines(targets), 16, DURATION * (1.4 if c == 1 else 1.2),
+                           ids_out=f, record=False)
+                hold_files[(action, c)] = f
+
+        for c in CONNS:
+            runner.wrk("bare route (floor a)", bare_port, bare_lines, c)
+            runner.wrk("balance read", web_port, read_lines, c)
+            runner.wrk("reserve", web_port, reserve_lines, c)
+            runner.wrk("authorize", web_port, auth_lines(targets), c)
+            runner.wrk("capture", web_port, hold_lines(hold_files[("capture", c)], "capture", '{}'), c, once=True)
+            runner.wrk("void", web_port, hold_lines(hold_files[("void", c)], "void", '{}'), c, once=True)
+            runner.wrk("bare route (floor a)", bare_port, bare_lines, c)  # again: drift within the run
+
+        state: list = []
+        for c in CONNS:
+            for name, txn in (("read", _floor_read), ("reserve", _floor_reserve), ("authorize", _floor_authorize),
+                              ("capture", _floor_end_hold(True)), ("void", _floor_end_hold(False))):
+                if name == "authorize":
+                    state.clear()
+                if name == "capture":  # half of the floor's holds captured, the other half voided
+                    st = state[: len(state) // 2]
+                    del state[: len(state) // 2]
+                else:
+                    st = state
+                before = _proc.tree_cpu({"postgres": roots["postgres"]})
+                t_cpu = time.process_time()
+                r = floor_sql(url, floor_certs, txn, c, DURATION, FLOOR_SERIAL_N, st)
+                after = _proc.tree_cpu({"postgres": roots["postgres"]})
+                r.update(name=name, conns=c, cpu_ms={"postgres": (after["postgres"] - before["postgres"]) * 1000 / r["n"],
+                                                     "bench (psycopg2)": (time.process_time() - t_cpu) * 1000 / r["n"]})
+                result["floors_sql"].append(r)
+
+        # growth: the key figures at 10,000 certificates, at BIG_SIZE, and with past holds on one
+        from bench import latency
+
+        def key_figures(label: str, read_l, auth_l) -> dict:
+            out = {"bare c1": runner.wrk(f"bare route c1 [{label}]", bare_port, bare_lines, 1, record=False),
+                   "balance read c1": runner.wrk(f"balance read c1 [{label}]", web_port, read_l, 1, record=False),
+                   "authorize c1": runner.wrk(f"authorize c1 [{label}]", web_port, auth_l, 1, record=False),
+                   "reserve c1": runner.wrk(f"reserve c1 [{label}]", web_port, reserve_lines, 1, record=False)}
+            # the relay first publishes the outbox rows of the wrk runs above (thousands), else
+            # the sales' events queue behind them and the figure measures that backlog
+            waited = _drain_outbox(conn)
+            latency.RATE = 100
+            samples, lost = latency.measure_service(200 if QUICK else 400)
+            out["sale latency"] = dict(latency.percentiles(samples), lost=lost, outbox_drain_s=waited)
+            return out
+
+        result["growth"]["10,000 certificates"] = key_figures("10k", read_lines, auth_lines(targets))
+        result["plans"]["10,000 certificates"] = _explain(conn, targets)
+        fill_s = _fill(conn, BIG_SIZE)
+        print(f"  filled to {BIG_SIZE:,} certificates in {fill_s:.1f} s")
+        result["growth"][f"{BIG_SIZE:,} certificates"] = key_figures("big", read_lines, auth_lines(targets))
+        result["plans"][f"{BIG_SIZE:,} certificates"] = _explain(conn, targets)
+        one = targets[:1]
+        with conn.cursor() as cur:  # past holds on one certificate: captured, voided, expired
+            cur.execute(
+                "INSERT INTO authorization_hold (id, certificate_id, channel, client_id, order_id, amount,"
+                " captured_amount, currency, status, expires_at, created_at, updated_at)"
+                " SELECT 'auth-past-' || g, %s, 'POS', 'bench', 'o-' || g, 1.00, 0, 'RUB',"
+                " (ARRAY['CAPTURED','VOIDED','EXPIRED'])[1 + g %% 3], now() - interval '1 day',"
+                " now() - interval '2 days', now() - interval '1 day' FROM generate_series(1, %s) g",
+                (one[0][2], PAST_HOLDS))
+        conn.commit()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE authorization_hold")
+        conn.autocommit = False
+        label = f"{PAST_HOLDS:,} past holds on one certificate"
+        one_read = [("GET", f"/certificates/{one[0][0]}", tok(i), "") for i in range(CLIENTS)]
+        one_auth = [l for i in range(CLIENTS) for l in auth_lines(one)]
+        one_auth = [(m, p, tok(i), b) for i, (m, p, _t, b) in enumerate(one_auth)]
+        result["growth"][label] = key_figures("holds", one_read, one_auth)
+        result["plans"][label] = _explain(conn, one)
+        conn.close()
+        result["runs"] = runner.runs
+        return result
+    finally:
+        for name in ("web", "bare"):
+            if name in procs:
+                _stop(procs.pop(name))
+        from bench.latency import stop_procs
+
+        stop_procs(procs)
+        if stack is not None:
+            try:
+                stack.stop()
+            except Exception:
+                pass
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drain_outbox(conn, timeout: float = 120) -> float:
+    """Wait until the relay has published every outbox row; returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM outbox_event WHERE published_at IS NULL")
+            left = cur.fetchone()[0]
+        conn.rollback()
+        if not left:
+            break
+        time.sleep(0.2)
+    return round(time.perf_counter() - started, 1)
+
+
+def _free() -> int:
+    from devstack import free_port
+
+    return free_port()
+
+
+def print_summary(r: dict) -> None:
+    for run in r["runs"]:
+        print(f"  {run['name']:24} c{run['conns']:<3} {run['rps']:8.1f} req/s  p50 {run['p50']:7.2f}  p99 {run['p99']:7.2f} ms"
+              f"  non-2xx {run['non2xx']}  {run['codes']}")
+    for f in r["floors_sql"]:
+        print(f"  sql floor {f['name']:14} c{f['conns']:<3} {f['rps']:8.1f} txn/s  p50 {f['p50']:7.2f}  p99 {f['p99']:7.2f} ms")
+    for label, figs in r["growth"].items():
+        print(f"  growth [{label}]: " + ", ".join(
+            f"{k} p50 {v['p50']:.2f}" for k, v in figs.items()))
+
+
+if __name__ == "__main__":
+    res = main()
+    print_summary(res)
+    out = Path(tempfile.gettempdir()) / "bench-api.json"
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"  raw: {out}")
