@@ -342,7 +342,7 @@ def seed_demo_batch() -> int:
                               "nominal": Decimal(nominal) if nominal else None})
         result = messagebus.handle(commands.LoadBatch("demo-1", "ELECTRONIC", get_settings().default_currency,
                                           tuple(items)), work.Context(actor="demo-seed"))
-        return result.accepted
+        return result["accepted"]
 
 
 def _run_procfile(env: dict, settings) -> int:

@@ -24,7 +24,6 @@ one gives ``notification.failed`` and an ``alert``. No phone: ``notification.fai
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import dramatiq
@@ -37,14 +36,6 @@ log = logging.getLogger("gcp.actors.sms")
 #: The Dramatiq queue of SMS sends.
 QUEUE = "gcp-sms"
 _MAX_RETRIES = get_settings().sms_max_retries
-
-
-def sms_text(code: str, cvc: str, nominal: str | None, currency: str,
-             expires_at: dt.datetime | None = None, template: str | None = None) -> str:
-    """The SMS from ``SMS_TEMPLATE`` (Russian by default)."""
-    expiry = f", до {expires_at.astimezone(dt.timezone.utc):%d.%m.%Y}" if expires_at else ""
-    return (template or get_settings().sms_template).format(
-        code=code, cvc=cvc, nominal=nominal or "", currency=currency, expiry=expiry)
 
 
 def _report(code: str, delivered: bool, reason: str | None, event_id: str, gateway_id: str | None = None,
@@ -66,23 +57,22 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     sender = gateway(settings)
     lease = messagebus.handle(commands.TakeSmsLease(code, notification_event_id, settings.sms_sweep_after_ms,
                                                     sender.idempotent))
-    if lease.outcome in ("not-requested", "already-sent", "already-failed", "in-flight"):
-        return lease.outcome
-    if lease.outcome != "send":  # the domain's reason not to send: the request fails
-        reason = {"unknown-outcome": "UNKNOWN_OUTCOME", "no-phone": "NO_PHONE"}.get(lease.outcome, "CVC_UNREADABLE")
-        _report(code, False, reason, notification_event_id, alert=lease.outcome == "unknown-outcome")
+    if lease["outcome"] in ("not-requested", "already-sent", "already-failed", "in-flight"):
+        return lease["outcome"]
+    if lease["outcome"] != "send":  # the domain's reason not to send: the request fails
+        reason = {"unknown-outcome": "UNKNOWN_OUTCOME", "no-phone": "NO_PHONE"}.get(lease["outcome"], "CVC_UNREADABLE")
+        _report(code, False, reason, notification_event_id, alert=lease["outcome"] == "unknown-outcome")
         return "failed"
-    text = sms_text(code, lease.cvc, lease.nominal, lease.currency, lease.expires_at, settings.sms_template)
-    message = Sms(lease.phone, text, notification_event_id, masked(text, lease.cvc))
+    message = Sms(lease["phone"], lease["text"], notification_event_id, masked(lease["text"], lease["cvc"]))
     try:
         accepted = sender.send(message)
     except GatewayRefused as exc:
-        log.warning("sms to %s for %s refused: %s", mask_phone(lease.phone), code, exc)
+        log.warning("sms to %s for %s refused: %s", mask_phone(lease["phone"]), code, exc)
         _report(code, False, str(exc)[:300], notification_event_id, alert=True)
         return "failed"
     except GatewayError as exc:
         reason = str(exc)[:300]
-        log.warning("sms to %s for %s failed (%s): %s", mask_phone(lease.phone), code,
+        log.warning("sms to %s for %s failed (%s): %s", mask_phone(lease["phone"]), code,
                     "last attempt" if final else "retrying", reason)
         messagebus.handle(commands.SmsAttemptFailed(notification_event_id, reason))
         if final:
@@ -92,7 +82,7 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     _report(code, accepted.delivered, accepted.reason, notification_event_id, accepted.gateway_id,
             alert=not accepted.delivered)
     log.info("sms sent" if accepted.delivered else "sms undelivered",
-             extra={"code": code, "to": mask_phone(lease.phone), "reference": notification_event_id})
+             extra={"code": code, "to": mask_phone(lease["phone"]), "reference": notification_event_id})
     return "sent" if accepted.delivered else "failed"
 
 

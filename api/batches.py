@@ -253,13 +253,13 @@ def parse_batch(body: object) -> commands.LoadBatch:
     return commands.LoadBatch(batch_id, kind, currency, tuple(items), dry_run)
 
 
-def _answer(result: commands.BatchResult, dry_run: bool):
+def _answer(result: dict, dry_run: bool):
     rejected = [{"code": r["code"], "reason": r["reason"], "message": pool.REASON_MESSAGES[r["reason"]]}
-                for r in result.rejected]
-    response = jsonify({"batchId": result.batch_id, "accepted": result.accepted,
-                        "alreadyLoaded": result.already_loaded, "rejected": rejected,
+                for r in result["rejected"]]
+    response = jsonify({"batchId": result["batchId"], "accepted": result["accepted"],
+                        "alreadyLoaded": result["alreadyLoaded"], "rejected": rejected,
                         "dryRun": dry_run})
-    response.status_code = 201 if result.created and not dry_run else 200
+    response.status_code = 201 if result["created"] and not dry_run else 200
     return response
 
 

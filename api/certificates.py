@@ -29,8 +29,8 @@ def _reserve(args: dict):
     currency = args["currency"] or (None if args["code"] else get_settings().default_currency)
     command = commands.Reserve(args["channel"], args["orderId"], args["lineId"], args["nominal"],
                           currency, code=args["code"])
-    view, created = messagebus.handle(command, service_context(args["channel"], args["orderId"]))
-    return view, 201 if created else 200
+    view = messagebus.handle(command, service_context(args["channel"], args["orderId"]))
+    return view, 201 if view.pop("created") else 200
 
 
 RESERVE_ERRORS = {403: ["CHANNEL_FORBIDDEN"], 404: ["CERTIFICATE_NOT_FOUND"],

@@ -22,15 +22,6 @@ class LoadBatch:
     dry_run: bool = False
 
 
-@dataclass
-class BatchResult:
-    batch_id: str
-    accepted: int
-    already_loaded: int
-    rejected: list[dict]
-    created: bool
-
-
 @dataclass(frozen=True)
 class Reserve:
     channel: str

@@ -82,7 +82,7 @@ def _handle(source: str, payload: dict, inbox_id: int) -> None:
     work.later("UPDATE inbox_message SET status = 'DONE', processed_at = now(),"
                " attempts = attempts + 1 WHERE id = %s", (inbox_id,))  # sent with the COMMIT
     log.debug("message handled", extra={"eventId": payload.get("eventId"), "source": source,
-                                       "effects": outcome.effects, "note": outcome.note})
+                                       "effects": outcome["effects"], "note": outcome["note"]})
 
 
 def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:

@@ -4,6 +4,10 @@ The HTTP views, the actors and the workers build a command (:mod:`models.command
 :func:`handle`; :data:`COMMAND_HANDLERS` names the handler of each, explicitly (a new command
 is a new line here). Every handler runs in a unit of work and raises
 :class:`~models.domain.DomainError` when the domain refuses.
+
+One return convention: a handler returns a ``dict`` in the contract's terms (camelCase keys,
+money as strings), the view of what it changed or decided, or ``None`` when there is nothing to
+tell. Turning that into an answer (the status code, the headers, which fields) is ``api/``'s job.
 """
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def expire_certificates(now) -> list[str]:
 def resolve_blocked() -> list[str]:
     if not BlockedIssue.select().where(BlockedIssue.status == "BLOCKED").exists():
         return []
-    return messagebus.handle(commands.ResolveBlockedIssues(), work.Context(actor="scheduler"))
+    return messagebus.handle(commands.ResolveBlockedIssues(), work.Context(actor="scheduler"))["issued"]
 
 
 def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:

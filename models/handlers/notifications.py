@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from dataclasses import dataclass
 
 from models import cvc as cvc_secret
 from models.commands import (DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome, RequestNotification,
@@ -16,6 +15,7 @@ from models.repository import phone_for, snapshot, to_domain
 from models.tables import GiftCertificate, SmsMessage
 from models.timeutil import utcnow
 from models.unit_of_work import Context, UnitOfWork, run, transaction
+from config import get_settings
 
 log = logging.getLogger("gcp.notifications")
 
@@ -86,46 +86,47 @@ def record_sms_outcome(cmd: RecordSmsOutcome, ctx: Context) -> None:
                                 details={"notificationId": cmd.notification_event_id}), ctx)
 
 
-@dataclass(frozen=True)
-class SmsLease:
-    """What an SMS attempt may do: ``send`` (with the phone, the CVC and the certificate's
-    figures for the text), or why not: not-requested, already-sent, already-failed, in-flight
-    (another attempt holds the lease), unknown-outcome (an attempt died mid-send on a gateway
-    that cannot tell), no-phone, cvc-unreadable."""
-    outcome: str
-    phone: str | None = None
-    cvc: str | None = None
-    nominal: str | None = None
-    currency: str | None = None
-    expires_at: dt.datetime | None = None
+def sms_text(code: str, cvc: str, nominal: str | None, currency: str,
+             expires_at: dt.datetime | None, template: str) -> str:
+    """The SMS from ``SMS_TEMPLATE`` (Russian by default)."""
+    expiry = f", до {expires_at.astimezone(dt.timezone.utc):%d.%m.%Y}" if expires_at else ""
+    return template.format(
+        code=code, cvc=cvc, nominal=nominal or "", currency=currency, expiry=expiry)
 
 
-def take_sms_lease(cmd: TakeSmsLease, ctx: Context) -> SmsLease:
+def take_sms_lease(cmd: TakeSmsLease, ctx: Context) -> dict:
     """Exactly one SMS per notification request: under the certificate's and the message's row
     locks an attempt takes a lease (``SENDING`` until ``sending_until``) and commits it; a second
-    trigger meanwhile finds the lease and sends nothing."""
+    trigger meanwhile finds the lease and sends nothing.
+
+    Returns ``outcome``: ``send`` (with ``phone``, the ``text`` of the SMS and the ``cvc`` in it,
+    for the sender to mask in its logs), or why not: not-requested, already-sent, already-failed,
+    in-flight (another attempt holds the lease), unknown-outcome (an attempt died mid-send on a
+    gateway that cannot tell), no-phone, cvc-unreadable."""
     with connection(), db.atomic():
         cert = GiftCertificate.select().where(GiftCertificate.code == cmd.code).for_update().first()
         if cert is None or not to_domain(cert, ZERO).notification_due:
-            return SmsLease("not-requested")
+            return {"outcome": "not-requested"}
         now = utcnow()
         SmsMessage.insert(notification_event_id=cmd.notification_event_id, code=cmd.code, status="PENDING",
                           created_at=now, touched_at=now).on_conflict_ignore().execute()
         sms = (SmsMessage.select().where(SmsMessage.notification_event_id == cmd.notification_event_id)
                .for_update().get())
         if sms.status in ("SENT", "FAILED"):
-            return SmsLease("already-" + sms.status.lower())
+            return {"outcome": "already-" + sms.status.lower()}
         if sms.status == "SENDING" and sms.sending_until and sms.sending_until > now:
-            return SmsLease("in-flight")
+            return {"outcome": "in-flight"}
         if sms.status == "SENDING" and not cmd.gateway_idempotent:  # maybe sent: never submit twice
-            return SmsLease("unknown-outcome")
+            return {"outcome": "unknown-outcome"}
         phone, secret = phone_for(cert), cvc_secret.decrypt(cert.cvc_encrypted)
         if phone is None or secret is None:
-            return SmsLease("no-phone" if phone is None else "cvc-unreadable")
+            return {"outcome": "no-phone" if phone is None else "cvc-unreadable"}
         sms.status, sms.sending_until, sms.touched_at = "SENDING", now + dt.timedelta(milliseconds=cmd.lease_ms), now
         sms.attempts += 1
         sms.save()
-        return SmsLease("send", phone, secret, fmt_money(cert.nominal), cert.currency.strip(), cert.expires_at)
+        text = sms_text(cmd.code, secret, fmt_money(cert.nominal), cert.currency.strip(), cert.expires_at,
+                        get_settings().sms_template)
+        return {"outcome": "send", "phone": phone, "text": text, "cvc": secret}
 
 
 def sms_attempt_failed(cmd: SmsAttemptFailed, ctx: Context) -> None:

@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 from decimal import Decimal
-from dataclasses import dataclass, field
 
 from models import correlation as corr
 from models import locks
@@ -87,12 +86,9 @@ def lock_order(order_id: str) -> None:
     lock_key(locks.ORDER + order_id)
 
 
-@dataclass
-class Outcome:
+def outcome(order_id: str | None, effects: list[tuple[str, str]] | None = None, note: str | None = None) -> dict:
     """What handling one message did: the effects applied, in order, with their outcome."""
-    order_id: str | None = None
-    effects: list[tuple[str, str]] = field(default_factory=list)
-    note: str | None = None
+    return {"orderId": order_id, "effects": effects or [], "note": note}
 
 
 def _line(raw: dict) -> corr.Line:
@@ -330,7 +326,8 @@ class _Applier:
         return "APPLIED", p["code"]
 
     def _confirm(self, p: dict, ctx: Context):
-        return confirm_capture(ConfirmCapture(p["code"], p["amount"], p["authorization_id"], self.source), ctx)
+        done = confirm_capture(ConfirmCapture(p["code"], p["amount"], p["authorization_id"], self.source), ctx)
+        return done["outcome"], done["detail"]
 
     def _refund_request(self, p: dict, ctx: Context):
         code = self._line_code(p)
@@ -409,28 +406,28 @@ def concerns_certificates(msg: dict) -> bool:
     return any(x.get("type") == corr.GC for x in (msg.get("lines") or []) + (msg.get("tenders") or []))
 
 
-def on_order_message(cmd: OrderMessage, ctx: Context) -> Outcome:
+def on_order_message(cmd: OrderMessage, ctx: Context) -> dict:
     msg = cmd.message
     with _atomic():
         lock_order(msg["orderId"])
         if (msg["eventType"] in corr.SNAPSHOT_TYPES and not concerns_certificates(msg)
                 and db.execute_sql("SELECT 1 FROM sales_order WHERE order_id = %s",
                                    (msg["orderId"],)).fetchone() is None):
-            return Outcome(msg["orderId"], note="no gift certificate in this order")
+            return outcome(msg["orderId"], note="no gift certificate in this order")
         new = record_order_message(msg, utcnow())
-        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER, recorded=new))
+        return outcome(msg["orderId"], correlate(msg["orderId"], ctx, SALES_ORDER, recorded=new))
 
 
-def on_payment_message(cmd: PaymentMessage, ctx: Context) -> Outcome:
+def on_payment_message(cmd: PaymentMessage, ctx: Context) -> dict:
     msg = cmd.message
     with _atomic():
         lock_order(msg["orderId"])
         if not record_payment_message(msg, utcnow()):
-            return Outcome(msg["orderId"], note="duplicate payment event")
-        return Outcome(msg["orderId"], correlate(msg["orderId"], ctx, PAYMENTS))
+            return outcome(msg["orderId"], note="duplicate payment event")
+        return outcome(msg["orderId"], correlate(msg["orderId"], ctx, PAYMENTS))
 
 
-def on_client_message(cmd: ClientMessage, ctx: Context) -> Outcome:
+def on_client_message(cmd: ClientMessage, ctx: Context) -> dict:
     msg = cmd.message
     occurred = parse_time_or_none(msg.get("occurredAt")) or utcnow()
     with db.atomic():
@@ -459,10 +456,10 @@ def on_client_message(cmd: ClientMessage, ctx: Context) -> Outcome:
                 raise_alert(RaiseAlert("error", refused.code, refused.message, CLIENTS,
                                     certificate_code=code, key=code), ctx)
                 note = f"refused: {refused.code}"
-        return Outcome(None, note=note)
+        return outcome(None, note=note)
 
 
-def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> tuple[str, str | None]:
+def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> dict:
     """Check the API capture against the tender; a mismatch raises a ``CAPTURE_MISMATCH`` alert."""
     def body(uow: UnitOfWork):
         hold = AuthorizationHold.get_or_none(AuthorizationHold.id == cmd.authorization_id)
@@ -476,12 +473,12 @@ def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> tuple[str, str | None]
                                                    "source": cmd.source, "certificateCode": cmd.code,
                                                    "authorizationId": cmd.authorization_id}),
                      None, key=cmd.code)
-            return "REFUSED", mismatch
+            return {"outcome": "REFUSED", "detail": mismatch}
         hold.confirmed_by, hold.updated_at = ctx.cause, uow.now
         uow.writes.update(hold)
         uow.audit("authorization.confirmed", row, details={
             "authorizationId": hold.id, "amount": fmt_money(cmd.amount), "orderId": ctx.correlation_id})
-        return "APPLIED", hold.id
+        return {"outcome": "APPLIED", "detail": hold.id}
     return run(ctx, body)
 
 
@@ -494,8 +491,8 @@ def expire_order_reservation(cmd: ExpireOrderReservation, ctx: Context) -> dict 
         return expire_reservation(ExpireReservation(cmd.code), ctx)
 
 
-def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: Context) -> list[str]:
-    """Issue blocked paid order lines, oldest first; returns the codes issued.
+def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: Context) -> dict:
+    """Issue blocked paid order lines, oldest first; returns the codes issued (``issued``).
 
     A line whose nominal the pool still cannot serve stays blocked (no new ``issue.blocked``
     event: the first one stands), and younger lines of the same nominal wait behind it.
@@ -538,4 +535,4 @@ def resolve_blocked_issues(cmd: ResolveBlockedIssues, ctx: Context) -> list[str]
                 issued.append(cert.code)
             row.status, row.code, row.resolved_at = "ISSUED", cert.code, utcnow()
             row.save()
-    return issued
+    return {"issued": issued}

@@ -37,7 +37,7 @@ from peewee import IntegrityError
 from models import cvc as cvc_secret
 from models import locks
 from config import get_settings
-from models.commands import BatchResult, ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
+from models.commands import ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
 from models.db import db
 from models.domain import Certificate, DomainError, E, Event, EventType, fmt_money, issue_expiry, loadable_expiry, reservation_lapsed, Status, ZERO
 from models.queries import pool_summary
@@ -174,11 +174,11 @@ def _ensure_batch(cmd: LoadBatch, ctx: Context, now: dt.datetime) -> bool:
     return created
 
 
-def load_batch(cmd: LoadBatch, ctx: Context) -> BatchResult:
+def load_batch(cmd: LoadBatch, ctx: Context) -> dict:
     """Add codes to the pool as AVAILABLE in one transaction; the same codes again add nothing."""
     rows, rejected = _prepare(cmd, utcnow())
 
-    def body(uow: UnitOfWork) -> BatchResult:
+    def body(uow: UnitOfWork) -> dict:
         created = _ensure_batch(cmd, ctx, uow.now)
         cursor = db.cursor()
         not_inserted: list[tuple[str, str | None]] = []
@@ -203,10 +203,11 @@ def load_batch(cmd: LoadBatch, ctx: Context) -> BatchResult:
         accepted = len(rows) - len(not_inserted)
         if not cmd.dry_run:
             _record(uow, cmd, accepted, already, rejected)
-        return BatchResult(cmd.batch_id, accepted, already, rejected, created or accepted > 0)
+        return {"batchId": cmd.batch_id, "accepted": accepted, "alreadyLoaded": already, "rejected": rejected,
+                "created": created or accepted > 0}
 
     result = run(ctx, body)
-    if result.accepted and not cmd.dry_run:
+    if result["accepted"] and not cmd.dry_run:
         refresh_pool_gauge(max_age=30.0)
     return result
 
@@ -316,17 +317,18 @@ def pool_view() -> dict:
 # ---- reservation, the sale, expiry
 
 
-def reserve(cmd: Reserve, ctx: Context) -> tuple[dict, bool]:
+def reserve(cmd: Reserve, ctx: Context) -> dict:
     """Reserve the next pool certificate (or ``code``) for an order line.
 
-    Returns ``(view, created)``; the same order line again returns its certificate (created=False).
+    Returns the reservation with ``created``; the same order line again returns its
+    certificate (``created`` false).
     """
     for _ in range(3):
         existing = order_line(cmd.channel, cmd.order_id, cmd.line_id)
         if existing is not None:
-            return _reservation_view(existing), False
+            return {**_reservation_view(existing), "created": False}
         try:
-            return run(ctx, lambda uow: _reserve(uow, cmd)), True
+            return {**run(ctx, lambda uow: _reserve(uow, cmd)), "created": True}
         except IntegrityError:  # a concurrent call reserved this order line first
             continue
     raise DomainError("ALREADY_RESERVED", "order line is being reserved concurrently")

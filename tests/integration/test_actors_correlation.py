@@ -139,12 +139,12 @@ def test_lost_reservation_on_an_empty_pool_blocks_then_issues_oldest_first_on_re
             .order_by(BlockedIssue.id)] == [first, second]
     # when a batch adds one code, then the oldest blocked order gets it; no new issue.blocked
     one = load(1, "700.00", currency)[0]
-    assert messagebus.handle(commands.ResolveBlockedIssues()) == [one]
+    assert messagebus.handle(commands.ResolveBlockedIssues()) == {"issued": [one]}
     assert cert(one).order_id == first and cert(one).status == "ISSUED"
     assert types(second) == ["issue.blocked"]
     # when another arrives, then the second order gets it
     two = load(1, "700.00", currency)[0]
-    assert messagebus.handle(commands.ResolveBlockedIssues()) == [two]
+    assert messagebus.handle(commands.ResolveBlockedIssues()) == {"issued": [two]}
     assert cert(two).order_id == second
 
 

@@ -370,7 +370,7 @@ def _load(client, currency, n, nominal="100.00"):
 
 def _reserve(currency, nominal="100.00"):
     with db.connection_context():
-        return messagebus.handle(commands.Reserve("ONLINE_STORE", uid("o-"), "1", Decimal(nominal), currency))[0]
+        return messagebus.handle(commands.Reserve("ONLINE_STORE", uid("o-"), "1", Decimal(nominal), currency))
 
 
 def _alerts(segment):
@@ -463,6 +463,6 @@ def test_the_use_case_keeps_working_for_in_process_callers(stack):
         # when loaded through handle(); then it is in the pool
         result = messagebus.handle(commands.LoadBatch(uid("s-"), "ELECTRONIC", "RUB", items), work.Context(actor="seed"))
         row = GiftCertificate.get(GiftCertificate.code == code)
-    assert (result.accepted, result.already_loaded, result.created) == (1, 0, True)
+    assert (result["accepted"], result["alreadyLoaded"], result["created"]) == (1, 0, True)
     assert row.nominal == Decimal("700.00") and row.batch_expires_at.year == 2032
     assert pool.segment_key("RUB", "PHYSICAL", None) == "RUB/PHYSICAL/OPEN"
