@@ -109,8 +109,9 @@ def test_ten_thousand_concurrent_retries_of_one_reservation_reserve_once(procs, 
     # when the same request comes 10,000 times, 1,000 at a time
     results = asyncio.run(_post_many(procs.port, raw, 10_000, 1_000))
     statuses = Counter(status for status, _ in results)
-    # then every one is served (the first answer, replayed) or told to retry, none a 5xx
-    assert set(statuses) <= {201, 409, 429}, statuses
+    # then every one is served (the first answer, replayed) or told to retry, none a 5xx (a 408:
+    # not read within REQUEST_READ_TIMEOUT_MS, seen when the machine is starved by other work)
+    assert set(statuses) <= {201, 408, 409, 429}, statuses
     reserved = {json.loads(b)["code"] for s, b in results if s == 201}
     assert reserved == {code}, reserved
     in_progress = {json.loads(b)["code"] for s, b in results if s == 409}
