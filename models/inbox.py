@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 
 from config import get_settings
-from models import commands, locks, messagebus, unit_of_work as work
+from models import commands, locks, messagebus
+from models import unit_of_work as work
 from models.db import connection, db
 from models.handlers import orders
 
@@ -51,7 +52,6 @@ def process(inbox_id: int) -> str:
     lock, the earlier rows of the same partition still pending are handled first, in the same
     transaction. So the worker threads' parallelism never reorders one order's messages.
     """
-
     with connection():
         with work.transaction(), orders.held_locks():
             # one round trip: the key's lock (from the row itself), then the key's earlier rows
@@ -68,8 +68,10 @@ def process(inbox_id: int) -> str:
                 if row_id == inbox_id:
                     _handle(source, message, row_id)
                     continue
+                # a savepoint: an earlier message that fails waits for its own retries, and
+                # takes its recorded effects (its later writes) with it
                 try:
-                    with db.atomic():  # an earlier message that fails waits for its own retries
+                    with work.transaction():
                         _handle(source, message, row_id)
                 except Exception as exc:
                     log.warning("earlier message %s of key %s failed, left to its own retries: %s",

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from models import cache
 from models.db import Statements, db, locking_select_sql
-from models.domain import (CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event,
-                           EventType as E, Hold, HoldStatus, valid_code)
+from models.domain import CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event
+from models.domain import EventType as E
+from models.domain import Hold, HoldStatus, valid_code
 from models.repository import active_holds_sql, snapshot, to_domain, to_hold
 from models.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation, OutboxEvent
 from models.timeutil import iso, utcnow
-
 
 #: PostgreSQL channel the outbox relay listens on.
 OUTBOX_CHANNEL = "gcp_outbox"
@@ -42,6 +42,7 @@ class Context:
     def cause(self) -> str | None:
         return self.causation_id or self.request_id
 
+
 SYSTEM_CONTEXT = Context()
 
 #: Codes to invalidate when the enclosing :func:`transaction` ends (None outside one).
@@ -49,8 +50,20 @@ _PENDING_INVALIDATION: contextvars.ContextVar[set | None] = contextvars.ContextV
     "gcp_pending_invalidation", default=None)
 
 
-#: Writes of the enclosing :func:`transaction` that nothing reads back before its commit.
+#: Writes of the innermost :func:`transaction` that nothing reads back before its end.
 _LATER: contextvars.ContextVar[Statements | None] = contextvars.ContextVar("gcp_later", default=None)
+
+
+@contextlib.contextmanager
+def _later_writes():
+    """The :func:`later` writes of one block: sent at its end, dropped if it fails."""
+    writes = Statements()
+    token = _LATER.set(writes)
+    try:
+        yield
+        writes.flush()
+    finally:
+        _LATER.reset(token)
 
 
 @contextlib.contextmanager
@@ -58,29 +71,27 @@ def transaction():
     """An outer transaction around use cases plus the caller's own writes (e.g. the HTTP
     idempotency record, the inbox row), so all commit together; the units of work inside become
     savepoints and their cache invalidation waits until this transaction has ended (the
-    outermost one, when nested). Writes queued with :func:`later` go with its last round trip."""
+    outermost one, when nested). Nested, it is a savepoint. Writes queued with :func:`later`
+    go with its last round trip, or roll back with it."""
     if _PENDING_INVALIDATION.get() is not None:  # nested: the outermost one invalidates
-        with db.atomic():
+        with db.atomic(), _later_writes():
             yield
         return
     pending: set[str] = set()
-    writes = Statements()
-    token, later_token = _PENDING_INVALIDATION.set(pending), _LATER.set(writes)
+    token = _PENDING_INVALIDATION.set(pending)
     try:
-        with db.atomic():
+        with db.atomic(), _later_writes():
             yield
-            writes.flush()
     finally:
         _PENDING_INVALIDATION.reset(token)
-        _LATER.reset(later_token)
         cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
 
 
 def later(sql: str, params: tuple = ()) -> None:
-    """A write whose result nothing reads before the commit (an effect recorded, an inbox row
-    done): sent with the end of the enclosing :func:`transaction`, or at once outside one.
-    Never queue one inside a savepoint that may roll back: it would be sent all the same.
-    A reader of such rows calls :func:`flush_later` first."""
+    """A write whose result nothing reads before the end of the innermost :func:`transaction`
+    (an effect recorded, an inbox row done): sent then, or dropped with it if it fails; at once
+    outside one. Queue it only where that transaction (not a bare ``db.atomic()`` inside it)
+    bounds what it records. A reader of such rows calls :func:`flush_later` first."""
     writes = _LATER.get()
     if writes is None:
         db.execute_sql(sql, params)

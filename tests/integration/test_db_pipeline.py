@@ -59,6 +59,21 @@ def test_a_transaction_that_fails_sends_none_of_its_later_writes():
     assert effects(order) == []
 
 
+def test_a_later_write_inside_a_savepoint_goes_with_the_savepoint():
+    """An earlier inbox message handled in a savepoint that fails must take its recorded
+    effects with it: a queued write would outlive the rollback and mark an undone effect done."""
+    order = uid("o-")
+    with work.transaction():
+        later_effect(order, "outer")
+        with pytest.raises(RuntimeError):
+            with work.transaction():  # nested: a savepoint
+                later_effect(order, "rolled-back")
+                raise RuntimeError("the earlier message fails")
+        with work.transaction():
+            later_effect(order, "kept")
+    assert effects(order) == ["kept", "outer"]
+
+
 def test_a_reader_flushes_the_later_writes_first():
     order = uid("o-")
     with work.transaction():
