@@ -23,6 +23,7 @@ Run: ``make bench`` or ``python -m bench.latency [messages]``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,6 +95,49 @@ def stop_procs(procs: dict[str, subprocess.Popen]) -> None:
             p.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def own_pipeline(prefix: str, **settings: str):
+    """Embedded servers of the benchmark's own (a temp dir), migrated, with the Procfile's worker,
+    pump and relay on them (``settings``: more environment for every process). Yields
+    ``(stack, procs)``; everything is stopped and the environment restored afterwards."""
+    from devstack import EmbeddedStack
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    saved = dict(os.environ)
+    stack, procs = None, {}
+    try:
+        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            os.environ.pop(var, None)
+        stack = EmbeddedStack(tmp, database="gcp")
+        os.environ.update(stack.start())
+        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0", GCP_ENV="development", **settings)
+        from config import get_settings, reset_settings
+
+        reset_settings()
+        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
+        from models.db import init_db, migrate
+        from workers.kafka import ensure_topics
+
+        init_db(get_settings().database_url)
+        migrate()
+        ensure_topics()
+        env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+                   PYTHONUNBUFFERED="1")
+        procs.update(start_procs(env, tmp))
+        time.sleep(2)
+        yield stack, procs
+    finally:
+        stop_procs(procs)
+        if stack is not None:
+            try:
+                stack.stop()
+            except Exception:
+                pass
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def paced(items, rate: int):
@@ -291,32 +335,7 @@ STAGES: dict = {}
 
 def main(n: int | None = None) -> dict:
     n = n or int(os.environ.get("BENCH_MESSAGES", "300" if os.environ.get("BENCH_QUICK") == "1" else "1000"))
-    tmp = Path(tempfile.mkdtemp(prefix="gcp-bench-"))
-    saved = dict(os.environ)
-    procs = {}
-    try:
-        from devstack import EmbeddedStack
-
-        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-            os.environ.pop(var, None)
-        os.environ["GCP_PG_FAST"] = os.environ.get("GCP_PG_FAST", "")
-        stack = EmbeddedStack(tmp, database="gcp")
-        os.environ.update(stack.start())
-        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0", GCP_ENV="development")
-        from config import get_settings, reset_settings
-
-        reset_settings()
-        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
-        from models.db import init_db, migrate
-        from workers.kafka import ensure_topics
-
-        init_db(get_settings().database_url)
-        migrate()
-        ensure_topics()
-        env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-                   PYTHONUNBUFFERED="1")
-        procs = start_procs(env, tmp)
-        time.sleep(2)
+    with own_pipeline("gcp-bench-") as (stack, procs):
         floor = percentiles(measure_floor(n))
         servers = dict(stack.pids(), bench=os.getpid())  # the load generator and reader too
         pg_pid = (stack.pgdata / "postmaster.pid")
@@ -353,15 +372,6 @@ def main(n: int | None = None) -> dict:
         return {"floor": floor, "mixed": mixed, "service": service, "lost": lost, "rate": RATE, "messages": n,
                 "cert_share": share, "cpu_ms_per_sale": cpu,
                 "stages_ms": {k: [v[0] * 1000, v[1] * 1000] for k, v in STAGES.items()}}
-    finally:
-        stop_procs(procs)
-        try:
-            stack.stop()
-        except Exception:
-            pass
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from bench.latency import paced, percentiles, start_procs, stop_procs
+from bench.latency import own_pipeline, paced, percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = int(os.environ.get("BENCH_SMS_RATE", "20"))
@@ -70,52 +70,23 @@ def collect(codes: list[str], timeout: float = 120) -> tuple[list[float], list[f
 
 def main(n: int | None = None) -> dict:
     n = n or int(os.environ.get("BENCH_SMS_CERTIFICATES", "300"))
-    tmp = Path(tempfile.mkdtemp(prefix="gcp-bench-sms-"))
-    saved = dict(os.environ)
-    procs = {}
+    sms_log = Path(tempfile.mkdtemp(prefix="gcp-bench-sms-log-"))
     try:
-        from devstack import EmbeddedStack
-
-        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-            os.environ.pop(var, None)
-        stack = EmbeddedStack(tmp, database="gcp")
-        os.environ.update(stack.start())
-        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0", GCP_ENV="development",
-                          NOTIFY_VIA="sms", SMS_GATEWAY="log", SMS_LOG_PATH=str(tmp / "sms.log"))
-        from config import get_settings, reset_settings
-
-        reset_settings()
-        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
-        from models.db import init_db, migrate
-        from workers.kafka import ensure_topics
-
-        init_db(get_settings().database_url)
-        migrate()
-        ensure_topics()
-        env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-                   PYTHONUNBUFFERED="1")
-        procs = start_procs(env, tmp)
-        time.sleep(2)
-        issue_with_phone(20)  # warm-up
-        codes = issue_with_phone(n)
-        floor_s, sms_s, missing = collect(codes)
-        floor, sms = percentiles(floor_s), percentiles(sms_s)
-        print(f"issue -> SMS gateway acceptance ('log' gateway), {n} certificates at {RATE}/s (times in ms)")
-        print(f"  {'':42} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-        for label, row in (("floor: issue commit -> relay published", floor), ("sms: issue commit -> gateway accepted", sms)):
-            print(f"  {label:42} {row['p50']:7.1f} {row['p90']:7.1f} {row['p99']:7.1f} {row['max']:7.1f}")
-        print(f"  ratio to the floor: p50 {sms['p50'] / floor['p50']:.1f}x, p99 {sms['p99'] / floor['p99']:.1f}x;"
-              f" goal p99 < 1000 ms ({'met' if sms['p99'] < 1000 else 'NOT met'}); missing: {missing}")
-        return {"floor": floor, "sms": sms, "missing": missing}
+        with own_pipeline("gcp-bench-sms-", NOTIFY_VIA="sms", SMS_GATEWAY="log",
+                          SMS_LOG_PATH=str(sms_log / "sms.log")):
+            issue_with_phone(20)  # warm-up
+            codes = issue_with_phone(n)
+            floor_s, sms_s, missing = collect(codes)
+            floor, sms = percentiles(floor_s), percentiles(sms_s)
+            print(f"issue -> SMS gateway acceptance ('log' gateway), {n} certificates at {RATE}/s (times in ms)")
+            print(f"  {'':42} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
+            for label, row in (("floor: issue commit -> relay published", floor), ("sms: issue commit -> gateway accepted", sms)):
+                print(f"  {label:42} {row['p50']:7.1f} {row['p90']:7.1f} {row['p99']:7.1f} {row['max']:7.1f}")
+            print(f"  ratio to the floor: p50 {sms['p50'] / floor['p50']:.1f}x, p99 {sms['p99'] / floor['p99']:.1f}x;"
+                  f" goal p99 < 1000 ms ({'met' if sms['p99'] < 1000 else 'NOT met'}); missing: {missing}")
+            return {"floor": floor, "sms": sms, "missing": missing}
     finally:
-        stop_procs(procs)
-        try:
-            stack.stop()
-        except Exception:
-            pass
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(sms_log, ignore_errors=True)
 
 
 if __name__ == "__main__":

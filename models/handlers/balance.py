@@ -1,8 +1,9 @@
 """Balance changes the channels report on Kafka: redemption, refunds onto a certificate, purchase refunds."""
 from __future__ import annotations
 
-from models.commands import ConfirmPurchaseRefund, PurchaseRefundNeedsDetails, Redeem, RefundToCertificate, RequestPurchaseRefund
-from models.unit_of_work import change_certificate, Context
+from models.commands import (ConfirmPurchaseRefund, PurchaseRefundNeedsDetails, Redeem, RefundToCertificate,
+                             RequestPurchaseRefund)
+from models.unit_of_work import Context, change_certificate
 
 
 def redeem(cmd: Redeem, ctx: Context) -> dict:

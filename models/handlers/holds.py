@@ -5,15 +5,15 @@ import dataclasses
 import datetime as dt
 import uuid
 
+from config import get_settings
 from models import cvc as cvc_secret
 from models import cvc_budget
-from config import get_settings
 from models.commands import Authorize, Capture, Void
-from models.domain import DomainError, fmt_money, Hold, HoldStatus
+from models.domain import DomainError, Hold, HoldStatus, fmt_money
 from models.repository import snapshot, to_domain, to_hold
 from models.tables import AuthorizationHold
 from models.timeutil import iso
-from models.unit_of_work import Context, Deferred, run, UnitOfWork
+from models.unit_of_work import Context, Deferred, UnitOfWork, run
 
 
 def authorize(cmd: Authorize, ctx: Context) -> dict:

@@ -6,16 +6,16 @@ import dataclasses
 import datetime as dt
 import logging
 
+from config import get_settings
 from models import cvc as cvc_secret
-from models.commands import (DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome, RequestNotification,
-                             SmsAttemptFailed, TakeSmsLease)
+from models.commands import (DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome,
+                             RequestNotification, SmsAttemptFailed, TakeSmsLease)
 from models.db import connection, db
 from models.domain import ZERO, DomainError, E, Event, fmt_money
 from models.repository import phone_for, snapshot, to_domain
 from models.tables import GiftCertificate, SmsMessage
 from models.timeutil import utcnow
 from models.unit_of_work import Context, UnitOfWork, run, transaction
-from config import get_settings
 
 log = logging.getLogger("gcp.notifications")
 

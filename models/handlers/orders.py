@@ -23,16 +23,20 @@ from decimal import Decimal
 
 from models import correlation as corr
 from models import locks
-from models.commands import ClientMessage, CLIENTS, ConfirmCapture, ConfirmPurchaseRefund, ExpireOrderReservation, ExpireReservation, Issue, NotificationResult, OrderMessage, PaymentMessage, PAYMENTS, PurchaseRefundNeedsDetails, RaiseAlert, Redeem, RefundToCertificate, Release, RequestPurchaseRefund, Reserve, ResolveBlockedIssues, SALES_ORDER
-from models.db import db, locking_select_sql, Statements
-from models.domain import DomainError, Event, EventType, fmt_money, OrderStatus, Status
-from models.handlers.balance import confirm_purchase_refund, purchase_refund_needs_details, redeem, refund_to_certificate, request_purchase_refund
+from models.commands import (CLIENTS, PAYMENTS, SALES_ORDER, ClientMessage, ConfirmCapture,
+                             ConfirmPurchaseRefund, ExpireOrderReservation, ExpireReservation, Issue,
+                             NotificationResult, OrderMessage, PaymentMessage, PurchaseRefundNeedsDetails,
+                             RaiseAlert, Redeem, RefundToCertificate, Release, RequestPurchaseRefund, Reserve,
+                             ResolveBlockedIssues)
+from models.db import Statements, db, locking_select_sql
+from models.domain import DomainError, Event, EventType, OrderStatus, Status, fmt_money
+from models.handlers.balance import (confirm_purchase_refund, purchase_refund_needs_details, redeem,
+                                     refund_to_certificate, request_purchase_refund)
 from models.handlers.notifications import notification_result, raise_alert
 from models.handlers.pool import expire_reservation, issue, release, reserve
 from models.tables import AuthorizationHold, BlockedIssue, ClientProfile, GiftCertificate, SalesOrder
 from models.timeutil import parse_time_or_none, utcnow
-from models.unit_of_work import Context, flush_later, later, run, transaction, UnitOfWork
-
+from models.unit_of_work import Context, UnitOfWork, flush_later, later, run, transaction
 
 log = logging.getLogger("gcp.orders")
 

@@ -27,24 +27,25 @@ import dataclasses
 import datetime as dt
 import io
 import logging
-import psycopg2.errors
 import threading
 import time
 from decimal import Decimal
 
+import psycopg2.errors
 from peewee import IntegrityError
 
+from config import get_settings
 from models import cvc as cvc_secret
 from models import locks
-from config import get_settings
 from models.commands import ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
 from models.db import db
-from models.domain import Certificate, DomainError, E, Event, EventType, fmt_money, issue_expiry, loadable_expiry, reservation_lapsed, Status, ZERO
+from models.domain import (ZERO, Certificate, DomainError, E, Event, EventType, Status, fmt_money,
+                           issue_expiry, loadable_expiry, reservation_lapsed)
 from models.queries import pool_summary
 from models.repository import order_line, payment_seen, pick_available, snapshot, to_domain
 from models.tables import BatchRejection, CertificateBatch, GiftCertificate, PoolLowWater
 from models.timeutil import iso, utcnow
-from models.unit_of_work import change_certificate, Context, Deferred, POOL_CHANNEL, run, UnitOfWork
+from models.unit_of_work import POOL_CHANNEL, Context, Deferred, UnitOfWork, change_certificate, run
 from observability import POOL_AVAILABLE
 
 log = logging.getLogger("gcp.batches")

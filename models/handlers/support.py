@@ -16,13 +16,13 @@ from decimal import Decimal
 from config import get_settings
 from models.commands import Adjust, ApproveAdjustment, Cancel, Lock, RejectAdjustment, Transfer, Unlock
 from models.db import locking_select_sql
-from models.domain import Adjustment, DomainError, fmt_money, transfer_expiry, valid_code, ZERO
+from models.domain import ZERO, Adjustment, DomainError, fmt_money, transfer_expiry, valid_code
 from models.handlers.pool import check_low_water, sale_cvc
 from models.queries import adjustment_view
 from models.repository import adjustment_from, pick_available, snapshot, to_domain
 from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate
 from models.timeutil import iso
-from models.unit_of_work import change_certificate, Context, Deferred, run, UnitOfWork
+from models.unit_of_work import Context, Deferred, UnitOfWork, change_certificate, run
 
 
 def lock(cmd: Lock, ctx: Context) -> dict:
