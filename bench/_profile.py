@@ -25,6 +25,8 @@ from pathlib import Path
 from bench import api
 
 PG = Path("/usr/lib/postgresql/15/bin")
+#: PROFILE_OP=balance profiles GET /certificates/{code} instead of authorize.
+OP = os.environ.get("PROFILE_OP", "authorize")
 IDLE = ("_worker (concurrent/futures/thread.py", "select (selectors.py", "wait_for_signals", "Arbiter.sleep",
         "WorkerTmp.notify")
 GROUPS = {
@@ -107,9 +109,12 @@ def main(seconds: float = 15) -> None:
         procs["web"] = api._gunicorn("app:create_app()", port := api._free(), env, tmp / "web.log")
         runner = api.Runner(tmp, {"web": procs["web"].pid})
         tokens = [issue_token(f"prof-{i}", "certificates:read certificates:redeem", None, 7200) for i in range(64)]
-        lines = [("POST", f"/certificates/{c}/authorizations", tokens[i % 64],
-                  '{"channel":"POS","orderId":"prof-{n}","amount":"1.00","cvc":"%s"}' % v)
-                 for i, (c, v, _id) in enumerate(targets)]
+        if OP == "balance":
+            lines = [("GET", f"/certificates/{c}", tokens[i % 64], "") for i, (c, _v, _id) in enumerate(targets)]
+        else:
+            lines = [("POST", f"/certificates/{c}/authorizations", tokens[i % 64],
+                      '{"channel":"POS","orderId":"prof-{n}","amount":"1.00","cvc":"%s"}' % v)
+                     for i, (c, v, _id) in enumerate(targets)]
         runner.wrk("warm", port, lines, 16, 3, record=False)
         conn.cursor().execute("SELECT pg_stat_statements_reset()")
         out = tmp / "spy.txt"
@@ -117,13 +122,13 @@ def main(seconds: float = 15) -> None:
                                 "--subprocesses", "-r", "200", *(["--gil"] if os.environ.get("PROFILE_GIL") else []), "-d", str(int(seconds) + 2), "-f", "raw", "-o", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
-        r = runner.wrk("authorize", port, lines, 16, seconds)
+        r = runner.wrk(OP, port, lines, 16, seconds)
         spy.wait(60)
         with conn.cursor() as cur:
             cur.execute("SELECT calls, mean_exec_time, total_exec_time, query FROM pg_stat_statements"
                         " ORDER BY calls DESC LIMIT 40")
             stmts = cur.fetchall()
-        print(f"authorize c16: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, codes {r['codes']}")
+        print(f"{OP} c16: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, codes {r['codes']}")
         total, groups, leaves = 0, collections.Counter(), collections.Counter()
         idle_n = 0
         for line in out.read_text().splitlines():
@@ -144,7 +149,7 @@ def main(seconds: float = 15) -> None:
         for leaf, n in leaves.most_common(15):
             print(f"  {n / total:6.1%}  {leaf[:150]}")
         req = r["requests"]
-        print(f"pg_stat_statements over {req} authorizations (every process; calls per request):")
+        print(f"pg_stat_statements over {req} requests (every process; calls per request):")
         for calls, mean, tot, q in stmts:
             print(f"  {calls / req:6.2f}  {mean:7.3f} ms  {' '.join(q.split())[:140]}")
         (Path(tempfile.gettempdir()) / "gcp-profile-spy.txt").write_text(out.read_text())
