@@ -101,8 +101,11 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         except Exception:  # no or bad token: 401 comes from the view; limit by address meanwhile
             return "addr:" + (request.remote_addr or "?")
 
+    # No rate-limit headers on the answers let through: each cost a second Redis round trip (the
+    # window's state) on every request; a 429's Retry-After is asked for on the refusal alone
+    # (errors._rate_limit_retry_after).
     limiter = Limiter(rate_key, app=app, default_limits=[settings.rate_limit],
-                      storage_uri=settings.redis_url or "memory://", headers_enabled=True,
+                      storage_uri=settings.redis_url or "memory://", headers_enabled=False,
                       strategy="sliding-window-counter", swallow_errors=True,
                       storage_options={"socket_timeout": 2})
     for endpoint in ("health.Live", "health.Ready", "health.Metrics", "api-docs.openapi_json",
@@ -123,8 +126,6 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     # first of all hooks, before the rate limiter's: a 429 gets a request id and a duration too
     app.before_request_funcs.setdefault(None, []).insert(0, start_request)
-    # first in the list, so it runs after every other response hook (the limiter's included)
-    app.after_request_funcs.setdefault(None, []).insert(0, errors.keep_retry_after)
 
     @app.after_request
     def finish_request(response):

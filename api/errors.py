@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import marshmallow as ma
-from flask import g, jsonify, request
+from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models.domain import DomainError
@@ -94,22 +95,22 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     resp.status_code = status
     for k, v in (headers or {}).items():
         resp.headers[k] = v
-    if "Retry-After" in (headers or {}):
-        g.gcp_retry_after = int(headers["Retry-After"])  # see keep_retry_after
     return resp
 
 
-def keep_retry_after(response):
-    """The last response hook: the rate limiter rewrites ``Retry-After`` on every response,
-    truncating to whole seconds (so 1 s can become 0); an error's own value is a floor."""
-    own = g.pop("gcp_retry_after", None)
-    if own is not None:
-        try:
-            given = int(response.headers.get("Retry-After", 0))
-        except ValueError:
-            given = 0
-        response.headers["Retry-After"] = str(max(own, given, 1))
-    return response
+def _rate_limit_retry_after() -> int:
+    """Whole seconds until the request's rate-limit window lets the client in again (at least 1).
+    Asked of the limiter's storage only here, on a refusal: the limiter sends no rate-limit
+    headers on the answers it lets through (one Redis round trip less per request)."""
+    from flask import current_app
+
+    limiter = current_app.extensions.get("gcp_limiter")
+    try:
+        current = limiter.current_limit if limiter is not None else None
+        return max(1, int(current.reset_at - time.time())) if current is not None else 1
+    except Exception:  # the storage went away meanwhile: the window's shortest wait
+        log.warning("rate limit window unknown; Retry-After 1", exc_info=True)
+        return 1
 
 
 def handle_http_exception(error: HTTPException):
@@ -128,8 +129,7 @@ def handle_http_exception(error: HTTPException):
     if status == 405 and error.get_response().headers.get("Allow"):
         headers["Allow"] = error.get_response().headers["Allow"]
     if status == 429:
-        retry = getattr(error, "retry_after", None) or headers.get("Retry-After") or 1
-        headers["Retry-After"] = str(retry)
+        headers["Retry-After"] = str(_rate_limit_retry_after())
         message = "rate limit exceeded"
     return error_response(status, code, str(message), details, headers)
 
