@@ -403,6 +403,26 @@ def test_bad_tokens_are_401(client):
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+def test_a_remembered_token_is_still_refused_once_expired_or_under_another_secret(client, monkeypatch):
+    from api import auth as auth_module
+
+    # given a token the service verified and remembers (the next call skips the signature check)
+    token = auth_module.issue_token(uid("c-"), "certificates:read", None, ttl_seconds=60)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/certificates/NOSUCHCODE1", headers=headers).status_code == 404
+    assert auth_module._verified.cache_info().currsize >= 1
+    # past its expiry (and the leeway), the remembered token is refused all the same
+    later = time.time() + 60 + auth_module.LEEWAY_S + 1
+    monkeypatch.setattr(auth_module.time, "time", lambda: later)
+    assert is_error(client.get("/certificates/NOSUCHCODE1", headers=headers), 401, "UNAUTHORIZED")
+    monkeypatch.undo()
+    # and under another secret it is checked again, and refused
+    settings = get_settings()
+    monkeypatch.setattr(auth_module, "get_settings",
+                        lambda: dataclasses.replace(settings, jwt_secret="another-secret-" + "x" * 32))
+    assert is_error(client.get("/certificates/NOSUCHCODE1", headers=headers), 401, "UNAUTHORIZED")
+
+
 def test_bad_idempotency_key_and_request_id(client):
     long_key = {**auth(), "Idempotency-Key": "k" * 256}
     resp = client.post("/certificates/next", json=reserve_body("RUB"), headers=long_key)
