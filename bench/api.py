@@ -282,7 +282,7 @@ def _floor_end_hold(capture: bool):
 
 def _floor_reserve(cur, cert_id: int, code: str, state) -> None:
     cur.execute("SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB' AND"
-                " kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value ORDER BY id LIMIT 1"
+                " kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value ORDER BY created_at, id LIMIT 1"
                 " FOR UPDATE SKIP LOCKED")  # models.repository.pick_available's first query
     row = cur.fetchone()
     # the row stays as it is (the service's own reservations need the pool): the same reads,
@@ -346,14 +346,24 @@ def _explain(conn, targets) -> dict:
             "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
             " AND (nominal = 1000.00 OR open_value) AND kind = 'ELECTRONIC'"
             " ORDER BY open_value, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
-        "next available (now: printed for the nominal first)": (
+        "next available (before: by id, printed for the nominal)": (
             "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
             " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "next available (now: printed for the nominal first, in loading order)": (
+            "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value"
+            " ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
         "next available (now: then open value)": (
             "SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
             " AND kind = 'ELECTRONIC' AND nominal IS NULL AND open_value"
-            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+            " ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED", ()),
+        "low-water count (before: unordered)": (
+            "SELECT count(*) FROM (SELECT 1 FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND id <> 0 LIMIT 100) t", ()),
+        "low-water count (now: the pool index's first entries)": (
+            "SELECT count(*) FROM (SELECT 1 FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB'"
+            " AND kind = 'ELECTRONIC' AND nominal = 1000.00 AND id <> 0 ORDER BY created_at, id LIMIT 100) t", ()),
     }
     with conn.cursor() as cur:
         for name, (sql, args) in queries.items():

@@ -260,11 +260,14 @@ def check_low_water(uow: UnitOfWork, row) -> None:
     currency = row.currency.strip()
     segment = segment_key(currency, row.kind, nominal)
     db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (locks.LOW_WATER, segment))
-    where = "nominal IS NULL" if nominal is None else "nominal = %s"
+    where = "nominal IS NULL AND open_value" if nominal is None else "nominal = %s"
     params = [currency, row.kind] + ([] if nominal is None else [nominal]) + [row.id, mark]
     left = db.execute_sql(
+        # in pool order: the first ``mark`` entries of the pool's index (unordered, the planner
+        # read the table from its start, past every certificate sold: migration 0007)
         "SELECT count(*) FROM (SELECT 1 FROM gift_certificate WHERE status = 'AVAILABLE' "
-        f"AND currency = %s AND kind = %s AND {where} AND id <> %s LIMIT %s) t", params).fetchone()[0]
+        f"AND currency = %s AND kind = %s AND {where} AND id <> %s ORDER BY created_at, id LIMIT %s) t",
+        params).fetchone()[0]
     state = PoolLowWater.get_or_none(PoolLowWater.segment == segment)
     if left < mark and not (state is not None and state.low):
         flipped = db.execute_sql(
