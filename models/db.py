@@ -125,13 +125,25 @@ def connection():
 # ---- writes sent together ---------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def locking_select_sql(model, field_name: str) -> str:
-    """``SELECT`` every column of ``model`` ``WHERE field = %s FOR UPDATE``, built once.
+def select_sql(model, field_name: str, lock: bool = False) -> str:
+    """``SELECT`` every column of ``model`` ``WHERE field = %s`` (``FOR UPDATE`` if ``lock``),
+    built once.
 
     For the hottest reads (``model.raw(sql, value)`` makes the instance): Peewee's query
-    builder costs more than the query itself."""
-    field = model._meta.fields[field_name]
-    return model.select().where(field == "").for_update().sql()[0]
+    builder costs more than the query itself (measured: 400 µs of CPU a row read with it,
+    130 µs with the SQL built once, 55 µs bare psycopg2)."""
+    query = model.select().where(model._meta.fields[field_name] == "")
+    return (query.for_update() if lock else query).sql()[0]
+
+
+def locking_select_sql(model, field_name: str) -> str:
+    return select_sql(model, field_name, True)
+
+
+def one(model, field_name: str, value, lock: bool = False):
+    """The row of ``model`` whose unique ``field_name`` is ``value`` (locked until commit if
+    ``lock``), or None; by :func:`select_sql`."""
+    return next(iter(model.raw(select_sql(model, field_name, lock), value)), None)
 
 
 @functools.lru_cache(maxsize=None)

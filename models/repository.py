@@ -8,7 +8,7 @@ import datetime as dt
 import functools
 from decimal import Decimal
 
-from models.db import db
+from models.db import db, one
 from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, Status,
                            available_of, fmt_money)
 from models.tables import (AuthorizationHold, BalanceAdjustment, ClientProfile, GiftCertificate, OrderPayment,
@@ -132,7 +132,7 @@ def phone_for(certificate) -> str | None:
     """The buyer's phone: the order's customer phone, else the CRM profile's."""
     if not certificate.order_id:
         return None
-    order = SalesOrder.get_or_none(SalesOrder.order_id == certificate.order_id)
+    order = one(SalesOrder, "order_id", certificate.order_id)
     customer = (order.customer or {}) if order is not None else {}
     if customer.get("phone"):
         return customer["phone"]
