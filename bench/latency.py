@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RATE = int(os.environ.get("BENCH_RATE", "100"))  # messages per second
 PROCS = ("worker", "pump", "relay")
+IDLE_SECONDS = 10.0  # the idle measurement after the bursts
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -346,9 +347,19 @@ def main(n: int | None = None) -> dict:
         mixed = percentiles(mixed_samples)
         time.sleep(2)
         marks = []
-        service_samples, lost = measure_service(n, probe=lambda: marks.append(cpu_seconds(procs, servers)))
+        marks_at = []
+        service_samples, lost = measure_service(n, probe=lambda: (marks.append(cpu_seconds(procs, servers)),
+                                                                  marks_at.append(time.monotonic())))
         cpu_before, cpu_after = marks
         service = percentiles(service_samples)
+        burst_s = marks_at[1] - marks_at[0]
+        # the same processes with no traffic: what each spends just waiting (the consumers'
+        # fetches, the idle polls), part of the CPU per sale at this rate
+        time.sleep(2)
+        idle_at, idle_before = time.monotonic(), cpu_seconds(procs, servers)
+        time.sleep(IDLE_SECONDS)
+        idle_after, idle_s = cpu_seconds(procs, servers), time.monotonic() - idle_at
+        idle = {name: (idle_after[name] - idle_before[name]) * 1000 / idle_s for name in idle_after}
         lost += mixed_lost
         print(f"input -> stream latency at {RATE} messages/s, {n} messages (times in ms)")
         print(f"  {'':36} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
@@ -369,8 +380,15 @@ def main(n: int | None = None) -> dict:
         for stage, (p50, p99) in STAGES.items():
             print(f"  stage {stage:32} {p50 * 1000:7.1f} {p99 * 1000:7.1f}")
         cpu = {name: (cpu_after[name] - cpu_before[name]) * 1000 / sales for name in cpu_after}
+        sales_per_s = sales / burst_s
+        idle_per_sale = {name: ms_per_s / sales_per_s for name, ms_per_s in idle.items()}
+        print(f"  idle CPU ({IDLE_SECONDS:.0f} s, no traffic), ms per second: "
+              + ", ".join(f"{name} {v:.1f}" for name, v in idle.items())
+              + f"; at {sales_per_s:.0f} sales/s that is, per sale: "
+              + ", ".join(f"{name} {v:.2f}" for name, v in idle_per_sale.items()))
         return {"floor": floor, "mixed": mixed, "service": service, "lost": lost, "rate": RATE, "messages": n,
-                "cert_share": share, "cpu_ms_per_sale": cpu,
+                "cert_share": share, "cpu_ms_per_sale": cpu, "sales_per_s": sales_per_s,
+                "idle_cpu_ms_per_s": idle, "idle_cpu_ms_per_sale": idle_per_sale,
                 "stages_ms": {k: [v[0] * 1000, v[1] * 1000] for k, v in STAGES.items()}}
 
 
