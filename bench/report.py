@@ -222,35 +222,36 @@ def build(results: dict, meta: dict) -> str:
             ratio = b["p50"] / a["p50"] if a and b and a["p50"] else None
             # the verdict: CPU per request for the API figures (the latency of one connection
             # drifts with the other engineer's load on this shared machine), latency for the sale
-            if k not in ("bare c1", "sale latency") and a and b:
+            # (the sale too, where its CPU was measured: its p50 swung 0.90x-1.28x between two
+            # runs on the same code)
+            if k != "bare c1" and a and b:
                 cpu = [sum(v for n, v in x.get("cpu_ms", {}).items() if n != "wrk") for x in (a, b)]
                 worst.append((k, ratio, cpu[1] / cpu[0] if cpu[0] > 0 and cpu[1] >= 0 else ratio))
-            elif k == "sale latency" and a and b:
-                worst.append((k, ratio, ratio))
             ratios = []
             for lab in labels[1:]:
                 c = api["growth"][lab].get(k)
                 ratios.append(_f(c["p50"] / a["p50"], 2) if a and c and a["p50"] else "–")
             w(f"| {k} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
         bad = [x for x in worst if x[2] is not None and x[2] > 1.2]
-        goals.append((f"Growth: no figure worse by more than 20% at {labels[1]} (CPU per request; sale: p50)",
+        goals.append((f"Growth: no figure worse by more than 20% at {labels[1]} (CPU per request or sale)",
                       ", ".join(f"{k} {r:.2f}× (p50 {lr:.2f}×)" for k, lr, r in worst), not bad))
         w("\nCPU per request (ms, every process tree but wrk: web, worker, pump, relay, postgres, redis, kafka, "
           "and the idle bare route) in the same runs: less noisy than the latency on a shared machine.\n")
         w("| figure | " + " | ".join(labels) + " | " + " | ".join(f"ratio {lab} / {labels[0]}" for lab in labels[1:]) + " |")
         w("|---|" + "---|" * (2 * len(labels) - 1))
         for k in keys:
-            if k == "sale latency":
+            if k == "sale latency" and not api["growth"][labels[0]].get(k, {}).get("cpu_ms"):
                 continue
             vals = [sum(v for n, v in api["growth"][lab][k].get("cpu_ms", {}).items() if n != "wrk")
                     if api["growth"][lab].get(k) else None for lab in labels]
             # a negative sum: a process of a tree exited during the run, its time lost (runs made
             # before bench/_proc.py counted reaped children)
             vals = [v if v is None or v >= 0 else None for v in vals]
-            w(f"| {k} | " + " | ".join(_f(v, 2) for v in vals) + " | "
+            w(f"| {'sale (CPU per sale)' if k == 'sale latency' else k} | " + " | ".join(_f(v, 2) for v in vals) + " | "
               + " | ".join(_f(v / vals[0], 2) if v and vals[0] else "–" for v in vals[1:]) + " |")
-        w("\nThe goal's check uses the CPU per request for the API figures (one connection's latency drifts with "
-          "the load of the machine's other users between phases) and the p50 for the sale latency.\n")
+        w("\nThe goal's check uses the CPU per request (per sale for the sale latency) where it was measured: one "
+          "connection's latency, and a 400-message burst's, drift with the load of the machine's other users "
+          "between phases.\n")
         w("\nPlans of the hot statements (EXPLAIN ANALYZE) at each size:\n")
         for lab, plans in api.get("plans", {}).items():
             w(f"<details><summary>{lab}</summary>\n")
