@@ -104,7 +104,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     # No rate-limit headers on the answers let through: each cost a second Redis round trip (the
     # window's state) on every request; a 429's Retry-After is asked for on the refusal alone
     # (errors._rate_limit_retry_after).
-    limiter = Limiter(rate_key, app=app, default_limits=[settings.rate_limit],
+    # One budget per client id across every call (the contract's "limits are per client id"):
+    # application limits, not default ones, which Flask-Limiter counts per route.
+    limiter = Limiter(rate_key, app=app, application_limits=[settings.rate_limit],
                       storage_uri=settings.redis_url or "memory://", headers_enabled=False,
                       strategy="sliding-window-counter", swallow_errors=True,
                       storage_options={"socket_timeout": 2})

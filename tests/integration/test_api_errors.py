@@ -197,6 +197,9 @@ def s_rate_limited(c):
     assert 1 <= int(resp.headers["Retry-After"]) <= 60 and resp.headers["X-Request-ID"].startswith("req-")
     other = limited.get("/certificates/NOSUCHCODE1", headers=auth())  # another client is not limited
     assert other.status_code == 404
+    # one budget per client across every call, not one per route
+    elsewhere = limited.get("/certificates/NOSUCHCODE1/operations", headers=headers)
+    assert elsewhere.status_code == 429, elsewhere.status_code
     return is_error(resp, 429, "RATE_LIMITED")
 
 
