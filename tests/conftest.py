@@ -100,11 +100,13 @@ def stack():
     from config import reset_settings
     from models import cache
     from models.db import close_db, init_db, migrate
+    from workers.kafka import ensure_topics
 
     reset_settings()
     cache.reset()
     init_db(db_url)
     migrate()
+    ensure_topics()  # a reader made before anything is produced reads this worker's topics too
     yield dict(os.environ)
     close_db()
     from models.db import db

@@ -128,6 +128,7 @@ class TopicReader:
         self.topic = topic_of(kind)
         self.consumer = Consumer(consumer_config("test-reader-" + uuid.uuid4().hex[:8]))
         meta = self.consumer.list_topics(self.topic, timeout=15).topics[self.topic]
+        assert meta.partitions, f"topic {self.topic} has no partitions (never created?): nothing could be read"
         parts = []
         for p in meta.partitions:
             low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15)
