@@ -67,10 +67,10 @@ def decode(token: str) -> Principal:
     until it expires, so a verified one is remembered (the signature check and claims parsing
     were 11% of a balance read's web CPU); its expiry is checked again at every use, and the
     signature once per ``REVERIFY_S`` period or when the verification settings change."""
-    s = get_settings()
+    s, now = get_settings(), time.time()
     principal, expires = _verified(token, s.jwt_secret, s.jwt_algorithms, s.jwt_audience, s.jwt_issuer,
-                                   s.jwks_url, int(time.time() // REVERIFY_S))
-    if time.time() > expires + LEEWAY_S:
+                                   s.jwks_url, int(now // REVERIFY_S))
+    if now > expires + LEEWAY_S:
         raise _invalid("Signature has expired")
     return principal
 

@@ -10,7 +10,7 @@ import logging
 import time
 
 import marshmallow as ma
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from models.domain import DomainError
@@ -102,8 +102,6 @@ def _rate_limit_retry_after() -> int:
     """Whole seconds until the request's rate-limit window lets the client in again (at least 1).
     Asked of the limiter's storage only here, on a refusal: the limiter sends no rate-limit
     headers on the answers it lets through (one Redis round trip less per request)."""
-    from flask import current_app
-
     limiter = current_app.extensions.get("gcp_limiter")
     try:
         current = limiter.current_limit if limiter is not None else None

@@ -346,13 +346,12 @@ def main(n: int | None = None) -> dict:
         mixed_samples, mixed_lost = measure_service(n, share)
         mixed = percentiles(mixed_samples)
         time.sleep(2)
-        marks = []
-        marks_at = []
-        service_samples, lost = measure_service(n, probe=lambda: (marks.append(cpu_seconds(procs, servers)),
-                                                                  marks_at.append(time.monotonic())))
-        cpu_before, cpu_after = marks
+        marks = []  # (when, CPU so far) at the burst's start and end
+        service_samples, lost = measure_service(n, probe=lambda: marks.append((time.monotonic(),
+                                                                                cpu_seconds(procs, servers))))
+        (started, cpu_before), (ended, cpu_after) = marks
         service = percentiles(service_samples)
-        burst_s = marks_at[1] - marks_at[0]
+        burst_s = ended - started
         # the same processes with no traffic: what each spends just waiting (the consumers'
         # fetches, the idle polls), part of the CPU per sale at this rate
         time.sleep(2)
@@ -388,7 +387,7 @@ def main(n: int | None = None) -> dict:
               + ", ".join(f"{name} {v:.2f}" for name, v in idle_per_sale.items()))
         return {"floor": floor, "mixed": mixed, "service": service, "lost": lost, "rate": RATE, "messages": n,
                 "cert_share": share, "cpu_ms_per_sale": cpu, "sales_per_s": sales_per_s,
-                "idle_cpu_ms_per_s": idle, "idle_cpu_ms_per_sale": idle_per_sale,
+                "idle_seconds": IDLE_SECONDS, "idle_cpu_ms_per_s": idle, "idle_cpu_ms_per_sale": idle_per_sale,
                 "stages_ms": {k: [v[0] * 1000, v[1] * 1000] for k, v in STAGES.items()}}
 
 

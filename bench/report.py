@@ -183,7 +183,7 @@ def build(results: dict, meta: dict) -> str:
         if idle:
             idle_total = sum(v for k, v in idle.items() if k != "bench")
             w(f"Of that CPU, what the same processes spend with no traffic at all (measured for "
-              f"10 s after the bursts, spread over the burst's {lat['sales_per_s']:.0f} sales/s), ms per sale: "
+              f"{lat.get('idle_seconds', 10):.0f} s after the bursts, spread over the burst's {lat['sales_per_s']:.0f} sales/s), ms per sale: "
               + ", ".join(f"{k} {v:.2f}" for k, v in idle.items() if k != "bench")
               + f"; **{idle_total:.1f} ms in all**, so {total - idle_total:.1f} ms is the sales' own work. "
               "Tansu answers a waiting fetch only at `fetch.wait.max.ms` (20 ms), so each consumer costs it "

@@ -136,10 +136,6 @@ def select_sql(model, field_name: str, lock: bool = False) -> str:
     return (query.for_update() if lock else query).sql()[0]
 
 
-def locking_select_sql(model, field_name: str) -> str:
-    return select_sql(model, field_name, True)
-
-
 def one(model, field_name: str, value, lock: bool = False):
     """The row of ``model`` whose unique ``field_name`` is ``value`` (locked until commit if
     ``lock``), or None; by :func:`select_sql`."""

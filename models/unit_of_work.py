@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from models import cache
-from models.db import Statements, db, locking_select_sql
+from models.db import Statements, db, one
 from models.domain import CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event
 from models.domain import EventType as E
 from models.domain import Hold, HoldStatus, valid_code
@@ -163,7 +163,7 @@ class UnitOfWork:
         """The certificate row, locked until commit; 404 if unknown."""
         if not valid_code(code):
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
-        row = next(iter(GiftCertificate.raw(locking_select_sql(GiftCertificate, "code"), code)), None)
+        row = one(GiftCertificate, "code", code, lock=True)
         if row is None:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
         return row

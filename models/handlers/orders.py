@@ -28,7 +28,7 @@ from models.commands import (CLIENTS, PAYMENTS, SALES_ORDER, ClientMessage, Conf
                              NotificationResult, OrderMessage, PaymentMessage, PurchaseRefundNeedsDetails,
                              RaiseAlert, Redeem, RefundToCertificate, Release, RequestPurchaseRefund, Reserve,
                              ResolveBlockedIssues)
-from models.db import Statements, db, locking_select_sql
+from models.db import Statements, db, one
 from models.domain import DomainError, Event, EventType, OrderStatus, Status, fmt_money
 from models.handlers.balance import (confirm_purchase_refund, purchase_refund_needs_details, redeem,
                                      refund_to_certificate, request_purchase_refund)
@@ -187,7 +187,7 @@ def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     rule of :func:`models.correlation.merge_order_message`. Returns the row when the order is
     new (its first message), else None."""
     order_id = msg["orderId"]
-    row = next(iter(SalesOrder.raw(locking_select_sql(SalesOrder, "order_id"), order_id)), None)
+    row = one(SalesOrder, "order_id", order_id, lock=True)
     before = None if row is None else corr.OrderRecord(**{
         name: OrderStatus(row.status) if name == "status" else getattr(row, name) for name in _RECORD_FIELDS})
     record = corr.merge_order_message(before, msg, parse_time_or_none(msg.get("occurredAt")), now)

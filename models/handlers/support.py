@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from config import get_settings
 from models.commands import Adjust, ApproveAdjustment, Cancel, Lock, RejectAdjustment, Transfer, Unlock
-from models.db import locking_select_sql
+from models.db import one
 from models.domain import ZERO, Adjustment, DomainError, fmt_money, transfer_expiry, valid_code
 from models.handlers.pool import check_low_water, sale_cvc
 from models.queries import adjustment_view
@@ -153,7 +153,10 @@ def _certificate_id(code: str, role: str) -> int:
 
 
 def _lock_by_id(certificate_id: int) -> GiftCertificate:
-    return next(iter(GiftCertificate.raw(locking_select_sql(GiftCertificate, "id"), certificate_id)))
+    row = one(GiftCertificate, "id", certificate_id, lock=True)
+    if row is None:  # an id this transaction just read: gone only if the schema's rules broke
+        raise LookupError(f"certificate {certificate_id} vanished")
+    return row
 
 
 def _lock_pair(source_id: int, target_id: int) -> tuple[GiftCertificate, GiftCertificate]:
