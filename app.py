@@ -43,7 +43,8 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     import api as api_pkg
     from api import errors
     from models.db import close_db, init_db
-    from observability import HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, request_id_var, setup_logging
+    from observability import (HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, method_label, request_id_var,
+                               setup_logging)
 
     settings = config.require_safe_settings(settings or get_settings())
     setup_logging()
@@ -134,8 +135,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
-        HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+        method = method_label(request.method)  # a made-up method is no new series
+        HTTP_REQUESTS.labels(method, route, response.status_code).inc()
+        HTTP_LATENCY.labels(method, route).observe(elapsed)
         principal = g.get("principal")
         access.info("request", extra={
             "client": principal.client_id if principal else None, "method": request.method,
@@ -298,8 +300,9 @@ def run(no_procs):
                                        f"or set PORT to a free one (e.g. PORT=8081 make run)")
         _prepare(stack is not None)
         click.echo(f"GCP is starting on http://127.0.0.1:{settings.port}  (docs: /docs, "
-                   f"ready: /health/ready)\n  DATABASE_URL={settings.database_url}\n"
-                   f"  REDIS_URL={settings.redis_url}\n  KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}")
+                   f"ready: /health/ready)\n  DATABASE_URL={config.redact_url(settings.database_url)}\n"
+                   f"  REDIS_URL={config.redact_url(settings.redis_url)}\n"
+                   f"  KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}")
         if not no_procs:
             rc = _run_procfile(env, settings)
             if rc:  # a process died on its own: say so to whoever started us

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlparse
 
 #: Root of the project checkout (where app.py lives).
 ROOT = Path(__file__).resolve().parent
@@ -28,6 +29,10 @@ def _str(name: str, default: str | None = None) -> str | None:
     return raw if raw not in (None, "") else default
 
 
+#: What :func:`_secret` returns for a ``NAME_FILE`` it cannot read (check_settings names it).
+UNREADABLE = "\0unreadable:"
+
+
 def _secret(name: str) -> str | None:
     """A secret from ``NAME``, or from the file named by ``NAME_FILE`` (a mounted secret)."""
     path = _str(name + "_FILE")
@@ -35,8 +40,26 @@ def _secret(name: str) -> str | None:
         try:
             return Path(path).read_text().strip() or None
         except OSError as exc:  # reported by check_settings, never with the secret
-            return f"\0unreadable:{exc.strerror}"
+            return f"{UNREADABLE}{exc.strerror}"
     return _str(name)
+
+
+def _secret_list(name: str) -> tuple[str, ...]:
+    """A list of secrets (``CVC_OLD_KEYS``), comma- or line-separated, from ``NAME`` or ``NAME_FILE``."""
+    return tuple(k.strip() for k in re.split(r"[,\n]", _secret(name) or "") if k.strip())
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***``, for a console or a log line."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _money(name: str, default: str) -> Decimal:
@@ -109,6 +132,9 @@ class Settings:
     jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    #: How long the JWKS's keys (and a token verified with them) are trusted before the JWKS is
+    #: fetched again: a key withdrawn from the JWKS stops verifying within this time.
+    jwks_cache_seconds: int = 300
 
     # Certificates.
     cvc_length: int = 6
@@ -125,12 +151,19 @@ class Settings:
     adjust_approval_limit: Decimal = Decimal("5000.00")
     #: How long a pending adjustment may wait for its approval (seconds).
     adjust_approval_ttl_seconds: int = 24 * 3600
+    #: The four-eyes limit counts what a certificate moved without a second approver this long.
+    adjust_approval_window_seconds: int = 24 * 3600
+    #: The token claim that names an admin for the four-eyes rule (compared case-insensitively).
+    admin_identity_claim: str = "sub"
 
     # HTTP.
     rate_limit: str = "200/second"
     max_body_bytes: int = 1_048_576
     cache_ttl_seconds: int = 300
     metrics_token: str | None = None
+    #: ``METRICS_PUBLIC=true``: serve the metrics without a token outside development (the
+    #: network in front of them already keeps strangers out).
+    metrics_public: bool = False
     ready_requires_workers: bool = False
 
     # PostgreSQL, per connection.
@@ -224,14 +257,15 @@ def load_settings() -> Settings:
         host=_str("HOST", "127.0.0.1"),
         port=_int("PORT", 8080),
         gcp_env=(_str("GCP_ENV") or "").strip().lower() or None,
-        jwt_secret=_str("JWT_SECRET", Settings.jwt_secret),
+        jwt_secret=_secret("JWT_SECRET") or Settings.jwt_secret,
         jwt_algorithms=algorithms,
         jwks_url=_str("JWKS_URL"),
         jwt_issuer=_str("JWT_ISSUER"),
         jwt_audience=_str("JWT_AUDIENCE"),
+        jwks_cache_seconds=_int("JWKS_CACHE_SECONDS", 300),
         cvc_length=_int("CVC_LENGTH", 6),
-        cvc_encryption_key=_str("CVC_ENCRYPTION_KEY"),
-        cvc_old_keys=tuple(k.strip() for k in (_str("CVC_OLD_KEYS") or "").split(",") if k.strip()),
+        cvc_encryption_key=_secret("CVC_ENCRYPTION_KEY"),
+        cvc_old_keys=_secret_list("CVC_OLD_KEYS"),
         cvc_max_attempts=_int("CVC_MAX_ATTEMPTS", 5),
         cvc_client_budget=_budget(_str("CVC_CLIENT_BUDGET", "20/10 minutes")),
         certificate_validity_days=int(validity) if validity else None,
@@ -241,10 +275,13 @@ def load_settings() -> Settings:
         default_currency=_str("DEFAULT_CURRENCY", "RUB"),
         adjust_approval_limit=_money("ADJUST_APPROVAL_LIMIT", "5000.00"),
         adjust_approval_ttl_seconds=_duration("ADJUST_APPROVAL_TTL", 24 * 3600),
+        adjust_approval_window_seconds=_duration("ADJUST_APPROVAL_WINDOW", 24 * 3600),
+        admin_identity_claim=(_str("ADMIN_IDENTITY_CLAIM") or "sub").strip(),
         rate_limit=_str("RATE_LIMIT", "200/second"),
         max_body_bytes=_int("MAX_BODY_BYTES", 1_048_576),
         cache_ttl_seconds=_int("CACHE_TTL_SECONDS", 300),
-        metrics_token=_str("METRICS_TOKEN"),
+        metrics_token=_secret("METRICS_TOKEN"),
+        metrics_public=_bool("METRICS_PUBLIC"),
         ready_requires_workers=_bool("READY_REQUIRES_WORKERS"),
         db_lock_timeout_ms=_int("DB_LOCK_TIMEOUT_MS", 5_000),
         db_statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 30_000),
@@ -314,8 +351,13 @@ def check_settings(s: Settings) -> list[str]:
             problems.append(f"CVC_CLIENT_BUDGET must be a rate like '20/10 minutes' or 'off', "
                             f"not {s.cvc_client_budget!r}")
     problems += _delivery_problems(s)
+    problems += _auth_problems(s)
     if s.development:
         return problems
+    if not s.metrics_token and not s.metrics_public:
+        problems.append("METRICS_TOKEN is not set: /metrics and the bi process's metrics port would show "
+                        "the pool's levels and the traffic to anyone; set a token (Prometheus sends it as a "
+                        "bearer token), or METRICS_PUBLIC=true where the network already keeps them private")
     if s.sms_gateway == "log":
         problems.append("SMS_GATEWAY=log writes CVCs to a local file: development only; "
                         "choose http or smpp")
@@ -323,16 +365,59 @@ def check_settings(s: Settings) -> list[str]:
         if s.jwt_secret == DEV_JWT_SECRET:
             problems.append("JWT_SECRET is the built-in development secret: set a secret of your own "
                             f"({MIN_SECRET_BYTES}+ bytes), or accept only asymmetric JWT_ALGORITHMS")
-        elif len(s.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        elif _unreadable(s.jwt_secret) is None and len(s.jwt_secret.encode()) < MIN_SECRET_BYTES:
             problems.append(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes while HS256 is accepted")
+        if not s.jwt_audience:
+            problems.append(f"JWT_AUDIENCE is not set while {_hmac_names(s)} is accepted: a token signed "
+                            "with the same JWT_SECRET for another service would be accepted")
     if not s.cvc_encryption_key:
         problems.append("CVC_ENCRYPTION_KEY is not set: CVCs cannot be hashed and encrypted safely")
-    elif len(s.cvc_encryption_key.encode()) < MIN_SECRET_BYTES:
+    elif _unreadable(s.cvc_encryption_key) is None and len(s.cvc_encryption_key.encode()) < MIN_SECRET_BYTES:
         problems.append(f"CVC_ENCRYPTION_KEY is shorter than {MIN_SECRET_BYTES} bytes")
+    for number, key in enumerate(s.cvc_old_keys, 1):
+        if _unreadable(key) is None and len(key.encode()) < MIN_SECRET_BYTES:
+            problems.append(f"CVC_OLD_KEYS: key {number} is shorter than {MIN_SECRET_BYTES} bytes")
     if s.jwks_url and not (s.jwt_issuer and s.jwt_audience):
         problems.append("JWKS_URL is set without JWT_ISSUER and JWT_AUDIENCE: tokens of any issuer "
                         "or audience would be accepted")
+    if s.jwks_url and urlparse(s.jwks_url).scheme.lower() == "http":
+        problems.append("JWKS_URL is http://: anyone on the path could replace the keys and sign "
+                        "tokens of their own; use https:// outside development")
     return problems
+
+
+def _unreadable(value: str | None) -> str | None:
+    """Why a ``NAME_FILE`` secret could not be read (see :func:`_secret`), or None."""
+    return value[len(UNREADABLE):] if value and value.startswith(UNREADABLE) else None
+
+
+def _auth_problems(s: Settings) -> list[str]:
+    """What can never work in any environment: secrets whose file is unreadable (named by
+    ``NAME_FILE``, never with a value), the JWKS settings, HMAC algorithms with a JWKS."""
+    problems = []
+    secrets = [("JWT_SECRET", s.jwt_secret), ("CVC_ENCRYPTION_KEY", s.cvc_encryption_key),
+               ("METRICS_TOKEN", s.metrics_token)] + [("CVC_OLD_KEYS", k) for k in s.cvc_old_keys]
+    for name, value in secrets:
+        why = _unreadable(value)
+        if why is not None:
+            problems.append(f"{name}_FILE cannot be read ({why})")
+    if s.jwks_cache_seconds <= 0:
+        problems.append(f"JWKS_CACHE_SECONDS must be a positive number of seconds, not {s.jwks_cache_seconds}")
+    if s.jwks_url and urlparse(s.jwks_url).scheme.lower() not in ("http", "https"):
+        problems.append("JWKS_URL must be an https:// URL")
+    if s.jwks_url and s.accepts_hs256:
+        problems.append(f"JWT_ALGORITHMS names {_hmac_names(s)} together with JWKS_URL: a JWKS's public "
+                        "keys cannot verify HMAC tokens; list only asymmetric algorithms (e.g. RS256)")
+    if not s.jwks_url and not s.accepts_hs256:
+        problems.append("JWT_ALGORITHMS names only asymmetric algorithms but JWKS_URL is not set: no "
+                        "token could ever be verified; set JWKS_URL, or accept HS256 with JWT_SECRET")
+    if not s.admin_identity_claim:
+        problems.append("ADMIN_IDENTITY_CLAIM must name a token claim (sub by default)")
+    return problems
+
+
+def _hmac_names(s: Settings) -> str:
+    return ", ".join(a for a in s.jwt_algorithms if a.upper().startswith("HS"))
 
 
 def _delivery_problems(s: Settings) -> list[str]:

@@ -73,6 +73,17 @@ def mask_phone(phone: str | None) -> str | None:
 #: PROMETHEUS_MULTIPROC_DIR is set, for several gunicorn workers).
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+#: The HTTP methods a metric label takes as they are; any other is counted as ``OTHER``. Every
+#: label holds a value from a closed set (a route template, a status, a name in the code): a
+#: value taken from the request would let any client add series without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """``request.method`` as a metric label: itself when standard, else ``OTHER``."""
+    return method if method in HTTP_METHODS else "OTHER"
+
+
 HTTP_REQUESTS = Counter("gcp_http_requests_total", "HTTP requests", ["method", "route", "status"],
                         registry=REGISTRY)
 HTTP_LATENCY = Histogram("gcp_http_request_seconds", "HTTP request duration", ["method", "route"],
@@ -87,6 +98,18 @@ POOL_AVAILABLE = Gauge("gcp_pool_available", "Certificates available in the pool
 PROCESSING_LATENCY = Histogram("gcp_input_to_stream_seconds", "Input message to stream event latency",
                                registry=REGISTRY,
                                buckets=(.005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+
+
+def metrics_token_ok(authorization: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` header lets a scrape in: always without ``METRICS_TOKEN``
+    (development, or ``METRICS_PUBLIC=true``), else only ``Bearer <METRICS_TOKEN>`` (compared in
+    constant time). The web's ``/metrics`` and the bi process's port share it."""
+    import hmac
+
+    if not token:
+        return True
+    kind, _, given = (authorization or "").partition(" ")
+    return kind.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def metrics_payload() -> tuple[bytes, str]:

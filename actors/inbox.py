@@ -54,7 +54,8 @@ def process_inbox_batch(inbox_ids: list[int]) -> None:
             OUTAGES.ok()
         except Exception as exc:
             if dependency_of(exc) is None:
-                log.warning("inbox row %s failed, retrying it on its own: %s", inbox_id, exc)
+                log.warning("inbox row %s failed, retrying it on its own: %s", inbox_id,
+                            inbox.failure_summary(exc))
             record_failure(inbox_id, exc, final=False)
             process_inbox.send_with_options(args=(inbox_id,), delay=get_settings().actor_min_backoff_ms)
 
@@ -70,9 +71,17 @@ def process_inbox(inbox_id: int) -> None:
         inbox.process(inbox_id)
         OUTAGES.ok()
     except Exception as exc:
-        if dependency_of(exc) is None:
-            log.warning("inbox row %s failed (%s retry left): %s", inbox_id,
-                        "no" if final else "a", exc)
+        if dependency_of(exc) is not None:  # an outage: counts nothing; its text names a host
+            record_failure(inbox_id, exc, final)
+            if not final:
+                raise
+            return  # the sweeper hands the row over again
+        summary = inbox.failure_summary(exc)
+        log.warning("inbox row %s failed (%s retry left): %s", inbox_id, "no" if final else "a", summary)
         record_failure(inbox_id, exc, final)
-        if not final:
-            raise
+        if not final:  # Dramatiq retries it, and logs this: the summary, not the original's text
+            raise InboxAttemptFailed(summary) from None
+
+
+class InboxAttemptFailed(Exception):
+    """An attempt at an inbox row failed (its :func:`models.inbox.failure_summary`)."""

@@ -153,6 +153,8 @@ class Cvc(MethodView):
     def get(self, code):
         """Disclose the CVC to send it to the buyer, once per notification request (certificates:cvc)
 
+        Only where CRM sends the CVC (NOTIFY_VIA=crm). Where the service sends it by SMS
+        (NOTIFY_VIA=sms) the SMS is the only way a CVC leaves: always 409 NO_NOTIFICATION_PENDING.
         Again before a new notification request: 409 CVC_ALREADY_DISCLOSED. With no
         notification pending (not yet issued, a PHYSICAL card, delivery confirmed or failed):
         409 NO_NOTIFICATION_PENDING. The disclosure is in the audit trail; the CVC is never logged.
@@ -225,7 +227,8 @@ class Notifications(MethodView):
     def post(self, args, code):
         """Request the CVC notification again after NOTIFICATION_FAILED (certificates:admin)
 
-        A fresh CVC is generated; CRM may fetch it once through GET /certificates/{code}/cvc.
+        The same CVC is sent again: by SMS (NOTIFY_VIA=sms), or CRM may fetch it once through
+        GET /certificates/{code}/cvc (NOTIFY_VIA=crm).
         """
         return _action(commands.RequestNotification(code))
 

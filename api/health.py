@@ -1,7 +1,7 @@
 """Liveness, readiness (PostgreSQL, Redis, Kafka) and Prometheus metrics. No auth."""
 from __future__ import annotations
 
-import hmac
+import logging
 import threading
 import time
 
@@ -13,9 +13,10 @@ from flask_smorest import Blueprint
 
 from api.errors import ApiError
 from config import get_settings
-from observability import heartbeats, metrics_payload
+from observability import heartbeats, metrics_payload, metrics_token_ok
 
 blp = Blueprint("health", __name__, description="Health checks and metrics")
+log = logging.getLogger("gcp.health")
 _admin = None
 _admin_lock = threading.Lock()
 
@@ -47,6 +48,19 @@ def check_kafka(timeout: float = 2.0) -> None:
 
 
 CHECKS = (("postgres", check_postgres), ("redis", check_redis), ("kafka", check_kafka))
+#: The last failure logged per dependency, so a probe every few seconds logs an outage once.
+_logged_down: dict[str, str] = {}
+
+
+def _log_down(name: str, exc: Exception) -> None:
+    """Log why a dependency is down (driver messages name hosts and ports: the open answer gets
+    only the error's class), once per distinct failure."""
+    detail = f"{type(exc).__name__}: {exc}"[:300]
+    if _logged_down.get(name) != detail:
+        _logged_down[name] = detail
+        log.warning("readiness: %s is down", name, extra={"dependency": name, "error": detail})
+
+
 OPEN = {"security": []}  # the contract leaves the health checks open
 
 
@@ -57,7 +71,8 @@ class LiveSchema(ma.Schema):
 class CheckSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"enum": ["ok", "down"]})
     ms = ma.fields.Float(metadata={"description": "how long the check took"})
-    error = ma.fields.String(metadata={"description": "why it is down"})
+    error = ma.fields.String(metadata={"description": "the class of the error that took it down, e.g. "
+                                       "`OperationalError` (the detail is in the service's log)"})
 
 
 class ProcessSchema(ma.Schema):
@@ -102,9 +117,11 @@ class Ready(MethodView):
             try:
                 check()
                 checks[name] = {"status": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
+                _logged_down.pop(name, None)
             except Exception as exc:  # a health check reports, it does not raise
                 ok = False
-                checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+                checks[name] = {"status": "down", "error": type(exc).__name__}
+                _log_down(name, exc)
         failing = [n for n, c in checks.items() if c["status"] != "ok"]
         processes = {}
         if checks["redis"]["status"] == "ok":
@@ -128,11 +145,8 @@ class Metrics(MethodView):
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}})
     def get(self):
         """Prometheus metrics (text format); `Authorization: Bearer <METRICS_TOKEN>` when set"""
-        token = get_settings().metrics_token
-        if token:
-            kind, _, given = request.headers.get("Authorization", "").partition(" ")
-            if kind.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                raise ApiError(401, "UNAUTHORIZED", "the metrics need the METRICS_TOKEN bearer token",
-                               headers={"WWW-Authenticate": "Bearer"})
+        if not metrics_token_ok(request.headers.get("Authorization"), get_settings().metrics_token):
+            raise ApiError(401, "UNAUTHORIZED", "the metrics need the METRICS_TOKEN bearer token",
+                           headers={"WWW-Authenticate": "Bearer"})
         data, content_type = metrics_payload()
         return Response(data, content_type=content_type)

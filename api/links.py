@@ -1,6 +1,6 @@
 """OpenAPI links: where an answer's ids lead next. A client generator shows them as the next
 calls, and schemathesis' stateful phase follows them (reserve → look up, lock, authorize;
-authorize → capture or void; lock → unlock or cancel; adjust → approve or reject).
+authorize → capture or void; lock → unlock or cancel; adjust or transfer → approve or reject).
 
 Each view names its links with ``@blp.doc(**links.after(...))``; this module is their one table.
 """
@@ -38,15 +38,18 @@ AFTER_AUTHORIZE = {
 }
 
 
-def _decisions(adjustment: str, which: str, suffix: str = "") -> dict:
-    """A second admin's approve and reject of the adjustment at ``adjustment``."""
-    return {f"{verb.title()}{suffix}": _link(f"/adjustments/{{adjustment_id}}/{verb}", "adjustment_id",
-                                             adjustment, description=f"{verb} {which}")
+def _decisions(ref: str, which: str, suffix: str = "", kind: str = "adjustment") -> dict:
+    """A second admin's approve and reject of the adjustment (or transfer) at ``ref``."""
+    return {f"{verb.title()}{suffix}": _link(f"/{kind}s/{{{kind}_id}}/{verb}", f"{kind}_id",
+                                             ref, description=f"{verb} {which}")
             for verb in ("approve", "reject")}
 
 
 AFTER_ADJUST = _decisions("$response.body#/adjustmentId", "a pending adjustment")
 AFTER_LIST_ADJUSTMENTS = _decisions("$response.body#/items/0/adjustmentId", "the first one listed", "First")
+AFTER_TRANSFER = _decisions("$response.body#/transferId", "the pending transfer", kind="transfer")
+AFTER_LIST_TRANSFERS = _decisions("$response.body#/items/0/transferId", "the first one listed", "First",
+                                  kind="transfer")
 
 
 def after(links: dict, *statuses: int) -> dict:

@@ -25,12 +25,21 @@ CVC_PATTERN = r"^[0-9]{1,12}$"
 AUTHORIZATION_ID_PATTERN = r"^auth-[0-9a-f]{32}$"
 #: An adjustment id as the service makes them.
 ADJUSTMENT_ID_PATTERN = r"^adj-[0-9a-f]{32}$"
+#: A transfer id as the service makes them.
+TRANSFER_ID_PATTERN = r"^trf-[0-9a-f]{32}$"
 #: The Idempotency-Key header: visible ASCII, 1 to 255 characters.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 #: Largest page size for searches and listings.
 MAX_PAGE_SIZE = 100
-#: Highest page number (deeper pages: narrow the filters).
-MAX_PAGE = 10_000
+#: Deepest row a page may reach. PostgreSQL reads and drops every row before the page (OFFSET),
+#: so ``?page=10000&page_size=100`` made one request skip a million rows.
+MAX_PAGE_DEPTH = 10_000
+#: Highest page number: with pages of at most MAX_PAGE_SIZE rows, never past MAX_PAGE_DEPTH.
+#: A bound on each parameter, which the OpenAPI document states exactly (a bound on their
+#: product it could only describe in words, and generated clients would send what it refuses).
+MAX_PAGE = MAX_PAGE_DEPTH // MAX_PAGE_SIZE
+PAGE_DEPTH_HELP = (f"page must be at most {MAX_PAGE}: with page_size at most {MAX_PAGE_SIZE}, no request "
+                   f"reads past {MAX_PAGE_DEPTH:,} rows; for rows further on, narrow the filters")
 STATUSES = [s.value for s in Status]
 NOTIFICATION_STATUSES = [s.value for s in NotificationStatus]
 
@@ -147,6 +156,20 @@ class Query(ma.Schema):
         return {key: data[key] for key in data if data[key] != ""}
 
 
+class Paged(Query):
+    """``page`` and ``page_size``, never deeper than :data:`MAX_PAGE_DEPTH` rows (422 past it)."""
+
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE, error=PAGE_DEPTH_HELP),
+                             metadata={"description": f"1-based page number; {PAGE_DEPTH_HELP}"})
+
+
+def page_size_field(default: int) -> ma.fields.Integer:
+    """``page_size`` of a :class:`Paged` query, documenting the depth limit."""
+    return ma.fields.Integer(load_default=default, validate=validate.Range(1, MAX_PAGE_SIZE),
+                             metadata={"description": f"rows per page (at most {MAX_PAGE_SIZE}); "
+                                                      + PAGE_DEPTH_HELP})
+
+
 def empty_means_absent(self, field, ret, **kwargs) -> dict:
     """OpenAPI: an optional query parameter of a :class:`Query` may be sent empty, and then
     counts as not given (``allowEmptyValue``)."""
@@ -162,19 +185,17 @@ class ReserveQuery(Query, ReserveRequest):
         unknown = ma.EXCLUDE
 
 
-class SearchQuery(Query):
+class SearchQuery(Paged):
     status = ma.fields.String(validate=validate.OneOf(STATUSES), load_default=None)
     channel = channel_field(load_default=None)
     orderId = text(load_default=None)
     issuedFrom = UtcDateTime(load_default=None, metadata={"description": "issuedAt >= this (RFC 3339)"})
     issuedTo = UtcDateTime(load_default=None, metadata={"description": "issuedAt < this (RFC 3339)"})
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
-    page_size = ma.fields.Integer(load_default=20, validate=validate.Range(1, MAX_PAGE_SIZE))
+    page_size = page_size_field(20)
 
 
-class PageQuery(Query):
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
-    page_size = ma.fields.Integer(load_default=MAX_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE))
+class PageQuery(Paged):
+    page_size = page_size_field(MAX_PAGE_SIZE)
 
 
 class AuthorizeRequest(Strict):
@@ -222,11 +243,14 @@ class TransferRequest(Strict):
     reason = text(max_length=500, required=True, metadata={"example": "DAMAGED_CARD"})
 
 
-class AdjustmentQuery(Query):
+class AdjustmentQuery(Paged):
     status = ma.fields.String(validate=validate.OneOf(ADJUSTMENT_STATUSES), load_default=None)
     code = code_field(load_default=None, metadata={"description": "only this certificate's"})
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
-    page_size = ma.fields.Integer(load_default=20, validate=validate.Range(1, MAX_PAGE_SIZE))
+    page_size = page_size_field(20)
+
+
+class TransferQuery(AdjustmentQuery):
+    code = code_field(load_default=None, metadata={"description": "only transfers from this certificate"})
 
 
 # ---- answers ----------------------------------------------------------------------------------
@@ -353,7 +377,9 @@ class AdjustmentSchema(ma.Schema):
     reason = ma.fields.String(required=True, validate=validate.OneOf(ADJUST_REASONS))
     comment = ma.fields.String(required=True, allow_none=True)
     status = ma.fields.String(required=True, validate=validate.OneOf(ADJUSTMENT_STATUSES), metadata={
-        "description": "APPLIED at once up to ADJUST_APPROVAL_LIMIT, else PENDING_APPROVAL until a "
+        "description": "APPLIED at once up to ADJUST_APPROVAL_LIMIT (counting what the certificate "
+                       "moved without a second approver within ADJUST_APPROVAL_WINDOW), else "
+                       "PENDING_APPROVAL until a "
                        "second admin approves (APPLIED) or rejects (REJECTED) it, or "
                        "ADJUST_APPROVAL_TTL passes (EXPIRED)"})
     requestedBy = ma.fields.String(required=True, metadata={"description": "the author's client id"})
@@ -380,16 +406,46 @@ class AdjustmentPageSchema(ma.Schema):
 
 
 class TransferSchema(ma.Schema):
-    transferId = ma.fields.String(required=True)
+    transferId = ma.fields.String(required=True, metadata={"pattern": TRANSFER_ID_PATTERN})
+    status = ma.fields.String(required=True, validate=validate.OneOf(["APPLIED"]))
     fromCode = ma.fields.String(required=True)
     toCode = ma.fields.String(required=True)
     amount = out_money(required=True, metadata={"description": "the whole balance moved"})
     currency = ma.fields.String(required=True)
     reason = ma.fields.String(required=True)
+    approvedBy = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "the second admin's client id; null when it was applied at once"})
     source = ma.fields.Nested(CertificateSchema, required=True, metadata={
         "description": "now CANCELLED, lockReason TRANSFERRED, balance 0.00"})
     target = ma.fields.Nested(CertificateSchema, required=True, metadata={
         "description": "now ISSUED with nominal = balance = amount"})
+
+
+class PendingTransferSchema(ma.Schema):
+    """A transfer that needed a second admin (202 PENDING_APPROVAL, the list, a rejection)."""
+    transferId = ma.fields.String(required=True, metadata={"pattern": TRANSFER_ID_PATTERN})
+    status = ma.fields.String(required=True, validate=validate.OneOf(ADJUSTMENT_STATUSES), metadata={
+        "description": "PENDING_APPROVAL until a second admin approves (APPLIED: carried out) or "
+                       "rejects (REJECTED) it, or ADJUST_APPROVAL_TTL passes (EXPIRED)"})
+    fromCode = ma.fields.String(required=True)
+    to = ma.fields.String(required=True, allow_none=True, metadata={
+        "description": "the AVAILABLE code named; null: the next certificate of the pool"})
+    amount = out_money(required=True, metadata={"description": "the balance when it was asked for"})
+    currency = ma.fields.String(required=True)
+    reason = ma.fields.String(required=True)
+    requestedBy = ma.fields.String(required=True, metadata={"description": "the author's client id"})
+    requestedAt = stamp(required=True)
+    expiresAt = stamp(required=True, metadata={"description": "until when it can be approved"})
+    decidedBy = ma.fields.String(required=True, allow_none=True)
+    decidedAt = stamp(required=True, allow_none=True)
+    decisionComment = ma.fields.String(required=True, allow_none=True)
+
+
+class PendingTransferPageSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(PendingTransferSchema), required=True)
+    page = ma.fields.Integer(required=True)
+    pageSize = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
 
 
 # ---- documented errors --------------------------------------------------------------------

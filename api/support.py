@@ -1,10 +1,12 @@
-"""Support tools (scope certificates:admin): balance adjustments with a second approver above
-``ADJUST_APPROVAL_LIMIT``, their list, and the transfer of a balance onto another certificate.
+"""Support tools (scope certificates:admin): balance adjustments and transfers of a balance onto
+another certificate, each with a second approver when it would take what the certificate moved
+without one within ``ADJUST_APPROVAL_WINDOW`` above ``ADJUST_APPROVAL_LIMIT``; their lists.
 Each view turns its input into a command of ``models.commands`` and calls ``handle``."""
 from __future__ import annotations
 
 import re
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -16,9 +18,10 @@ from models import commands, messagebus, queries
 from models.domain import DomainError
 
 blp = Blueprint("support", __name__, description=(
-    "Support tools (scope certificates:admin): correct a balance (above ADJUST_APPROVAL_LIMIT a "
-    "second admin approves it: four eyes, never its author) and move a whole balance onto a new "
-    "card. Every call is in the audit trail; applied changes are on GiftCertificates.Stream."))
+    "Support tools (scope certificates:admin): correct a balance and move a whole balance onto a "
+    "new card (above ADJUST_APPROVAL_LIMIT, counting what the certificate moved without a second "
+    "approver within ADJUST_APPROVAL_WINDOW, a second admin approves it: four eyes, never its "
+    "author). Every call is in the audit trail; applied changes are on GiftCertificates.Stream."))
 
 _ID_RE = re.compile(s.ADJUSTMENT_ID_PATTERN)
 ID_PARAM = {"in": "path", "name": "adjustment_id", "required": True,
@@ -48,7 +51,9 @@ class Adjust(MethodView):
         A CREDIT never lifts the balance above nominal (409 EXCEEDS_NOMINAL), a DEBIT never takes
         more than `available` (409 INSUFFICIENT_FUNDS); only ISSUED, PARTIALLY_REDEEMED and
         REDEEMED certificates are adjusted (409 INVALID_STATE). Up to ADJUST_APPROVAL_LIMIT
-        (5000.00 by default) it is APPLIED at once (an `adjust` event); above it, it waits as
+        (5000.00 by default), counting what the certificate moved without a second approver
+        within ADJUST_APPROVAL_WINDOW (24 h by default; credits and debits alike), it is APPLIED
+        at once (an `adjust` event); above it, it waits as
         PENDING_APPROVAL for another admin (POST /adjustments/{id}/approve) for at most
         ADJUST_APPROVAL_TTL (24 h by default). The status follows the new balance.
         """
@@ -116,11 +121,13 @@ class Transfer(MethodView):
     @idempotent
     @blp.arguments(s.TransferRequest)
     @blp.response(200, s.TransferSchema, description="the balance moved")
+    @blp.alt_response(202, schema=s.PendingTransferSchema, success=True,
+                      description="PENDING_APPROVAL: waits for another admin (POST /transfers/{id}/approve)")
     @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"],
                     409: ["INVALID_STATE", "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE",
                           "NOMINAL_MISMATCH", "POOL_EMPTY", "IDEMPOTENCY_IN_PROGRESS"],
                     422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}, body=True)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_TRANSFER, 202))
     def post(self, args, code):
         """Transfer the whole balance onto another certificate (certificates:admin)
 
@@ -132,6 +139,79 @@ class Transfer(MethodView):
         ISSUED with nominal = balance = the amount, keeping the source's expiresAt; one
         `transfer` event each. The target's CVC goes to the buyer as for a sale (an electronic
         one is notified; a physical card has its printed CVC).
+
+        Four eyes: when the amount, with what the certificate moved without a second approver
+        within ADJUST_APPROVAL_WINDOW (24 h by default), is above ADJUST_APPROVAL_LIMIT, nothing
+        moves yet: 202 PENDING_APPROVAL, until another admin approves it
+        (POST /transfers/{id}/approve) within ADJUST_APPROVAL_TTL.
         """
-        command = commands.Transfer(code, args["reason"], args["to"])
+        result = messagebus.handle(commands.Transfer(code, args["reason"], args["to"]), service_context())
+        if result["status"] == "PENDING_APPROVAL":
+            return jsonify(s.PendingTransferSchema().dump(result)), 202
+        return result
+
+
+_TRANSFER_ID_RE = re.compile(s.TRANSFER_ID_PATTERN)
+TRANSFER_ID_PARAM = {"in": "path", "name": "transfer_id", "required": True,
+                     "schema": {"type": "string", "pattern": s.TRANSFER_ID_PATTERN}}
+
+
+def _transfer_id(transfer_id: str) -> str:
+    if not _TRANSFER_ID_RE.fullmatch(transfer_id):
+        raise DomainError("TRANSFER_NOT_FOUND", "no such transfer")
+    return transfer_id
+
+
+@blp.route("/transfers")
+class Transfers(MethodView):
+    @require(*ADMIN)
+    @blp.arguments(s.TransferQuery, location="query")
+    @blp.response(200, s.PendingTransferPageSchema)
+    @s.errors(blp, {422: ["VALIDATION_ERROR"]})
+    @blp.doc(**links.after(links.AFTER_LIST_TRANSFERS, 200))
+    def get(self, args):
+        """List the transfers that needed a second admin, newest first (certificates:admin)
+
+        A pending transfer past ADJUST_APPROVAL_TTL is listed, and found, as EXPIRED.
+        """
+        return queries.transfers(args["status"], args["code"], args["page"], args["page_size"])
+
+
+@blp.route("/transfers/<transfer_id>/approve", parameters=[TRANSFER_ID_PARAM])
+class ApproveTransfer(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.DecisionRequest, required=False)
+    @blp.response(200, s.TransferSchema, description="approved and carried out")
+    @s.errors(blp, {403: ["SELF_APPROVAL_FORBIDDEN"], 404: ["TRANSFER_NOT_FOUND"],
+                    409: ["TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", "BALANCE_CHANGED", "INVALID_STATE",
+                          "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE", "NOMINAL_MISMATCH", "POOL_EMPTY",
+                          "IDEMPOTENCY_IN_PROGRESS"],
+                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, transfer_id):
+        """Approve a pending transfer: it is carried out (certificates:admin, never its author)
+
+        Its author is refused (403 SELF_APPROVAL_FORBIDDEN; identities are compared by
+        ADMIN_IDENTITY_CLAIM, case-insensitively). Past ADJUST_APPROVAL_TTL it is EXPIRED (409
+        TRANSFER_EXPIRED); already decided, 409 TRANSFER_NOT_PENDING. The source's balance must
+        still be the amount asked for (409 BALANCE_CHANGED); a refusal leaves it pending.
+        """
+        command = commands.ApproveTransfer(_transfer_id(transfer_id), args.get("comment"))
+        return messagebus.handle(command, service_context())
+
+
+@blp.route("/transfers/<transfer_id>/reject", parameters=[TRANSFER_ID_PARAM])
+class RejectTransfer(MethodView):
+    @require(*ADMIN)
+    @idempotent
+    @blp.arguments(s.DecisionRequest, required=False)
+    @blp.response(200, s.PendingTransferSchema, description="rejected: nothing moved")
+    @s.errors(blp, {404: ["TRANSFER_NOT_FOUND"],
+                    409: ["TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", "IDEMPOTENCY_IN_PROGRESS"],
+                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    def post(self, args, transfer_id):
+        """Reject a pending transfer (certificates:admin; its author may withdraw it)"""
+        command = commands.RejectTransfer(_transfer_id(transfer_id), args.get("comment"))
         return messagebus.handle(command, service_context())

@@ -144,7 +144,7 @@ class Adjust:
 
 @dataclass(frozen=True)
 class ApproveAdjustment:
-    """A second admin (``ctx.actor``) approves a pending adjustment: it is applied."""
+    """A second admin (``ctx.person``) approves a pending adjustment: it is applied."""
     adjustment_id: str
     comment: str | None = None
 
@@ -159,10 +159,25 @@ class RejectAdjustment:
 @dataclass(frozen=True)
 class Transfer:
     """Move the whole remaining balance of ``code`` onto ``to`` (an AVAILABLE code), or onto
-    the next electronic certificate of the pool when ``to`` is None."""
+    the next electronic certificate of the pool when ``to`` is None; above the approval limit it
+    waits for a second admin."""
     code: str
     reason: str
     to: str | None = None
+
+
+@dataclass(frozen=True)
+class ApproveTransfer:
+    """A second admin (``ctx.person``) approves a pending transfer: it is carried out."""
+    transfer_id: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectTransfer:
+    """An admin refuses (or its author withdraws) a pending transfer: nothing moves."""
+    transfer_id: str
+    comment: str | None = None
 
 
 # ---- the CVC notification, alerts
@@ -191,7 +206,8 @@ class RaiseAlert:
     message: str
     source: str
     certificate_code: str | None = None
-    key: str | None = None
+    order_id: str | None = None
+    subject: str | None = None  # the record key when it names no certificate and no order
     details: dict | None = None  # more payload fields (never a secret)
 
 

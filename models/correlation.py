@@ -10,7 +10,9 @@ The rules (contract section 4, "Correlation"):
 
 - **issue**: an order with ``GIFT_CERTIFICATE`` lines is paid in full when its captured
   payments reach the order ``total``; then each such line's certificate is issued. A cancelled
-  order is never issued.
+  order is never issued. Nor is one whose gift-certificate lines sum to more than its total,
+  however much was captured: one ``ORDER_TOTAL_MISMATCH`` alert names both sums, and a later
+  ``ORDER_UPDATED`` that corrects the total (and a capture that covers it) issues as usual.
 - **redeem**: a ``GIFT_CERTIFICATE`` tender plus a ``PAYMENT_CAPTURED`` with operation
   ``REDEMPTION`` for the same certificate debit it once (per payment). A tender naming an
   ``authorizationId`` is a capture made through the API: it is *confirmed*, never debited again.
@@ -182,6 +184,12 @@ def paid_in_full(order: Order, payments: list[Payment]) -> bool:
     return order.total > 0 and captured_total(order, payments) >= order.total
 
 
+def gc_lines_total(order: Order) -> Decimal:
+    """What the order's gift-certificate lines sell for; the order's total must cover it
+    (contract section 4, Issue: a certificate is never sold below its nominal)."""
+    return sum((line.amount for line in order.gc_lines), ZERO)
+
+
 def payment_seen(payments: list[Payment]) -> bool:
     """Payments reported money for the order (authorized or captured)."""
     return any(p.event_type in (AUTHORIZED, CAPTURED) for p in payments)
@@ -306,9 +314,18 @@ def decide(order: Order | None, payments: list[Payment], done: dict[str, str],
             add("alert:paid-after-cancel", "alert", alert="PAID_AFTER_CANCEL",
                 message=f"order {order.order_id} is paid in full but was cancelled: nothing issued")
     elif order.gc_lines and paid_in_full(order, payments):
-        for line in order.gc_lines:
-            add(f"issue:{line.line_id}", "issue", line_id=line.line_id, code=line.code,
-                nominal=line.amount)
+        lines_total = gc_lines_total(order)
+        if lines_total > order.total:  # never sell a certificate below its nominal
+            add("alert:order-total-mismatch", "alert", alert="ORDER_TOTAL_MISMATCH",
+                message=(f"order {order.order_id}: its gift-certificate lines sum to "
+                         f"{fmt_money(lines_total)} {order.currency}, above its total "
+                         f"{fmt_money(order.total)}: nothing issued"),
+                details={"linesTotal": fmt_money(lines_total), "orderTotal": fmt_money(order.total),
+                         "currency": order.currency})
+        else:
+            for line in order.gc_lines:
+                add(f"issue:{line.line_id}", "issue", line_id=line.line_id, code=line.code,
+                    nominal=line.amount)
 
     # -- redemptions with a certificate tender
     tenders = [t for t in order.tenders if t.type == GC and t.code]

@@ -85,9 +85,10 @@ class CvcBudget:
                            f"too many wrong CVCs from this client (budget {self.item}); "
                            "try again later", retryAfter=self.retry_after())
 
-    def alert_event(self) -> Event:
+    def alert_event(self, code: str) -> Event:
+        """The alert when the wrong CVC on certificate ``code`` used up the budget (keyed by it)."""
         return Event(EventType.ALERT, "ALERT", {
             "code": "CVC_ATTEMPTS_EXCEEDED",
             "message": f"client {self.client_id} used its budget of wrong CVCs ({self.item}): "
                        "its CVC checks are refused until the window moves on",
-            "clientId": self.client_id})
+            "clientId": self.client_id, "certificateCode": code})

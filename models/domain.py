@@ -197,6 +197,14 @@ UNSEQUENCED = frozenset({E.ISSUE_BLOCKED, E.ERROR, E.ALERT})
 MONEY_MOVEMENTS = frozenset({E.REDEEM_PARTIAL, E.REDEEM_FULL, E.REFUND, E.AUTHORIZATION_CREATED,
                              E.AUTHORIZATION_CAPTURED, E.AUTHORIZATION_VOIDED,
                              E.AUTHORIZATION_EXPIRED, E.ADJUST})
+
+
+def alert_key(payload: dict, subject: str | None = None) -> str:
+    """The stream key of an ``error`` or ``alert`` (contract section 4, revision 3): the
+    certificate it names (``certificateCode``), else the order it names (``orderId``), else the
+    subject it is about (a pool alert: ``pool:<currency>/<kind>/<nominal>``). An alert about a
+    certificate so lands in that certificate's partition, in order with its events."""
+    return payload.get("certificateCode") or payload.get("orderId") or subject or ""
 #: Statuses a sold certificate works in (lock and cancel apply to these).
 WORKING = frozenset({S.ISSUED, S.PARTIALLY_REDEEMED, S.REDEEMED})
 #: Statuses that can be redeemed or authorized.
@@ -288,18 +296,79 @@ class Hold:
         return channel is None or self.channel == channel
 
 
-def needs_second_approval(amount: Decimal, limit: Decimal) -> bool:
-    """Four eyes: an adjustment above ``ADJUST_APPROVAL_LIMIT`` waits for a second admin."""
-    return amount > limit
+def needs_second_approval(amount: Decimal, limit: Decimal, moved_lately: Decimal = ZERO) -> bool:
+    """Four eyes: an adjustment or a transfer waits for a second admin when it, together with
+    what the certificate already moved without a second approver within
+    ``ADJUST_APPROVAL_WINDOW`` (``moved_lately``, credits and debits alike), is above
+    ``ADJUST_APPROVAL_LIMIT``. Splitting a large correction into small ones so gets nowhere."""
+    return moved_lately + amount > limit
+
+
+def same_person(a: str, b: str) -> bool:
+    """Whether two admin identities (``ADMIN_IDENTITY_CLAIM``) name one person: compared
+    case-insensitively, so "Alice" cannot approve what "alice" asked for. One person holding
+    two identities is the identity provider's to prevent."""
+    return a.casefold() == b.casefold()
+
+
+class Approval:
+    """The life of a support change that may wait for a second admin (four eyes): pending until
+    ``expires_at``; then another person approves it (and only then is it carried out) or
+    anyone rejects it. A subclass has ``id``, ``requested_by``, ``expires_at``, ``status`` and
+    ``decided_by``; ``KIND`` names it in error codes (``ADJUSTMENT_EXPIRED``...)."""
+
+    KIND = "ADJUSTMENT"
+    id: str
+    requested_by: str
+    expires_at: datetime | None
+    status: str
+    decided_by: str | None
+
+    def lapsed(self, now: datetime) -> bool:
+        """Pending past ``ADJUST_APPROVAL_TTL``: it can no longer be decided."""
+        return (self.status == "PENDING_APPROVAL" and self.expires_at is not None
+                and self.expires_at <= now)
+
+    def effective_status(self, now: datetime) -> str:
+        """The status as support sees it: a pending one past its time is EXPIRED."""
+        return "EXPIRED" if self.lapsed(now) else self.status
+
+    def expire(self, now: datetime) -> bool:
+        """Mark a lapsed pending one EXPIRED; True when it changed."""
+        if self.lapsed(now):
+            self.status = "EXPIRED"
+            return True
+        return False
+
+    def _require_pending(self, now: datetime) -> None:
+        name = self.KIND.lower()
+        if self.lapsed(now):
+            raise DomainError(f"{self.KIND}_EXPIRED", f"the {name} waited longer than "
+                              "ADJUST_APPROVAL_TTL and can no longer be approved or rejected",
+                              **{f"{name}Status": "EXPIRED"})
+        if self.status != "PENDING_APPROVAL":
+            raise DomainError(f"{self.KIND}_NOT_PENDING", f"the {name} is {self.status}",
+                              **{f"{name}Status": self.status})
+
+    def approve(self, by: str, now: datetime) -> None:
+        """A second admin approves (the caller then carries it out)."""
+        self._require_pending(now)
+        if same_person(by, self.requested_by):
+            raise DomainError("SELF_APPROVAL_FORBIDDEN", f"an {self.KIND.lower()} must be approved "
+                              "by another admin than the one who asked for it",
+                              requestedBy=self.requested_by)
+        self.status, self.decided_by = "APPLIED", by
+
+    def reject(self, by: str, now: datetime) -> None:
+        """Refuse it (its author may withdraw it too: nothing moves)."""
+        self._require_pending(now)
+        self.status, self.decided_by = "REJECTED", by
 
 
 @dataclass
-class Adjustment:
-    """A support correction of a certificate's balance, and who asked for and decided it.
-
-    Above the approval limit it waits as ``PENDING_APPROVAL`` until ``expires_at``; a different
-    client then approves it (and only then is it applied to the certificate) or rejects it.
-    """
+class Adjustment(Approval):
+    """A support correction of a certificate's balance, and who asked for and decided it
+    (``requested_by`` and ``decided_by``: their identities)."""
 
     id: str
     direction: str  # CREDIT | DEBIT
@@ -312,13 +381,15 @@ class Adjustment:
 
     @classmethod
     def request(cls, adjustment_id: str, direction: str, amount: Decimal, reason: str, by: str,
-                now: datetime, limit: Decimal, ttl: timedelta) -> "Adjustment":
-        """A new adjustment: applied at once up to ``limit``, else pending for ``ttl``."""
+                now: datetime, limit: Decimal, ttl: timedelta,
+                moved_lately: Decimal = ZERO) -> "Adjustment":
+        """A new adjustment: applied at once unless :func:`needs_second_approval`, else
+        pending for ``ttl``."""
         if direction not in DIRECTIONS:
             raise DomainError("VALIDATION_ERROR", "direction must be CREDIT or DEBIT", field="direction")
         if reason not in ADJUST_REASONS:
             raise DomainError("VALIDATION_ERROR", "unknown adjustment reason", field="reason")
-        if needs_second_approval(amount, limit):
+        if needs_second_approval(amount, limit, moved_lately):
             return cls(adjustment_id, direction, amount, reason, by, now + ttl)
         return cls(adjustment_id, direction, amount, reason, by, None, "APPLIED")
 
@@ -326,45 +397,21 @@ class Adjustment:
     def signed_amount(self) -> Decimal:
         return self.amount if self.direction == "CREDIT" else -self.amount
 
-    def lapsed(self, now: datetime) -> bool:
-        """A pending adjustment past ``ADJUST_APPROVAL_TTL``: it can no longer be decided."""
-        return (self.status == "PENDING_APPROVAL" and self.expires_at is not None
-                and self.expires_at <= now)
 
-    def effective_status(self, now: datetime) -> str:
-        """The status as support sees it: a pending adjustment past its time is EXPIRED."""
-        return "EXPIRED" if self.lapsed(now) else self.status
+@dataclass
+class PendingTransfer(Approval):
+    """A transfer that waits for a second admin: the whole balance of the source as it was when
+    asked (``amount``), onto ``to_code`` or, with None, the next certificate of the pool."""
 
-    def expire(self, now: datetime) -> bool:
-        """Mark a lapsed pending adjustment EXPIRED; True when it changed."""
-        if self.lapsed(now):
-            self.status = "EXPIRED"
-            return True
-        return False
-
-    def _require_pending(self, now: datetime) -> None:
-        if self.lapsed(now):
-            raise DomainError("ADJUSTMENT_EXPIRED", "the adjustment waited longer than "
-                              "ADJUST_APPROVAL_TTL and can no longer be approved or rejected",
-                              adjustmentStatus="EXPIRED")
-        if self.status != "PENDING_APPROVAL":
-            raise DomainError("ADJUSTMENT_NOT_PENDING", f"adjustment is {self.status}",
-                              adjustmentStatus=self.status)
-
-    def approve(self, by: str, now: datetime) -> None:
-        """A second admin approves (the caller then applies it to the certificate)."""
-        self._require_pending(now)
-        if by == self.requested_by:
-            raise DomainError("SELF_APPROVAL_FORBIDDEN", "an adjustment must be approved by "
-                              "another admin than the one who asked for it",
-                              requestedBy=self.requested_by)
-        self.status, self.decided_by = "APPLIED", by
-
-    def reject(self, by: str, now: datetime) -> None:
-        """Refuse it (its author may withdraw it too: nothing moves)."""
-        self._require_pending(now)
-        self.status, self.decided_by = "REJECTED", by
-
+    KIND = "TRANSFER"
+    id: str
+    amount: Decimal
+    to_code: str | None
+    reason: str
+    requested_by: str
+    expires_at: datetime | None
+    status: str = "PENDING_APPROVAL"
+    decided_by: str | None = None
 
 
 def transfer_expiry(source_expires: datetime | None, target_batch_expires: datetime | None
@@ -630,9 +677,10 @@ class Certificate:
                      reason=adjustment.reason, adjustmentId=adjustment.id,
                      requestedBy=adjustment.requested_by, approvedBy=adjustment.decided_by)
 
-    def transferable(self, now: datetime) -> Decimal:
+    def transferable(self, now: datetime, approved: Decimal | None = None) -> Decimal:
         """The amount a transfer would move (the whole balance), or why it cannot: not from a
-        terminal or unsold status, not past ``expiresAt``, not while holds are active."""
+        terminal or unsold status, not past ``expiresAt``, not while holds are active; nor, for
+        a transfer a second admin ``approved`` for another amount, once the balance moved."""
         self._require("transfer_out")
         self._require_unexpired(now)
         if self.held > 0:
@@ -640,6 +688,10 @@ class Certificate:
                               "capture or void them first", held=fmt_money(self.held))
         if self.balance <= 0:
             raise DomainError("INVALID_STATE", "nothing to transfer: the balance is 0.00")
+        if approved is not None and approved != self.balance:
+            raise DomainError("BALANCE_CHANGED", "the balance changed since the transfer was asked "
+                              "for: reject it and ask again", approved=fmt_money(approved),
+                              remainingBalance=fmt_money(self.balance))
         return self.balance
 
     def transfer_out(self, to_code: str, reason: str, transfer_id: str, now: datetime) -> Decimal:
@@ -653,19 +705,25 @@ class Certificate:
                      transferId=transfer_id, correlation_id=self.code)
         return amount
 
-    def transfer_in(self, from_code: str, currency: str, amount: Decimal, reason: str,
-                    transfer_id: str, expires_at: datetime | None, now: datetime) -> None:
-        """Receive a transferred balance: a pool certificate becomes ISSUED with nominal =
-        balance = ``amount`` (an open-value one takes it; a printed one must show it)."""
+    def check_transfer_in(self, currency: str, amount: Decimal, expires_at: datetime | None,
+                          now: datetime) -> None:
+        """Whether this certificate could receive a transfer of ``amount`` now: an AVAILABLE one
+        of the same currency, showing that nominal (or open value), not expired."""
         self._require("transfer_in", "TARGET_NOT_AVAILABLE")
         self._require_currency(currency)
-        if self.open_value:
-            self.nominal = amount
-        elif self.nominal != amount:
+        if not self.open_value and self.nominal != amount:
             raise DomainError("NOMINAL_MISMATCH", f"target has nominal {fmt_money(self.nominal)}, "
                               f"not the {fmt_money(amount)} to transfer", nominal=fmt_money(self.nominal))
         if expires_at is not None and expires_at <= now:
             raise DomainError("TARGET_NOT_AVAILABLE", "the target has expired", to=self.code)
+
+    def transfer_in(self, from_code: str, currency: str, amount: Decimal, reason: str,
+                    transfer_id: str, expires_at: datetime | None, now: datetime) -> None:
+        """Receive a transferred balance: a pool certificate becomes ISSUED with nominal =
+        balance = ``amount`` (an open-value one takes it; a printed one must show it)."""
+        self.check_transfer_in(currency, amount, expires_at, now)
+        if self.open_value:
+            self.nominal = amount
         self.status, self.expires_at = S.ISSUED, expires_at
         self._move("TRANSFER_IN", amount, transfer_id=transfer_id)
         self._record(E.TRANSFER, fromCode=from_code, amount=fmt_money(amount), reason=reason,
@@ -720,8 +778,13 @@ class Certificate:
         """A CVC notification is requested and its copy is kept: it is to be sent (by SMS or CRM)."""
         return self.notification == NotificationStatus.REQUESTED and self.cvc_copy
 
-    def disclose_cvc(self, by: str) -> None:
-        """CRM fetches the CVC: once per notification request, audited."""
+    def disclose_cvc(self, by: str, delivery: str) -> None:
+        """CRM fetches the CVC: once per notification request, audited. ``delivery`` is the
+        deployment's path (``NOTIFY_VIA``): under ``sms`` the service sends the CVC itself and the
+        SMS is the only way it leaves, so nothing is ever disclosed (and nothing changes)."""
+        if delivery == "sms":
+            raise DomainError("NO_NOTIFICATION_PENDING", "the CVC is sent to the buyer by SMS "
+                              "(NOTIFY_VIA=sms): it is never disclosed", notifyVia="sms")
         if not self.notification_due:
             raise DomainError("NO_NOTIFICATION_PENDING", "no CVC notification is pending for this "
                               "certificate", notificationStatus=self.notification and self.notification.value)

@@ -10,11 +10,13 @@ in their Kafka order. :func:`record_failure` counts a failed attempt; the actor
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from config import get_settings
 from models import commands, locks, messagebus
 from models import unit_of_work as work
 from models.db import connection, db
+from models.domain import DomainError
 from models.handlers import orders
 
 log = logging.getLogger("gcp.inbox")
@@ -87,10 +89,42 @@ def _handle(source: str, payload: dict, inbox_id: int) -> None:
                                        "effects": outcome["effects"], "note": outcome["note"]})
 
 
+def failure_summary(error: BaseException) -> str:
+    """What a failed attempt may say in the inbox row, the DLQ's ``error`` header and the log:
+    the error's class, a refusal's code and message, a database error's SQLSTATE, constraint and
+    table, and the line that raised it. Never the exception's own text: a driver's DETAIL
+    ("Failing row contains ...") or a parser's message quotes the values of the message, such
+    as the buyer's phone."""
+    if isinstance(error, DomainError):
+        text = f"{type(error).__name__} {error.code}: {error.message}"
+    else:
+        # Peewee re-raises psycopg2's error as its own, the original as its first argument
+        driver = next((e for e in (error, error.__cause__, error.__context__, *error.args[:1])
+                       if hasattr(e, "pgcode")), None)
+        text = type(driver or error).__name__
+        diag = getattr(driver, "diag", None)
+        for label, value in (("SQLSTATE", getattr(driver, "pgcode", None)),
+                             ("constraint", getattr(diag, "constraint_name", None)),
+                             ("table", getattr(diag, "table_name", None))):
+            if value:
+                text += f" {label} {value}"
+    ours = None  # the last line of this project's code the error passed through
+    tb = error.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename)
+        if _ROOT in path.parents and "site-packages" not in path.parts:
+            ours = f"{path.relative_to(_ROOT)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return (text + (f" at {ours}" if ours else ""))[:1000]
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
 def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:
     """Count a failed attempt of a message (not of its database: the caller tells those apart);
     after the last one the row is FAILED and the pump dead-letters it."""
-    text = f"{type(error).__name__}: {error}"[:1000]
+    text = failure_summary(error)
     with connection(), db.atomic():
         db.execute_sql(
             "UPDATE inbox_message SET attempts = attempts + 1, last_error = %s, "

@@ -43,6 +43,8 @@ COMMAND_HANDLERS: dict[type, Callable[[Any, Context], Any]] = {
     c.ApproveAdjustment: support.approve_adjustment,
     c.RejectAdjustment: support.reject_adjustment,
     c.Transfer: support.transfer,
+    c.ApproveTransfer: support.approve_transfer,
+    c.RejectTransfer: support.reject_transfer,
     # the CVC notification and alerts
     c.DiscloseCvc: notifications.disclose_cvc,
     c.RequestNotification: notifications.request_notification,

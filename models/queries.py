@@ -11,9 +11,10 @@ from peewee import fn
 
 from models.domain import DomainError, HoldStatus, Status, ZERO, fmt_money, valid_code
 from models import cache
-from models.repository import active_held, adjustment_from, snapshot
+from models.repository import active_held, adjustment_from, pending_transfer_from, snapshot
 from models.timeutil import iso, utcnow
-from models.tables import AuditLog, AuthorizationHold, BalanceAdjustment, GiftCertificate, Operation
+from models.tables import (AuditLog, AuthorizationHold, BalanceAdjustment, GiftCertificate, Operation,
+                           TransferRequest)
 
 
 def _certificate(code: str) -> GiftCertificate:
@@ -113,6 +114,40 @@ def adjustments(status: str | None = None, code: str | None = None, page: int = 
     rows = q.order_by(A.requested_at.desc(), A.id.desc()).paginate(page, page_size)
     items = [adjustment_view(r, r.certificate.code, now) for r in rows]
     return {"items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def transfers(status: str | None = None, code: str | None = None, page: int = 1,
+              page_size: int = 20, now: dt.datetime | None = None) -> dict:
+    """Transfers that needed a second admin, newest first, for support (a pending one past
+    its time is listed, and filtered, as EXPIRED)."""
+    now = now or utcnow()
+    T = TransferRequest
+    q = T.select(T, GiftCertificate.code).join(GiftCertificate, on=(T.from_certificate == GiftCertificate.id))
+    lapsed = (T.status == "PENDING_APPROVAL") & (T.expires_at <= now)
+    if status == "PENDING_APPROVAL":
+        q = q.where((T.status == "PENDING_APPROVAL") & (T.expires_at > now))
+    elif status == "EXPIRED":
+        q = q.where((T.status == "EXPIRED") | lapsed)
+    elif status:
+        q = q.where(T.status == status)
+    if code:
+        q = q.where(GiftCertificate.code == code)
+    total = q.count()
+    rows = q.order_by(T.requested_at.desc(), T.id.desc()).paginate(page, page_size)
+    items = [transfer_request_view(r, r.from_certificate.code, now) for r in rows]
+    return {"items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def transfer_request_view(record: TransferRequest, code: str, now: dt.datetime) -> dict:
+    """A transfer that needed a second admin, as support sees it."""
+    return {
+        "transferId": record.id, "status": pending_transfer_from(record).effective_status(now),
+        "fromCode": code, "to": record.to_code, "amount": fmt_money(record.amount),
+        "currency": record.currency.strip(), "reason": record.reason,
+        "requestedBy": record.requested_by, "requestedAt": iso(record.requested_at),
+        "expiresAt": iso(record.expires_at), "decidedBy": record.decided_by,
+        "decidedAt": iso(record.decided_at), "decisionComment": record.decision_comment,
+    }
 
 
 def adjustment_view(record: BalanceAdjustment, code: str, now: dt.datetime) -> dict:

@@ -9,10 +9,10 @@ import functools
 from decimal import Decimal
 
 from models.db import db, one
-from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, Status,
-                           available_of, fmt_money)
+from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, PendingTransfer,
+                           Status, available_of, fmt_money)
 from models.tables import (AuthorizationHold, BalanceAdjustment, ClientProfile, GiftCertificate, OrderPayment,
-                           SalesOrder)
+                           SalesOrder, TransferRequest)
 from models.timeutil import iso
 
 
@@ -125,7 +125,33 @@ def payment_seen(order_id: str | None, channel: str | None) -> bool:
 
 def adjustment_from(record: BalanceAdjustment) -> Adjustment:
     return Adjustment(record.id, record.direction, record.amount, record.reason,
-                      record.requested_by, record.expires_at, record.status, record.decided_by)
+                      record.requested_identity, record.expires_at, record.status,
+                      record.decided_identity)
+
+
+def pending_transfer_from(record: TransferRequest) -> PendingTransfer:
+    return PendingTransfer(record.id, record.amount, record.to_code, record.reason,
+                           record.requested_identity, record.expires_at, record.status,
+                           record.decided_identity)
+
+
+_MOVED_LATELY = """
+SELECT coalesce(sum(amount), 0) FROM (
+    SELECT amount FROM balance_adjustment
+    WHERE certificate_id = %(id)s AND NOT needs_approval AND requested_at > %(since)s
+    UNION ALL
+    SELECT amount FROM certificate_transfer
+    WHERE from_certificate_id = %(id)s AND approved_by IS NULL AND created_at > %(since)s
+    UNION ALL
+    SELECT amount FROM certificate_transfer
+    WHERE to_certificate_id = %(id)s AND approved_by IS NULL AND created_at > %(since)s) moved"""
+
+
+def moved_without_second_approval(certificate_id: int, since) -> Decimal:
+    """What support moved on the certificate since ``since`` without a second approver:
+    adjustments applied at once (credits and debits alike) and transfers in or out applied at
+    once. The four-eyes limit counts it (``ADJUST_APPROVAL_WINDOW``)."""
+    return db.execute_sql(_MOVED_LATELY, {"id": certificate_id, "since": since}).fetchone()[0]
 
 
 def phone_for(certificate) -> str | None:

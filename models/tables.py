@@ -100,10 +100,12 @@ class BalanceAdjustment(Base):
     needs_approval = BooleanField()
     status = TextField()
     requested_by = TextField()
+    requested_identity = TextField()  # ADMIN_IDENTITY_CLAIM of the author (migration 0008)
     request_id = TextField(null=True)
     requested_at = DateTimeTZField()
     expires_at = DateTimeTZField(null=True)
     decided_by = TextField(null=True)
+    decided_identity = TextField(null=True)
     decided_at = DateTimeTZField(null=True)
     decision_comment = TextField(null=True)
 
@@ -122,9 +124,33 @@ class CertificateTransfer(Base):
     actor = TextField()
     request_id = TextField(null=True)
     created_at = DateTimeTZField()
+    approved_by = TextField(null=True)  # the second admin, when one was needed (migration 0008)
 
     class Meta:
         table_name = "certificate_transfer"
+
+
+class TransferRequest(Base):
+    """A transfer waiting for (or decided by) a second admin (migration 0008)."""
+    id = TextField(primary_key=True)
+    from_certificate = ForeignKeyField(GiftCertificate, column_name="from_certificate_id")
+    to_code = TextField(null=True)
+    amount = Money()
+    currency = CharField(max_length=3)
+    reason = TextField()
+    status = TextField()
+    requested_by = TextField()
+    requested_identity = TextField()
+    request_id = TextField(null=True)
+    requested_at = DateTimeTZField()
+    expires_at = DateTimeTZField()
+    decided_by = TextField(null=True)
+    decided_identity = TextField(null=True)
+    decided_at = DateTimeTZField(null=True)
+    decision_comment = TextField(null=True)
+
+    class Meta:
+        table_name = "transfer_request"
 
 
 class Operation(Base):

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from models import cache
 from models.db import Statements, db, one
-from models.domain import CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event
+from models.domain import (CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event,
+                           alert_key)
 from models.domain import EventType as E
 from models.domain import Hold, HoldStatus, valid_code
 from models.repository import active_holds_sql, snapshot, to_domain, to_hold
@@ -37,10 +38,16 @@ class Context:
     request_id: str | None = None     # HTTP request id
     correlation_id: str | None = None # usually the orderId
     causation_id: str | None = None   # the input eventId or request id that caused this
+    identity: str | None = None       # the admin's ADMIN_IDENTITY_CLAIM (four eyes); else actor
 
     @property
     def cause(self) -> str | None:
         return self.causation_id or self.request_id
+
+    @property
+    def person(self) -> str:
+        """Who this is for the four-eyes rule: the identity claim, else the client id."""
+        return self.identity or self.actor
 
 
 SYSTEM_CONTEXT = Context()
@@ -256,7 +263,11 @@ class UnitOfWork:
 
     def emit(self, event: Event, row: GiftCertificate | None, *, before: dict | None = None,
              after: dict | None = None, key: str | None = None, audit: bool = True) -> dict:
-        """Queue a stream event in the outbox (and its audit row); returns the envelope."""
+        """Queue a stream event in the outbox (and its audit row); returns the envelope.
+
+        The record's key is ``row``'s code (``key`` for an unsequenced one such as
+        ``issue.blocked``); an ``error`` or ``alert`` is keyed by :func:`~models.domain.alert_key`,
+        with ``key`` as its subject when it names no certificate and no order."""
         sequenced = row is not None and event.type not in UNSEQUENCED
         if sequenced:
             row.stream_sequence += 1
@@ -268,6 +279,7 @@ class UnitOfWork:
         if event.type in (E.ERROR, E.ALERT):
             payload = dict(event.payload)
             payload.setdefault("source", self.ctx.actor if self.ctx.actor != SYSTEM else "GCP")
+            key = alert_key(payload, key or (row.code if row is not None else None))
         channel = self.ctx.channel if self.ctx.channel in CHANNELS else None
         channel = channel or (row.channel if row is not None and row.channel else SYSTEM)
         envelope = {

@@ -91,10 +91,12 @@ def stack():
         "TOPIC_PARTITIONS": "3",
         "KAFKA_CONSUMER_GROUP": "gcp-pump" + suffix,
         "JWT_SECRET": "test-secret-for-the-gcp-suite-0123456789",
+        "JWT_AUDIENCE": "gcp-test-suite",  # HS256 outside development needs one (config.check_settings)
         "CVC_ENCRYPTION_KEY": "test-cvc-key-for-the-gcp-suite-0123456789",
         "CVC_CLIENT_BUDGET": "100000/minute",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT": "100000/second",
+        "METRICS_PUBLIC": "true",  # the suite scrapes /metrics without a token (loopback only)
     }
     os.environ.update(env)
     from config import reset_settings

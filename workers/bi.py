@@ -17,20 +17,52 @@ log = logging.getLogger("gcp.bi")
 
 
 def start_metrics_server() -> int | None:
-    """Serve ``/metrics`` of this process; returns the port (None when turned off)."""
+    """Serve ``/metrics`` of this process; returns the port (None when turned off).
+
+    With ``METRICS_TOKEN`` set, a scrape needs ``Authorization: Bearer <METRICS_TOKEN>``, as on
+    the web's ``/metrics`` (prometheus_client's own server has no authentication)."""
     port = int(os.environ.get("BI_METRICS_PORT") or 9108)
     if port <= 0:
         return None
-    from prometheus_client import start_http_server
-
-    from observability import REGISTRY
-
     try:
-        start_http_server(port, addr=os.environ.get("BI_METRICS_HOST") or "127.0.0.1", registry=REGISTRY)
+        server = metrics_server(os.environ.get("BI_METRICS_HOST") or "127.0.0.1", port,
+                                get_settings().metrics_token)
     except OSError as exc:  # the port is taken: the mart goes on, without its /metrics
         log.error("bi metrics server not started", extra={"port": port, "error": str(exc)})
         return None
-    return port
+    threading.Thread(target=server.serve_forever, name="bi-metrics", daemon=True).start()
+    return server.server_port
+
+
+def metrics_server(host: str, port: int, token: str | None):
+    """A threaded WSGI server of this process's registry, behind the METRICS_TOKEN check (not
+    started: call ``serve_forever``)."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    from observability import REGISTRY, metrics_token_ok
+
+    metrics = make_wsgi_app(REGISTRY)
+
+    def app(environ, start_response):
+        if not metrics_token_ok(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                ("WWW-Authenticate", "Bearer")])
+            return [b"the metrics need the METRICS_TOKEN bearer token\n"]
+        return metrics(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args):  # one line per scrape on stderr is noise
+            pass
+
+    return make_server(host, port, app, Server, handler_class=QuietHandler)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 
 import jsonschema_rs
@@ -48,12 +49,51 @@ def contract_name(topic: str) -> str:
 
 
 def errors(contract_topic: str, message: object) -> list[str]:
-    """Every schema violation of ``message``, as ``/json/pointer: reason`` strings."""
+    """Every schema violation of ``message``, as ``/json/pointer: reason`` strings.
+
+    The reason names the failed keyword only, never the value: these strings travel to the
+    DLQ ``error`` header, ``dlq list``, ``bi.anomaly``, the logs and the BI report, and the
+    validator's own messages echo the value (a customer's full phone or e-mail)."""
     found = []
     for err in validator(contract_topic).iter_errors(message):
-        path = "/" + "/".join(str(p) for p in err.instance_path)
-        found.append(f"{path}: {err.message}")
+        found.append(f"{pointer(err.instance_path)}: {reason(err)}")
     return found
+
+
+#: A pointer segment shown as it is: a schema's property name or an array index. Anything else
+#: (a key the sender made up) is shown as ``*``, since a key can carry data as well as a value.
+_SEGMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$|^[0-9]{1,9}$")
+
+
+def pointer(path) -> str:
+    """The JSON pointer of a failed value, with made-up keys masked."""
+    return "/" + "/".join(s if _SEGMENT_RE.match(s) else "*" for s in map(str, path))
+
+
+#: What a failed keyword means, in words that hold nothing of the value.
+_REASONS = {
+    "pattern": "does not match pattern",
+    "enum": "is not one of the allowed values",
+    "const": "is not the expected value",
+    "maxLength": "is too long", "minLength": "is too short",
+    "maximum": "is too large", "exclusiveMaximum": "is too large",
+    "minimum": "is too small", "exclusiveMinimum": "is too small",
+    "maxItems": "has too many items", "minItems": "has too few items",
+    "additionalProperties": "has properties the schema does not allow",
+}
+
+
+def reason(err) -> str:
+    """Why ``err`` failed, from the schema alone (a type, a format, a missing property's name)."""
+    kind = err.kind
+    keyword = getattr(kind, "name", None) or (str(err.schema_path[-1]) if err.schema_path else "schema")
+    if keyword == "required":
+        return f'required property "{kind.property}" is missing'
+    if keyword == "type":
+        return "is not of type " + " or ".join(f'"{t}"' for t in kind.types)
+    if keyword == "format":
+        return f'is not a valid "{kind.format}"'
+    return _REASONS.get(keyword, f"'{keyword}' failed")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ Invariant 4, every state change is in the audit trail and in the outbox:
 - ``stream.ledger``: a ledger row with no event of its kind on its certificate in its transaction.
 - ``audit.missing``: an outbox event with no audit row (same certificate, action, transaction).
 - ``outbox.missing``: an audited state change with no outbox event.
+- ``stream.key``: an ``error`` or ``alert`` not keyed by the certificate it names, else the order
+  it names, else a subject of its own (contract section 4: ``models.domain.alert_key``).
 
 With ``--stream``, the topic read from its first offset to its end:
 - ``stream.missing``: a published outbox event not on the stream.
@@ -66,8 +68,9 @@ from decimal import Decimal
 
 #: Audit actions that are not stream events (written by ``UnitOfWork.audit`` directly), and
 #: the unsequenced events (their outbox row names no certificate).
-AUDIT_ONLY = ("adjust.requested", "adjust.expired", "adjust.rejected", "authorization.confirmed",
-              "batch.load", "issue.blocked", "alert", "error")
+AUDIT_ONLY = ("adjust.requested", "adjust.expired", "adjust.rejected", "transfer.requested",
+              "transfer.expired", "transfer.rejected", "authorization.confirmed", "batch.load",
+              "issue.blocked", "alert", "error")
 #: The events a ledger row of each kind is written with (same certificate, same transaction).
 LEDGER_EVENTS = {
     "ISSUE": ("issue",),
@@ -339,7 +342,23 @@ def check_outbox(cur, scope=None) -> list[Violation]:
         rule = "audit.missing" if events > audits else "outbox.missing"
         out.append(Violation(rule, code, f"{action} at {created.isoformat()}: {events} outbox "
                              f"event(s), {audits} audit row(s)"))
-    return out
+    return out + check_alert_keys(cur, scope)
+
+
+def check_alert_keys(cur, scope=None) -> list[Violation]:
+    named = ("e.envelope -> 'payload' ->> 'certificateCode'", "e.envelope -> 'payload' ->> 'orderId'")
+    where, params = _where(scope, codes=(named[0],), orders=(named[1],))
+    return [Violation("stream.key", f"{event_type} {event_id}", (
+                f"{code}: keyed {key!r}; names certificate {certificate or 'none'}, "
+                f"order {order or 'none'}"))
+            for event_id, event_type, code, key, certificate, order in _rows(cur, f"""
+                SELECT e.event_id, e.event_type, e.envelope -> 'payload' ->> 'code', e.message_key,
+                       {named[0]}, {named[1]}
+                FROM outbox_event e
+                WHERE e.event_type IN ('error', 'alert') AND {where}
+                  AND (coalesce(e.message_key, '') = ''
+                       OR e.message_key <> coalesce({named[0]}, {named[1]}, e.message_key))
+                ORDER BY e.id""", params)]
 
 
 # ---- invariant 5: paid orders -------------------------------------------------------------

@@ -33,7 +33,7 @@ def authorize(cmd: Authorize, ctx: Context) -> dict:
         if not ok:
             uow.save(row, cert, before)
             if budget.exhausted():  # this wrong CVC used up the client's budget: tell the stream
-                uow.emit(budget.alert_event(), None, key=row.code)
+                uow.emit(budget.alert_event(row.code), None)
             raise Deferred(DomainError("CVC_MISMATCH", "CVC does not match",
                                        attemptsLeft=max(settings.cvc_max_attempts - cert.cvc_failed_attempts, 0)))
         if cvc_secret.needs_reseal(row.cvc_key_id):  # made with a retired key: seal it anew

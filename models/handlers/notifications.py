@@ -21,10 +21,10 @@ log = logging.getLogger("gcp.notifications")
 
 
 def disclose_cvc(cmd: DiscloseCvc, ctx: Context) -> dict:
-    """CRM fetches the CVC once per notification request."""
+    """CRM fetches the CVC once per notification request (never under NOTIFY_VIA=sms)."""
     def body(uow: UnitOfWork) -> dict:
         row, cert, before = uow.certificate(cmd.code)
-        cert.disclose_cvc(ctx.actor)
+        cert.disclose_cvc(ctx.actor, get_settings().notify_via)
         secret = cvc_secret.decrypt(row.cvc_encrypted)
         if secret is None:
             raise DomainError("INVALID_STATE", "the stored CVC cannot be decrypted with the configured key")
@@ -61,10 +61,12 @@ def raise_alert(cmd: RaiseAlert, ctx: Context) -> dict:
                    "source": cmd.source}
         if cmd.certificate_code:
             payload["certificateCode"] = cmd.certificate_code
+        if cmd.order_id:
+            payload["orderId"] = cmd.order_id
         event_type = E(cmd.event_type)
         status = "ALERT" if event_type == E.ALERT else "ERROR"
         return uow.emit(Event(event_type, status, payload), None,
-                        key=cmd.key or cmd.certificate_code or ctx.correlation_id or "")
+                        key=cmd.subject or ctx.correlation_id)
     return run(ctx, body)
 
 

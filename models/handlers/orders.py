@@ -241,7 +241,7 @@ class _Applier:
         except DomainError as refused:
             code = decision.params.get("code")
             raise_alert(RaiseAlert("error", refused.code, refused.message, self.source,
-                                   certificate_code=code, key=code or self.order.order_id), ctx)
+                                   certificate_code=code, order_id=self.order.order_id), ctx)
             outcome, detail = "REFUSED", f"{refused.code}: {refused.message}"
         later("INSERT INTO order_effect (order_id, effect_key, outcome, detail, causation_id)"
               " VALUES (%s, %s, %s, %s, %s)",
@@ -270,8 +270,8 @@ class _Applier:
         if mismatch is not None:  # issue nothing: support sorts it out
             raise_alert(RaiseAlert(
                 "alert", "LINE_MISMATCH", f"order {order.order_id} line {line_id}: {mismatch}",
-                self.source, certificate_code=(own.code if own else line.code), key=order.order_id,
-                details={"orderId": order.order_id, "lineId": line_id,
+                self.source, certificate_code=(own.code if own else line.code), order_id=order.order_id,
+                details={"lineId": line_id,
                          "line": {"certificateCode": line.code, "amount": fmt_money(line.amount),
                                   "currency": order.currency, "channel": order.channel},
                          "reservation": _reservation_view(own or others[0]) if (own or others) else None}),
@@ -354,14 +354,13 @@ class _Applier:
 
     def _currency_error(self, p: dict, ctx: Context):
         raise_alert(RaiseAlert("error", "CURRENCY_MISMATCH", p["message"], PAYMENTS,
-                               key=self.order.order_id,
-                               details={"orderId": self.order.order_id, "paymentId": p["payment_id"]}),
+                               order_id=self.order.order_id, details={"paymentId": p["payment_id"]}),
                 ctx)
         return "APPLIED", p["payment_id"]
 
     def _alert(self, p: dict, ctx: Context):
         raise_alert(RaiseAlert("alert", p["alert"], p["message"], self.source,
-                               key=self.order.order_id), ctx)
+                               order_id=self.order.order_id, details=p.get("details")), ctx)
         return "APPLIED", p["alert"]
 
 
@@ -458,7 +457,7 @@ def on_client_message(cmd: ClientMessage, ctx: Context) -> dict:
                 note = f"notification {result['status']}"
             except DomainError as refused:
                 raise_alert(RaiseAlert("error", refused.code, refused.message, CLIENTS,
-                                    certificate_code=code, key=code), ctx)
+                                    certificate_code=code), ctx)
                 note = f"refused: {refused.code}"
         return outcome(None, note=note)
 
@@ -476,7 +475,7 @@ def confirm_capture(cmd: ConfirmCapture, ctx: Context) -> dict:
             uow.emit(Event(EventType.ALERT, "ALERT", {"code": "CAPTURE_MISMATCH", "message": mismatch,
                                                    "source": cmd.source, "certificateCode": cmd.code,
                                                    "authorizationId": cmd.authorization_id}),
-                     None, key=cmd.code)
+                     None)
             return {"outcome": "REFUSED", "detail": mismatch}
         hold.confirmed_by, hold.updated_at = ctx.cause, uow.now
         uow.writes.update(hold)

@@ -1,9 +1,11 @@
-"""Support's corrections of a sold certificate: balance adjustments, with a second approver
-above ``ADJUST_APPROVAL_LIMIT``, and the transfer of a whole balance onto another certificate
-(a damaged card replaced at a POS, or the next one from the pool).
+"""Support's corrections of a sold certificate: balance adjustments and the transfer of a whole
+balance onto another certificate (a damaged card replaced at a POS, or the next one from the
+pool), each with a second approver when it would take what the certificate moved without one
+within ``ADJUST_APPROVAL_WINDOW`` above ``ADJUST_APPROVAL_LIMIT``.
 
-The rules are the domain's (:class:`models.domain.Adjustment`, ``Certificate.adjust``,
-``transfer_out`` and ``transfer_in``); these handlers load and lock the rows, call them, and
+The rules are the domain's (:class:`models.domain.Approval` and its ``Adjustment`` and
+``PendingTransfer``, ``needs_second_approval``, ``Certificate.adjust``, ``transfer_out`` and
+``transfer_in``); these handlers load and lock the rows, call them, and
 write the change, its ledger rows, its audit rows and its stream events in one unit of work.
 :data:`models.messagebus.COMMAND_HANDLERS` maps their commands to them.
 """
@@ -14,13 +16,16 @@ import uuid
 from decimal import Decimal
 
 from config import get_settings
-from models.commands import Adjust, ApproveAdjustment, Cancel, Lock, RejectAdjustment, Transfer, Unlock
+from models.commands import (Adjust, ApproveAdjustment, ApproveTransfer, Cancel, Lock, RejectAdjustment,
+                             RejectTransfer, Transfer, Unlock)
 from models.db import one
-from models.domain import ZERO, Adjustment, DomainError, fmt_money, transfer_expiry, valid_code
+from models.domain import (ZERO, Adjustment, Approval, DomainError, fmt_money, needs_second_approval,
+                           transfer_expiry, valid_code)
 from models.handlers.pool import check_low_water, sale_cvc
-from models.queries import adjustment_view
-from models.repository import adjustment_from, pick_available, snapshot, to_domain
-from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate
+from models.queries import adjustment_view, transfer_request_view
+from models.repository import (adjustment_from, moved_without_second_approval, pending_transfer_from,
+                               pick_available, snapshot, to_domain)
+from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate, TransferRequest
 from models.timeutil import iso
 from models.unit_of_work import Context, Deferred, UnitOfWork, change_certificate, run
 
@@ -50,9 +55,17 @@ def _result(record: BalanceAdjustment, row: GiftCertificate, now: dt.datetime, h
     return view
 
 
+def _moved_lately(uow: UnitOfWork, row: GiftCertificate) -> Decimal:
+    """What ``row`` moved without a second approver within ``ADJUST_APPROVAL_WINDOW`` (read
+    under the certificate's lock, so two requests at once cannot both pass under the limit)."""
+    window = dt.timedelta(seconds=get_settings().adjust_approval_window_seconds)
+    return moved_without_second_approval(row.id, uow.now - window)
+
+
 def adjust(cmd: Adjust, ctx: Context) -> dict:
-    """Applied at once up to the approval limit (``adjust`` event), else recorded as
-    PENDING_APPROVAL (audited; nothing moves until a second admin approves)."""
+    """Applied at once while it keeps the certificate's moves within the approval limit
+    (``adjust`` event), else recorded as PENDING_APPROVAL (audited; nothing moves until a
+    second admin approves)."""
     settings = get_settings()
 
     def body(uow: UnitOfWork) -> dict:
@@ -60,15 +73,17 @@ def adjust(cmd: Adjust, ctx: Context) -> dict:
         uow.end_holds(row, cert, overdue_only=True)
         cert.check_adjustment(cmd.direction, cmd.amount, uow.now)
         adjustment = Adjustment.request(
-            "adj-" + uuid.uuid4().hex, cmd.direction, cmd.amount, cmd.reason, ctx.actor, uow.now,
-            settings.adjust_approval_limit, dt.timedelta(seconds=settings.adjust_approval_ttl_seconds))
+            "adj-" + uuid.uuid4().hex, cmd.direction, cmd.amount, cmd.reason, ctx.person, uow.now,
+            settings.adjust_approval_limit, dt.timedelta(seconds=settings.adjust_approval_ttl_seconds),
+            _moved_lately(uow, row))
         pending = adjustment.status == "PENDING_APPROVAL"
         record = BalanceAdjustment.create(
             id=adjustment.id, certificate=row.id, direction=adjustment.direction,
             amount=adjustment.amount, currency=row.currency, reason=adjustment.reason,
             comment=cmd.comment, needs_approval=pending, status=adjustment.status,
-            requested_by=ctx.actor, request_id=ctx.request_id, requested_at=uow.now,
-            expires_at=adjustment.expires_at, decided_at=None if pending else uow.now)
+            requested_by=ctx.actor, requested_identity=ctx.person, request_id=ctx.request_id,
+            requested_at=uow.now, expires_at=adjustment.expires_at,
+            decided_at=None if pending else uow.now)
         if not pending:
             cert.adjust(adjustment, uow.now)
         uow.save(row, cert, before)
@@ -94,20 +109,23 @@ def _lock_adjustment(uow: UnitOfWork, adjustment_id: str) -> tuple[BalanceAdjust
     return record, row
 
 
-def _decide(uow: UnitOfWork, record: BalanceAdjustment, row: GiftCertificate, decide) -> Adjustment:
-    """Run the domain decision; one found past its time is recorded EXPIRED (and refused)."""
-    adjustment = adjustment_from(record)
+def _decide(uow: UnitOfWork, record, row: GiftCertificate, approval: Approval, decide) -> None:
+    """Run the domain's decision on ``approval`` (an adjustment or a pending transfer, loaded
+    from ``record``) and record who decided; one found past its time is recorded EXPIRED (and
+    refused)."""
+    action = "adjust" if approval.KIND == "ADJUSTMENT" else "transfer"
     try:
-        decide(adjustment)
+        decide(approval)
     except DomainError as refused:
-        if refused.code == "ADJUSTMENT_EXPIRED" and adjustment.expire(uow.now):
-            record.status, record.decided_at = adjustment.status, uow.now
+        if refused.code == f"{approval.KIND}_EXPIRED" and approval.expire(uow.now):
+            record.status, record.decided_at = approval.status, uow.now
             record.save()
-            uow.audit("adjust.expired", row, details={"adjustmentId": record.id,
-                                                      "expiresAt": iso(record.expires_at)})
+            uow.audit(f"{action}.expired", row, details={f"{action}Id": record.id,
+                                                         "expiresAt": iso(record.expires_at)})
             raise Deferred(refused) from None
         raise
-    return adjustment
+    record.status, record.decided_at = approval.status, uow.now
+    record.decided_by, record.decided_identity = uow.ctx.actor, uow.ctx.person
 
 
 def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
@@ -115,13 +133,12 @@ def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
     (a refusal leaves it pending, to be rejected or approved later)."""
     def body(uow: UnitOfWork) -> dict:
         record, row = _lock_adjustment(uow, cmd.adjustment_id)
-        adjustment = _decide(uow, record, row, lambda a: a.approve(ctx.actor, uow.now))
+        adjustment = adjustment_from(record)
+        _decide(uow, record, row, adjustment, lambda a: a.approve(ctx.person, uow.now))
         before = snapshot(row)
         cert = to_domain(row)
         uow.end_holds(row, cert, overdue_only=True)
         cert.adjust(adjustment, uow.now)
-        record.status, record.decided_by, record.decided_at = (adjustment.status,
-                                                               adjustment.decided_by, uow.now)
         record.decision_comment = cmd.comment
         record.save()
         uow.save(row, cert, before)
@@ -132,9 +149,7 @@ def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
 def reject_adjustment(cmd: RejectAdjustment, ctx: Context) -> dict:
     def body(uow: UnitOfWork) -> dict:
         record, row = _lock_adjustment(uow, cmd.adjustment_id)
-        adjustment = _decide(uow, record, row, lambda a: a.reject(ctx.actor, uow.now))
-        record.status, record.decided_by, record.decided_at = (adjustment.status,
-                                                               adjustment.decided_by, uow.now)
+        _decide(uow, record, row, adjustment_from(record), lambda a: a.reject(ctx.person, uow.now))
         record.decision_comment = cmd.comment
         record.save()
         view = snapshot(row)
@@ -159,58 +174,125 @@ def _lock_by_id(certificate_id: int) -> GiftCertificate:
     return row
 
 
-def _lock_pair(source_id: int, target_id: int) -> tuple[GiftCertificate, GiftCertificate]:
-    """Both rows, locked in primary-key order (two transfers never wait on each other in a cycle)."""
+def _lock_transfer(source_id: int, target_code: str | None
+                   ) -> tuple[GiftCertificate, GiftCertificate | None]:
+    """The source and the named target, locked in primary-key order (two transfers never wait
+    on each other in a cycle). With no target named, only the source: the pool's is then taken
+    with ``SKIP LOCKED``, which never waits, so no lock cycle can form either way."""
+    if target_code is None:
+        return _lock_by_id(source_id), None
+    target_id = _certificate_id(target_code, "to")
     locked = {cid: _lock_by_id(cid) for cid in sorted((source_id, target_id))}
     return locked[source_id], locked[target_id]
 
 
 def transfer(cmd: Transfer, ctx: Context) -> dict:
-    """One transaction: the source gives its whole balance (CANCELLED, lockReason TRANSFERRED),
-    the target takes it (ISSUED, nominal = balance = the amount), one ``transfer`` event each,
-    a ledger row each under one transfer id, and the target's CVC goes out as for a sale.
+    """Move the whole balance onto another certificate (:func:`_carry_out`) at once, unless it
+    needs a second admin: then it waits as a PENDING_APPROVAL ``transfer_request``."""
+    settings = get_settings()
 
-    With ``to``, both rows are locked in primary-key order. From the pool, the source is
-    locked first and the target is then taken with ``SKIP LOCKED``, which never waits, so no
-    lock cycle can form either way.
-    """
     def body(uow: UnitOfWork) -> dict:
         source_id = _certificate_id(cmd.code, "from")
         if cmd.to == cmd.code:  # a valid request about a certificate that exists: a conflict
             raise DomainError("TARGET_NOT_AVAILABLE", "a certificate cannot be transferred onto itself",
                               to=cmd.to)
-        if cmd.to is not None:
-            source, target = _lock_pair(source_id, _certificate_id(cmd.to, "to"))
-        else:
-            source, target = _lock_by_id(source_id), None
+        source, target = _lock_transfer(source_id, cmd.to)
         source_before = snapshot(source)
         cert = to_domain(source)
         uow.end_holds(source, cert, overdue_only=True)
         amount = cert.transferable(uow.now)  # refusals about the source come first
+        if not needs_second_approval(amount, settings.adjust_approval_limit, _moved_lately(uow, source)):
+            return _carry_out(uow, source, cert, source_before, target, amount, cmd.reason,
+                              "trf-" + uuid.uuid4().hex, approved_by=None)
+        if target is not None:  # say now what would refuse the approval later
+            to_domain(target, ZERO).check_transfer_in(
+                cert.currency, amount, transfer_expiry(cert.expires_at, target.batch_expires_at), uow.now)
+        uow.save(source, cert, source_before)  # holds found overdue on the way ended
+        record = TransferRequest.create(
+            id="trf-" + uuid.uuid4().hex, from_certificate=source.id, to_code=cmd.to, amount=amount,
+            currency=source.currency, reason=cmd.reason, status="PENDING_APPROVAL",
+            requested_by=ctx.actor, requested_identity=ctx.person, request_id=ctx.request_id,
+            requested_at=uow.now,
+            expires_at=uow.now + dt.timedelta(seconds=settings.adjust_approval_ttl_seconds))
+        view = snapshot(source)
+        uow.audit("transfer.requested", source, before=view, after=view, details={
+            "transferId": record.id, "to": cmd.to, "amount": fmt_money(amount), "reason": cmd.reason,
+            "expiresAt": iso(record.expires_at)})
+        return transfer_request_view(record, source.code, uow.now)
+    return run(ctx, body)
+
+
+def _carry_out(uow: UnitOfWork, source: GiftCertificate, cert, source_before: dict,
+               target: GiftCertificate | None, amount: Decimal, reason: str, transfer_id: str,
+               approved_by: str | None) -> dict:
+    """One transaction: the source gives its whole balance (CANCELLED, lockReason TRANSFERRED),
+    the target takes it (ISSUED, nominal = balance = the amount), one ``transfer`` event each,
+    a ledger row each under one transfer id, and the target's CVC goes out as for a sale."""
+    if target is None:
+        target = pick_available(amount, cert.currency, POOL_KIND)
         if target is None:
-            target = pick_available(amount, cert.currency, POOL_KIND)
-            if target is None:
-                raise DomainError("POOL_EMPTY", "no certificate available to transfer onto",
-                                  nominal=fmt_money(amount), currency=cert.currency)
-        target_before = snapshot(target)
-        received = to_domain(target, ZERO)
-        transfer_id = "trf-" + uuid.uuid4().hex
-        received.transfer_in(source.code, cert.currency, amount, cmd.reason, transfer_id,
-                             transfer_expiry(cert.expires_at, target.batch_expires_at), uow.now)
-        cert.transfer_out(target.code, cmd.reason, transfer_id, uow.now)
-        CertificateTransfer.create(
-            id=transfer_id, from_certificate=source.id, to_certificate=target.id, amount=amount,
-            currency=source.currency, reason=cmd.reason, actor=ctx.actor, request_id=ctx.request_id,
-            created_at=uow.now)
-        uow.save(source, cert, source_before, cancel_reason=cmd.reason)
-        # the buyer keeps the sale: the target answers to the source's order (and its phone)
-        uow.save(target, received, target_before, issued_at=uow.now, channel=source.channel,
-                 order_id=source.order_id, line_id=None, reserved_at=None, reserved_until=None,
-                 **sale_cvc(target, received))
-        target_view = snapshot(target)
-        check_low_water(uow, target)  # the target left the pool, as a reservation would
-        return {"transferId": transfer_id, "fromCode": source.code, "toCode": target.code,
-                "amount": fmt_money(amount), "currency": source.currency.strip(),
-                "reason": cmd.reason, "source": snapshot(source, ZERO),
-                "target": dict(target_view, available=target_view["remainingBalance"])}
+            raise DomainError("POOL_EMPTY", "no certificate available to transfer onto",
+                              nominal=fmt_money(amount), currency=cert.currency)
+    target_before = snapshot(target)
+    received = to_domain(target, ZERO)
+    received.transfer_in(source.code, cert.currency, amount, reason, transfer_id,
+                         transfer_expiry(cert.expires_at, target.batch_expires_at), uow.now)
+    cert.transfer_out(target.code, reason, transfer_id, uow.now)
+    CertificateTransfer.create(
+        id=transfer_id, from_certificate=source.id, to_certificate=target.id, amount=amount,
+        currency=source.currency, reason=reason, actor=uow.ctx.actor, request_id=uow.ctx.request_id,
+        created_at=uow.now, approved_by=approved_by)
+    uow.save(source, cert, source_before, cancel_reason=reason)
+    # the buyer keeps the sale: the target answers to the source's order (and its phone)
+    uow.save(target, received, target_before, issued_at=uow.now, channel=source.channel,
+             order_id=source.order_id, line_id=None, reserved_at=None, reserved_until=None,
+             **sale_cvc(target, received))
+    target_view = snapshot(target)
+    check_low_water(uow, target)  # the target left the pool, as a reservation would
+    return {"transferId": transfer_id, "status": "APPLIED", "fromCode": source.code,
+            "toCode": target.code, "amount": fmt_money(amount), "currency": source.currency.strip(),
+            "reason": reason, "approvedBy": approved_by, "source": snapshot(source, ZERO),
+            "target": dict(target_view, available=target_view["remainingBalance"])}
+
+
+def _lock_transfer_request(transfer_id: str) -> tuple[TransferRequest, GiftCertificate, GiftCertificate | None]:
+    """The pending transfer with its certificates locked first, then itself (as adjustments)."""
+    found = TransferRequest.get_or_none(TransferRequest.id == transfer_id)
+    if found is None:
+        raise DomainError("TRANSFER_NOT_FOUND", "no such transfer", transferId=transfer_id)
+    source, target = _lock_transfer(found.from_certificate_id, found.to_code)
+    record = TransferRequest.select().where(TransferRequest.id == transfer_id).for_update().get()
+    return record, source, target
+
+
+def approve_transfer(cmd: ApproveTransfer, ctx: Context) -> dict:
+    """Four eyes: another admin than its author carries the transfer out, if the source's
+    balance is still the amount asked for (a refusal leaves it pending)."""
+    def body(uow: UnitOfWork) -> dict:
+        record, source, target = _lock_transfer_request(cmd.transfer_id)
+        _decide(uow, record, source, pending_transfer_from(record),
+                lambda t: t.approve(ctx.person, uow.now))
+        source_before = snapshot(source)
+        cert = to_domain(source)
+        uow.end_holds(source, cert, overdue_only=True)
+        amount = cert.transferable(uow.now, approved=record.amount)
+        result = _carry_out(uow, source, cert, source_before, target, amount, record.reason,
+                            record.id, approved_by=ctx.actor)
+        record.decision_comment = cmd.comment
+        record.save()
+        return dict(result, requestedBy=record.requested_by)
+    return run(ctx, body)
+
+
+def reject_transfer(cmd: RejectTransfer, ctx: Context) -> dict:
+    def body(uow: UnitOfWork) -> dict:
+        record, source, _target = _lock_transfer_request(cmd.transfer_id)
+        _decide(uow, record, source, pending_transfer_from(record),
+                lambda t: t.reject(ctx.person, uow.now))
+        record.decision_comment = cmd.comment
+        record.save()
+        view = snapshot(source)
+        uow.audit("transfer.rejected", source, before=view, after=view, details={
+            "transferId": record.id, "requestedBy": record.requested_by})
+        return transfer_request_view(record, source.code, uow.now)
     return run(ctx, body)

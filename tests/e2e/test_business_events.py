@@ -254,3 +254,27 @@ def test_refused_purchase_refund_of_a_spent_certificate_is_an_error_event(api, p
     assert error["causationId"] == refund["eventId"] and "fully redeemed" in error["payload"]["message"]
     flow.assert_valid_stream([error])
     assert api.certificate(code)["status"] == "REDEEMED"
+
+
+def test_an_order_total_below_its_certificate_lines_issues_nothing_until_corrected(api, pub, stream, currency):
+    code = unique_code()
+    api.load([code], "5000.00", currency)
+    order_id = uid("order-")
+    assert api.reserve(order_id, "5000.00", "ONLINE_STORE", currency=currency)["code"] == code
+    # given an order of total 1.00 selling the 5000.00 certificate, paid 1.00 in full
+    pub.send("order", flow.order(order_id, [flow.gc_line(code, "5000.00")], "1.00", currency=currency))
+    pub.send("payment", flow.payment(order_id, "1.00", currency=currency))
+    # then one alert ORDER_TOTAL_MISMATCH, keyed by the order, names both sums; nothing is issued
+    (alert,) = stream.wait_types(order_id, ["alert"])
+    assert alert["payload"]["code"] == "ORDER_TOTAL_MISMATCH"
+    assert (alert["payload"]["linesTotal"], alert["payload"]["orderTotal"]) == ("5000.00", "1.00")
+    assert alert["payload"]["orderId"] == order_id and "certificateCode" not in alert["payload"]
+    assert api.certificate(code)["status"] == "RESERVED"
+    # when the order is corrected and the rest is captured, the certificate is issued as usual
+    pub.send("order", flow.order(order_id, [flow.gc_line(code, "5000.00")], "5000.00", currency=currency,
+                                 event_type="ORDER_UPDATED", minute=1))
+    pub.send("payment", flow.payment(order_id, "4999.00", currency=currency))
+    events = stream.wait_types(code, ["reserve", "issue", "notification.requested"])
+    assert events[1]["payload"]["remainingBalance"] == "5000.00"
+    assert len(stream.for_key(order_id)) == 1  # no second alert
+    flow.assert_valid_stream(events + [alert])

@@ -155,7 +155,8 @@ def test_a_burst_of_wrong_cvcs_over_many_certificates_is_stopped_by_the_clients_
 def test_bad_tokens_of_every_kind_are_refused_and_none_is_a_5xx(procs, api):
     code = _issued(api, 1)[0]
     secret, now = get_settings().jwt_secret, int(time.time())
-    claims = {"sub": "c", "scope": "certificates:read certificates:reserve", "iat": now, "exp": now + 60}
+    claims = {"sub": "c", "scope": "certificates:read certificates:reserve", "iat": now, "exp": now + 60,
+              "aud": get_settings().jwt_audience}  # each bad token refused for its own fault only
     header = jwt.get_unverified_header(api.tokens["POS"])
     bad = {
         "expired": jwt.encode(dict(claims, exp=now - 60), secret, algorithm="HS256"),

@@ -465,8 +465,15 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
 # ---- cross-channel and line safety (contract section 4, Issue) --------------------------------
 
 def alerts(order_id: str, code: str = "LINE_MISMATCH") -> list[dict]:
-    return [e["payload"] for e in events(order_id)
-            if e["eventType"] == "alert" and e["payload"]["code"] == code]
+    """The order's alerts of ``code``, each checked to be keyed as the contract says: by the
+    certificate it names, else by the order."""
+    found = []
+    for row in OutboxEvent.select().where(OutboxEvent.event_type == "alert").order_by(OutboxEvent.id):
+        payload = row.envelope["payload"]
+        if payload.get("orderId") == order_id and payload["code"] == code:
+            assert row.message_key == (payload.get("certificateCode") or order_id), row.envelope
+            found.append(payload)
+    return found
 
 
 def test_an_order_line_is_issued_only_with_its_own_channels_reservation():
@@ -528,4 +535,26 @@ def test_a_line_that_contradicts_its_reservation_issues_nothing(line_amount, ord
     assert alert["reservation"]["certificateCode"] == code
     assert alert["reservation"]["nominal"] == "5000.00"
     assert alert["line"]["amount"] == line_amount and alert["line"]["currency"] == paid_in
-    flow.assert_valid_stream(events(order_id))
+    # keyed by the certificate it names (contract example 23), in order with its events
+    assert alert["certificateCode"] == code and "alert" in types(code)
+    flow.assert_valid_stream(events(order_id) + events(code))
+
+
+def test_an_order_whose_certificate_lines_exceed_its_total_issues_nothing_until_corrected():
+    currency = unique_currency()
+    code, order_id = reserved("5000.00", currency)
+    # given an order of total 1.00 selling the 5000.00 certificate, and a 1.00 capture
+    deliver("order", flow.order(order_id, [flow.gc_line(code, "5000.00")], "1.00", currency=currency))
+    deliver("payment", flow.payment(order_id, "1.00", currency=currency))
+    # then nothing is issued, and one ORDER_TOTAL_MISMATCH alert, keyed by the order, names both sums
+    assert cert(code).status == "RESERVED" and cert(code).remaining_balance == 0
+    (alert,) = alerts(order_id, "ORDER_TOTAL_MISMATCH")
+    assert alert["linesTotal"] == "5000.00" and alert["orderTotal"] == "1.00"
+    # when more is captured, still nothing, and no second alert
+    deliver("payment", flow.payment(order_id, "5000.00", currency=currency))
+    assert cert(code).status == "RESERVED" and len(alerts(order_id, "ORDER_TOTAL_MISMATCH")) == 1
+    # when an ORDER_UPDATED corrects the total, the captures now cover it: the line is issued
+    deliver("order", flow.order(order_id, [flow.gc_line(code, "5000.00")], "5000.00", currency=currency,
+                                event_type="ORDER_UPDATED", minute=1))
+    assert cert(code).status == "ISSUED" and cert(code).remaining_balance == D("5000.00")
+    flow.assert_valid_stream(events(order_id) + events(code))

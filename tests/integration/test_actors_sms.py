@@ -122,6 +122,29 @@ def test_no_phone_fails_at_once_and_crm_path_sends_nothing(gateway, monkeypatch)
     assert deliver(other, other_event) == "crm-path" and gateway.received == []
 
 
+def test_under_notify_via_sms_the_cvc_api_discloses_nothing_and_the_sms_carries_it(gateway):
+    from actors.sms import deliver
+    from app import create_app
+    from config import get_settings
+    from tests.integration.apikit import auth
+
+    # given the service sending CVCs by SMS, and a sale whose SMS is still to be sent
+    assert get_settings().notify_via == "sms"
+    client = create_app(get_settings()).test_client()
+    code, event_id, secret = sold_with_phone()
+    # when a certificates:cvc holder asks for the CVC (again and again)
+    for _ in range(2):
+        resp = client.get(f"/certificates/{code}/cvc", headers=auth("certificates:cvc"))
+        # then nothing is disclosed
+        assert resp.status_code == 409 and resp.json["code"] == "NO_NOTIFICATION_PENDING", resp.json
+        assert resp.json["details"] == {"notifyVia": "sms"} and secret not in resp.get_data(as_text=True)
+    # and nothing was recorded as disclosed: the request is still pending for the SMS
+    assert last_types(code) == ["notification.requested"]
+    # and the SMS is the one way the CVC leaves
+    assert deliver(code, event_id) == "sent"
+    assert len(gateway.received) == 1 and secret in gateway.received[0][1]["text"]
+
+
 def test_relay_hands_published_notification_requests_to_the_sms_worker(gateway):
     import time
 

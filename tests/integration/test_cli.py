@@ -21,7 +21,8 @@ def test_token_prints_a_signed_token_with_sub_scope_and_channel(stack):
     result = run_cli("token", "--client", "pos-7", "--scope", "certificates:read certificates:redeem",
                      "--channel", "POS")
     assert result.returncode == 0, result.stderr
-    claims = jwt.decode(result.stdout.strip(), stack["JWT_SECRET"], algorithms=["HS256"])
+    claims = jwt.decode(result.stdout.strip(), stack["JWT_SECRET"], algorithms=["HS256"],
+                        audience=stack["JWT_AUDIENCE"])
     assert claims["sub"] == "pos-7"
     assert claims["scope"] == "certificates:read certificates:redeem"
     assert claims["channel"] == "POS"

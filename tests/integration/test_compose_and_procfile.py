@@ -34,28 +34,39 @@ def test_compose_names_every_procfile_process_and_the_servers():
 def compose_config(**env):
     import os
 
-    base = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "CVC_ENCRYPTION_KEY")}
+    base = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "METRICS_TOKEN")}
     return subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                           capture_output=True, text=True, env={**base, **env})
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
 def test_docker_compose_config_accepts_it_with_the_secrets_set():
-    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40)
+    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
 def test_docker_compose_refuses_to_start_without_the_secrets():
-    result = compose_config(CVC_ENCRYPTION_KEY="k" * 40)
+    result = compose_config(CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
     assert result.returncode != 0 and "JWT_SECRET" in result.stderr, result.stderr
+    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40)
+    assert result.returncode != 0 and "METRICS_TOKEN" in result.stderr, result.stderr
 
 
 def test_compose_requires_the_secrets_instead_of_defaulting_them():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     env = compose["x-app"]["environment"]
-    for name in ("JWT_SECRET", "CVC_ENCRYPTION_KEY"):
+    for name in ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "METRICS_TOKEN"):
         assert env[name].startswith("${" + name + ":?"), env[name]
+
+
+def test_only_the_web_port_is_published_and_the_bi_metrics_stay_inside_the_network():
+    """The bi process's metrics port is for a Prometheus in the compose network, never the host's
+    interfaces; the web's /metrics needs METRICS_TOKEN (required above)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    published = {name: service["ports"] for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"web": ["8080:8080"]}, published
+    assert compose["services"]["bi"]["expose"] == ["9108"]
 
 
 def test_every_process_has_a_restart_policy_and_a_healthcheck_of_its_own():

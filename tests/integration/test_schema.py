@@ -151,13 +151,23 @@ def test_four_eyes_and_transfer_rows_are_enforced_by_the_database(cur):
     cert = insert_cert(cur, batch, status="ISSUED", remaining_balance=Decimal("1000.00"),
                        order_id=uid("o-"), line_id="1", channel="POS")
     adjustment = ("INSERT INTO balance_adjustment (id, certificate_id, direction, amount, currency, reason,"
-                  " needs_approval, status, requested_by, requested_at, expires_at, decided_by, decided_at)"
-                  " VALUES (%s, %s, 'DEBIT', 6000.00, 'RUB', 'OTHER', true, 'APPLIED', 'support-1', now(),"
-                  " now(), %s, now())")
-    # an adjustment that needed approval, approved by its own author: refused
+                  " needs_approval, status, requested_by, requested_identity, requested_at, expires_at,"
+                  " decided_by, decided_identity, decided_at)"
+                  " VALUES (%s, %s, 'DEBIT', 6000.00, 'RUB', 'OTHER', true, 'APPLIED', 'support-1', 'Alice',"
+                  " now(), now(), 'support-2', %s, now())")
+    # an adjustment that needed approval, approved by its own author (in any case): refused
+    for same in ("Alice", "alice", "ALICE"):
+        with pytest.raises(psycopg2.errors.CheckViolation):
+            cur.execute(adjustment, (uid("adj-"), cert, same))
+    cur.execute(adjustment, (uid("adj-"), cert, "bob"))
+    # likewise a transfer that waited for a second admin
+    request = ("INSERT INTO transfer_request (id, from_certificate_id, amount, currency, reason, status,"
+               " requested_by, requested_identity, requested_at, expires_at, decided_by, decided_identity,"
+               " decided_at) VALUES (%s, %s, 6000.00, 'RUB', 'R', 'APPLIED', 'support-1', 'Alice', now(),"
+               " now(), 'support-2', %s, now())")
     with pytest.raises(psycopg2.errors.CheckViolation):
-        cur.execute(adjustment, (uid("adj-"), cert, "support-1"))
-    cur.execute(adjustment, (uid("adj-"), cert, "support-2"))
+        cur.execute(request, (uid("trf-"), cert, "aLiCe"))
+    cur.execute(request, (uid("trf-"), cert, "bob"))
     # a transfer row with the wrong sign, or without its transfer: refused
     op = ("INSERT INTO gift_certificate_operation (certificate_id, kind, amount, balance_after, currency,"
           " op_key, transfer_id) VALUES (%s, %s, %s, 0, 'RUB', %s, %s)")

@@ -224,3 +224,48 @@ def test_refund_onto_a_certificate_waits_for_the_order_that_tendered_it():
     o = order([MUG], [], total="900.00", refunds=[refund_of("1", "200.00")])
     # then nothing is credited: the certificate may not be one this order was paid with
     assert corr.decide(o, [redemption, back], {}) == []
+
+
+def test_an_order_whose_certificate_lines_exceed_its_total_issues_nothing():
+    # given an order of total 1.00 with one certificate line of 100000.00, and a 1.00 capture
+    line = corr.Line("1", "GIFT_CERTIFICATE", D("100000.00"), "C0DE000001")
+    o = order([line], total="1.00")
+    (said,) = corr.decide(o, [pay("1.00")], {})
+    # then nothing is issued, and one ORDER_TOTAL_MISMATCH alert names both sums
+    assert said.key == "alert:order-total-mismatch" and said.action == "alert"
+    assert said.params["alert"] == "ORDER_TOTAL_MISMATCH"
+    assert said.params["details"] == {"linesTotal": "100000.00", "orderTotal": "1.00", "currency": "RUB"}
+    assert "100000.00" in said.params["message"] and "1.00" in said.params["message"]
+    # and however much more is captured, nothing is issued and the alert is not said again
+    assert corr.decide(o, [pay("1.00"), pay("200000.00", pid="p2")],
+                       {"alert:order-total-mismatch": "APPLIED"}) == []
+    # when an ORDER_UPDATED corrects the total and a capture covers it, the line is issued
+    fixed = order([line], total="100000.00")
+    assert keys(corr.decide(fixed, [pay("1.00"), pay("99999.00", pid="p2")],
+                            {"alert:order-total-mismatch": "APPLIED"})) == ["issue:1"]
+
+
+MONEY = st.decimals(min_value=D("0.01"), max_value=D("99999.99"), places=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(MONEY, min_size=1, max_size=4), st.lists(MONEY, max_size=3), MONEY,
+       st.lists(MONEY, min_size=1, max_size=4))
+def test_a_certificate_is_never_issued_below_what_its_lines_sell_it_for(gc_amounts, other_amounts,
+                                                                         total, captures):
+    # given any order (certificate lines, other lines, a total) and any captures
+    lines = [corr.Line(f"g{i}", "GIFT_CERTIFICATE", a, f"C0DE00000{i}") for i, a in enumerate(gc_amounts)]
+    lines += [corr.Line(f"p{i}", "PRODUCT", a) for i, a in enumerate(other_amounts)]
+    o = order(lines, total=str(total))
+    payments = [pay(str(a), pid=f"p{i}") for i, a in enumerate(captures)]
+    decided = keys(corr.decide(o, payments, {}))
+    issued = [k for k in decided if k.startswith("issue:")]
+    paid = sum(captures) >= total
+    # then lines are issued only when paid in full and the total covers the certificate lines
+    if issued:
+        assert paid and sum(gc_amounts) <= total
+        assert sorted(issued) == sorted(f"issue:g{i}" for i in range(len(gc_amounts)))
+    # and a paid order whose certificate lines exceed its total raises the alert instead, once
+    mismatch = paid and sum(gc_amounts) > total
+    assert decided.count("alert:order-total-mismatch") == (1 if mismatch else 0)
+    assert bool(issued) == (paid and not mismatch)

@@ -63,17 +63,27 @@ def test_the_expiry_comes_from_the_batch_else_the_validity_days_else_never():
 
 def test_crm_gets_the_cvc_once_and_the_disclosure_is_audited():
     cert = sold()
-    cert.disclose_cvc("crm")
+    cert.disclose_cvc("crm", "crm")
     assert types(cert)[-1] == "audit" and cert.events[-1].payload == {"action": "CVC_DISCLOSED", "by": "crm"}
     assert cert.cvc_copy and not cert.cvc_disclosable
-    refused("CVC_ALREADY_DISCLOSED", lambda: cert.disclose_cvc("crm"))
+    refused("CVC_ALREADY_DISCLOSED", lambda: cert.disclose_cvc("crm", "crm"))
 
 
 def test_nothing_to_disclose_without_a_pending_request():
-    refused("NO_NOTIFICATION_PENDING", lambda: sold("PHYSICAL").disclose_cvc("crm"))
+    refused("NO_NOTIFICATION_PENDING", lambda: sold("PHYSICAL").disclose_cvc("crm", "crm"))
     cert = sold()
     cert.record_notification(True)
-    refused("NO_NOTIFICATION_PENDING", lambda: cert.disclose_cvc("crm"))
+    refused("NO_NOTIFICATION_PENDING", lambda: cert.disclose_cvc("crm", "crm"))
+
+
+def test_under_sms_delivery_the_cvc_is_never_disclosed_and_nothing_changes():
+    # given a pending notification that the service itself sends by SMS
+    cert = sold()
+    events = list(cert.events)
+    # when a cvc holder asks for the CVC, then it is refused, and the request stays as it was
+    error = refused("NO_NOTIFICATION_PENDING", lambda: cert.disclose_cvc("crm", "sms"))
+    assert error.details == {"notifyVia": "sms"}
+    assert (cert.notification_due, cert.cvc_disclosable, cert.events) == (True, True, events)
 
 
 def test_a_delivery_wipes_the_copy_and_a_repeated_report_changes_nothing():

@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, strategies as st
 
-from models.domain import (Adjustment, Certificate, DomainError, Hold, Status, needs_second_approval,
-                           transfer_expiry)
+from models.domain import (Adjustment, Certificate, DomainError, Hold, PendingTransfer, Status,
+                           needs_second_approval, same_person, transfer_expiry)
 
 NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.timezone.utc)
 TTL = dt.timedelta(hours=24)
@@ -238,3 +238,59 @@ def test_a_transfer_conserves_money(nominal, spent):
     assert source.balance + target.balance == before
     assert source.balance == sum((e.amount for e in source.ledger), D("0.00")) == 0
     assert target.balance == sum((e.amount for e in target.ledger), D("0.00")) == target.nominal
+
+
+
+# ---- four eyes that cannot be walked around (issue 27) -------------------------------------------
+
+@given(st.lists(cents, max_size=6), cents)
+def test_what_moved_lately_counts_towards_the_limit(earlier, amount):
+    # whatever moved without a second approver, a new move waits once the sum passes the limit
+    moved = sum(earlier, D("0.00"))
+    assert needs_second_approval(amount, LIMIT, moved) == (moved + amount > LIMIT)
+    adjustment = Adjustment.request("adj-1", "CREDIT", amount, "OTHER", "a", NOW, LIMIT, TTL, moved)
+    assert (adjustment.status == "PENDING_APPROVAL") == (moved + amount > LIMIT)
+
+
+def test_four_credits_of_the_limit_are_one_applied_and_three_pending():
+    moved, statuses = D("0.00"), []
+    for _ in range(4):
+        a = Adjustment.request("adj-1", "CREDIT", LIMIT, "OTHER", "support-1", NOW, LIMIT, TTL, moved)
+        statuses.append(a.status)
+        moved += a.amount if a.status == "APPLIED" else 0
+    assert statuses == ["APPLIED", "PENDING_APPROVAL", "PENDING_APPROVAL", "PENDING_APPROVAL"]
+
+
+@pytest.mark.parametrize("author, approver", [("Alice", "alice"), ("BOB@x.example", "bob@X.EXAMPLE"),
+                                              ("straße", "STRASSE")])
+def test_another_admin_is_another_person_in_any_case(author, approver):
+    assert same_person(author, approver)
+    adjustment = request("CREDIT", "6000.00", by=author)
+    refused("SELF_APPROVAL_FORBIDDEN", lambda: adjustment.approve(approver, NOW))
+    pending = PendingTransfer("trf-1", D("9000.00"), None, "R", author, NOW + TTL)
+    refused("SELF_APPROVAL_FORBIDDEN", lambda: pending.approve(approver, NOW))
+    pending.approve("carol", NOW)
+    assert (pending.status, pending.decided_by) == ("APPLIED", "carol")
+    refused("TRANSFER_NOT_PENDING", lambda: pending.reject("dave", NOW))
+
+
+def test_a_pending_transfer_expires_and_is_then_refused():
+    pending = PendingTransfer("trf-1", D("9000.00"), "PC-1", "R", "support-1", NOW + TTL)
+    later = NOW + TTL
+    assert pending.effective_status(later) == "EXPIRED" and pending.effective_status(NOW) == "PENDING_APPROVAL"
+    error = refused("TRANSFER_EXPIRED", lambda: pending.approve("support-2", later))
+    assert error.details == {"transferStatus": "EXPIRED"}
+
+
+def test_an_approved_transfer_needs_the_balance_it_was_asked_for():
+    cert = issued("9000.00", spent="100.00")
+    error = refused("BALANCE_CHANGED", lambda: cert.transferable(NOW, approved=D("9000.00")))
+    assert error.details == {"approved": "9000.00", "remainingBalance": "8900.00"}
+    assert cert.transferable(NOW, approved=D("8900.00")) == D("8900.00")
+
+
+def test_a_named_target_is_checked_without_being_changed():
+    card = pool(nominal="500.00")
+    refused("NOMINAL_MISMATCH", lambda: card.check_transfer_in("RUB", D("600.00"), None, NOW))
+    card.check_transfer_in("RUB", D("500.00"), None, NOW)
+    assert card.status == Status.AVAILABLE and card.ledger == [] and card.events == []
