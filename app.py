@@ -42,9 +42,15 @@ def create_app(settings: config.Settings | None = None) -> Flask:
 
     import api as api_pkg
     from api import errors
-    from models.db import close_db, init_db
-    from observability import (HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, method_label, request_id_var,
-                               setup_logging)
+    from models.store.db import close_db, init_db
+    from observability import (
+        HTTP_LATENCY,
+        HTTP_REQUESTS,
+        correlation_id_var,
+        method_label,
+        request_id_var,
+        setup_logging,
+    )
 
     settings = config.require_safe_settings(settings or get_settings())
     setup_logging()
@@ -169,7 +175,8 @@ def cli():
 @cli.command()
 def migrate():
     """Apply pending database migrations (safe to run twice)."""
-    from models.db import init_db, migrate as run_migrations
+    from models.store.db import init_db
+    from models.store.db import migrate as run_migrations
 
     url = get_settings().database_url
     if not url:
@@ -207,8 +214,8 @@ def token(client_id, scope, channel, ttl):
 @click.option("--batch", default=1000, show_default=True, help="rows re-sealed per transaction")
 def rotate_cvc_key(batch):
     """Re-seal stored CVCs made with a retired key (CVC_OLD_KEYS) with CVC_ENCRYPTION_KEY."""
-    from models.db import init_db
-    from models.rotation import rotate_cvc_keys
+    from models.service.rotation import rotate_cvc_keys
+    from models.store.db import init_db
 
     config.require_safe_settings()
     init_db(get_settings().database_url)
@@ -229,7 +236,8 @@ def rotate_cvc_key(batch):
 def verify(stream, grace_ms):
     """Recompute the contract's invariants; print each violation (rule, certificate or order,
     figures) and exit 1 if there is any (workers/verify.py lists the rules)."""
-    from workers.verify import summary, verify as run_verify
+    from workers.verify import summary
+    from workers.verify import verify as run_verify
 
     if not get_settings().database_url:
         raise click.ClickException("DATABASE_URL is not set (or run `make run` for the embedded stack)")
@@ -315,7 +323,8 @@ def run(no_procs):
 
 
 def _prepare(embedded: bool) -> None:
-    from models.db import init_db, migrate as run_migrations
+    from models.store.db import init_db
+    from models.store.db import migrate as run_migrations
     from workers.kafka import ensure_topics
 
     init_db(get_settings().database_url)
@@ -334,9 +343,11 @@ def seed_demo_batch() -> int:
     import secrets
     from decimal import Decimal
 
-    from models import commands, messagebus, unit_of_work as work
-    from models.db import db
-    from models.tables import GiftCertificate
+    from models.domain import commands
+    from models.service import messagebus
+    from models.service import unit_of_work as work
+    from models.store.db import db
+    from models.store.tables import GiftCertificate
 
     with db.connection_context():
         if GiftCertificate.select().exists():
@@ -389,7 +400,8 @@ def _run_procfile(env: dict, settings) -> int:
 
 
 def _add_bi_commands() -> None:
-    from bi.cli import reconcile as bi_reconcile, report as bi_report
+    from bi.cli import reconcile as bi_reconcile
+    from bi.cli import report as bi_report
 
     cli.add_command(bi_report)
     cli.add_command(bi_reconcile)

@@ -1,7 +1,7 @@
 """Structured JSON logs with request and correlation ids, and the Prometheus metrics.
 
 Log records never carry a CVC, a secret or a full phone number: :func:`mask_phone` is the one
-way a phone number reaches a log line, and the CVC never leaves ``models.cvc`` except in the
+way a phone number reaches a log line, and the CVC never leaves ``models.store.cvc`` except in the
 one HTTP response that discloses it.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ class Heartbeat:
         self._failing = False
 
     def beat(self) -> None:
-        from models import cache
+        from models.store import cache
 
         now = time.time()
         pipe = cache.client().pipeline(transaction=False)
@@ -210,7 +210,7 @@ class Heartbeat:
         if self._stop is not None:
             self._stop.set()
         try:
-            from models import cache
+            from models.store import cache
 
             cache.client().zrem(HEARTBEAT_KEY, self.member)
         except Exception:  # going away anyway: the entry ages out
@@ -221,7 +221,7 @@ def heartbeats(now: float | None = None) -> dict[str, dict]:
     """Per process: the age of its newest beat (None: never seen), its live instance count, and
     whether it counts as up."""
     from config import get_settings
-    from models import cache
+    from models.store import cache
 
     now = now or time.time()
     stale = STALE_AFTER_INTERVALS * get_settings().heartbeat_interval_s
@@ -355,7 +355,7 @@ class Outages:
                              extra={"dependency": dependency, "outageSeconds": seconds, "attempts": attempts})
             DEPENDENCY_DOWN.labels(self.process, dependency).set(0)
             try:
-                from models import cache
+                from models.store import cache
 
                 cache.client().hincrby(OUTAGES_KEY, f"{self.process}|{dependency}", 1)
             except Exception:  # Redis itself still away: this process's own counter has it
@@ -375,7 +375,7 @@ class OutageCollector:
         family = CounterMetricFamily("gcp_process_outages", "Dependency outages each long-running "
                                      "process rode through (ended)", labels=["process", "dependency"])
         try:
-            from models import cache
+            from models.store import cache
 
             for field, count in cache.client().hgetall(OUTAGES_KEY).items():
                 process, _, dependency = field.decode().partition("|")

@@ -1,4 +1,4 @@
-"""Dramatiq actors: thin wrappers around ``models.messagebus.handle``.
+"""Dramatiq actors: thin wrappers around ``models.service.messagebus.handle``.
 
 The broker is configured first (``actors.broker``), then every actor module is imported, so
 ``dramatiq actors`` (the Procfile's worker) finds them all.

@@ -20,8 +20,16 @@ import time
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.middleware import (AgeLimit, Callbacks, CurrentMessage, Middleware, Pipelines,
-                                 Retries, ShutdownNotifications, TimeLimit)
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from config import get_settings
 
@@ -39,7 +47,7 @@ class ProcessBoot(Middleware):
         self.heartbeat = None
 
     def after_process_boot(self, broker):
-        from models.db import await_database
+        from models.store.db import await_database
         from observability import boot
 
         boot()

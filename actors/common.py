@@ -12,7 +12,7 @@ _init_lock = threading.Lock()
 
 def ensure_db() -> None:
     """Bind the Peewee database once per process (actors run in the worker's threads)."""
-    from models.db import db, init_db
+    from models.store.db import db, init_db
 
     if db.obj is None:
         with _init_lock:

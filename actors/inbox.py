@@ -1,4 +1,4 @@
-"""The inbox actors: retries around the inbox use case (``models/inbox.py``).
+"""The inbox actors: retries around the inbox use case (``models/service/inbox.py``).
 
 The pump hands over inbox row ids (``process_inbox_batch``, a poll's worth at a time; a row that
 fails there goes on alone through ``process_inbox`` and its retries). Transient faults raise and
@@ -27,7 +27,7 @@ _MAX_RETRIES = get_settings().actor_max_retries
 
 def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:
     """Count a failed attempt; a database outage is not the message's fault and counts nothing."""
-    from models import inbox
+    from models.service import inbox
 
     if dependency_of(error) is not None:
         OUTAGES.failed(dependency_of(error), error)
@@ -45,7 +45,7 @@ def process_inbox_batch(inbox_ids: list[int]) -> None:
     """Handle a batch of inbox rows (the pump's hand-over of one poll), each in its own
     transaction. A row that fails is counted and handed to :func:`process_inbox`, whose retries
     with backoff (and, after the last, the DLQ) are per message."""
-    from models import inbox
+    from models.service import inbox
 
     ensure_db()
     for inbox_id in inbox_ids:
@@ -63,7 +63,7 @@ def process_inbox_batch(inbox_ids: list[int]) -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=_MAX_RETRIES)
 def process_inbox(inbox_id: int) -> None:
     """Handle one inbox row (the pump's hand-over)."""
-    from models import inbox
+    from models.service import inbox
 
     ensure_db()
     final = final_attempt(_MAX_RETRIES)
@@ -84,4 +84,4 @@ def process_inbox(inbox_id: int) -> None:
 
 
 class InboxAttemptFailed(Exception):
-    """An attempt at an inbox row failed (its :func:`models.inbox.failure_summary`)."""
+    """An attempt at an inbox row failed (its :func:`models.service.inbox.failure_summary`)."""

@@ -1,5 +1,5 @@
 """The SMS actor: sends a certificate's CVC to the buyer, exactly once per notification request
-(the lease and the outcome are use cases of ``models/handlers/notifications.py``; this is the I/O).
+(the lease and the outcome are use cases of ``models/service/handlers/notifications.py``; this is the I/O).
 
 Used when ``NOTIFY_VIA=sms`` (otherwise CRM fetches the CVC once through
 ``GET /certificates/{code}/cvc`` and reports on All_Clients). The relay hands over every
@@ -40,7 +40,9 @@ _MAX_RETRIES = get_settings().sms_max_retries
 
 def _report(code: str, delivered: bool, reason: str | None, event_id: str, gateway_id: str | None = None,
             alert: bool = False) -> None:
-    from models import commands, messagebus, unit_of_work as work
+    from models.domain import commands
+    from models.service import messagebus
+    from models.service import unit_of_work as work
 
     messagebus.handle(commands.RecordSmsOutcome(code, event_id, delivered, reason, gateway_id, alert),
                       work.Context(actor="sms-gateway"))
@@ -48,7 +50,8 @@ def _report(code: str, delivered: bool, reason: str | None, event_id: str, gatew
 
 def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     """Send the SMS of one notification request. Returns what happened; raises to be retried."""
-    from models import commands, messagebus
+    from models.domain import commands
+    from models.service import messagebus
     from observability import mask_phone
 
     settings = get_settings()
@@ -90,7 +93,7 @@ def stuck_requests(limit: int = 200) -> list[tuple[str, str]]:
     """(code, notification event id) of the pending SMS requests whose send is missing (the
     hand-off was lost) or stuck (an attempt died, a retry was lost), older than
     ``SMS_SWEEP_AFTER_MS``."""
-    from models.db import db
+    from models.store.db import db
 
     after = get_settings().sms_sweep_after_ms / 1000.0
     cursor = db.execute_sql("""

@@ -1,4 +1,4 @@
-"""HTTP edge: schemas, auth, error mapping. Views build a command and call ``models.messagebus.handle``."""
+"""HTTP edge: schemas, auth, error mapping. Views build a command and call ``models.service.messagebus.handle``."""
 from __future__ import annotations
 
 import importlib

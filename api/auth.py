@@ -19,7 +19,7 @@ from flask import g, request
 
 from api.errors import ApiError
 from config import get_settings
-from models.domain import CHANNELS
+from models.domain.states import CHANNELS
 
 SCOPES = ("certificates:reserve", "certificates:read", "certificates:redeem", "certificates:cvc",
           "certificates:admin", "batches:write")
@@ -222,9 +222,9 @@ def require(*scopes: str):
 
 
 def service_context(channel: str | None = None, order_id: str | None = None):
-    """The use-case :class:`~models.unit_of_work.Context` of this request: who, for which channel,
+    """The use-case :class:`~models.service.unit_of_work.Context` of this request: who, for which channel,
     the request id (the stream's ``causationId``) and the order it concerns."""
-    from models.unit_of_work import Context
+    from models.service.unit_of_work import Context
 
     principal = current_principal()
     return Context(actor=principal.client_id, channel=channel or principal.channel,

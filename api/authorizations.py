@@ -7,12 +7,15 @@ import re
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import links, schemas as s
+from api import links
+from api import schemas as s
 from api.auth import check_channel, current_principal, require, service_context
 from api.certificates import CODE_PARAM
-from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
-from models import commands, messagebus
-from models.domain import DomainError
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
+from api.idempotency import idempotent
+from models.domain import commands
+from models.domain.errors import DomainError
+from models.service import messagebus
 
 blp = Blueprint("authorizations", __name__, description=(
     "Authorization holds (scope certificates:redeem). A channel token authorizes only for its "

@@ -20,12 +20,16 @@ from marshmallow import validate
 from api import schemas as s
 from api.auth import require, service_context
 from api.errors import ApiError
-from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
+from api.idempotency import idempotent
 from config import get_settings
-from models.timeutil import parse_time_or_none
-from models.handlers import pool
-from models import commands, messagebus
-from models.domain import CODE_PATTERN, CURRENCY_PATTERN, KINDS, DomainError, positive_money
+from models.domain import commands
+from models.domain.errors import DomainError
+from models.domain.money import CODE_PATTERN, CURRENCY_PATTERN, positive_money
+from models.domain.states import KINDS
+from models.domain.timeutil import parse_time_or_none
+from models.service import messagebus
+from models.service.handlers import pool
 
 blp = Blueprint("batches", __name__, description=(
     "The pool: the loader adds pre-generated codes in batches (`batches:write`); `GET /pool` "

@@ -5,12 +5,16 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import links, schemas as s
+from api import links
+from api import schemas as s
 from api.auth import check_channel, current_principal, require, service_context
-from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
+from api.idempotency import idempotent
 from config import get_settings
-from models import commands, messagebus, queries
-from models.domain import CODE_PATTERN
+from models.domain import commands
+from models.domain.money import CODE_PATTERN
+from models.service import messagebus
+from models.store import queries
 
 blp = Blueprint("certificates", __name__, description=(
     "Gift certificates. Certificates are not personalised and can be spent in any channel, so "

@@ -13,7 +13,7 @@ import marshmallow as ma
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from models.domain import DomainError
+from models.domain.errors import DomainError
 
 #: Every error code the service answers with, and its HTTP status (contract section 3).
 ERROR_STATUS: dict[str, int] = {

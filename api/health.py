@@ -6,10 +6,10 @@ import threading
 import time
 
 import marshmallow as ma
-from prometheus_client import CONTENT_TYPE_LATEST
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.errors import ApiError
 from config import get_settings
@@ -22,14 +22,14 @@ _admin_lock = threading.Lock()
 
 
 def check_postgres() -> None:
-    from models.db import db
+    from models.store.db import db
 
     with db.connection_context():
         db.execute_sql("SELECT 1")
 
 
 def check_redis() -> None:
-    from models import cache
+    from models.store import cache
 
     cache.client().ping()
 

@@ -23,7 +23,6 @@ import json
 import re
 
 import psycopg2.errors as pg_errors
-
 from flask import jsonify, request
 from peewee import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -32,10 +31,11 @@ from api import errors
 from api.auth import current_principal
 from api.errors import ApiError
 from api.schemas import IDEMPOTENCY_KEY_PATTERN
-from models import cvc, unit_of_work as work
-from models.housekeeping import IDEMPOTENCY_KEY_TTL, purge_idempotency_keys
-from models.domain import DomainError
-from models.tables import IdempotencyKey
+from models.domain.errors import DomainError
+from models.service import unit_of_work as work
+from models.service.housekeeping import IDEMPOTENCY_KEY_TTL, purge_idempotency_keys
+from models.store import cvc
+from models.store.tables import IdempotencyKey
 
 #: The request header (contract section 3).
 HEADER = "Idempotency-Key"

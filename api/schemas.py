@@ -13,9 +13,17 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.errors import ErrorSchema
-from models.domain import (ADJUST_REASONS, ADJUSTMENT_STATUSES, CHANNELS, CODE_PATTERN,
-                           CURRENCY_PATTERN, DIRECTIONS, KINDS, MONEY_PATTERN, POSITIVE_MONEY_PATTERN,
-                           DomainError, NotificationStatus, Status, parse_money, positive_money)
+from models.domain.adjustment import ADJUST_REASONS, ADJUSTMENT_STATUSES, DIRECTIONS
+from models.domain.errors import DomainError
+from models.domain.money import (
+    CODE_PATTERN,
+    CURRENCY_PATTERN,
+    MONEY_PATTERN,
+    POSITIVE_MONEY_PATTERN,
+    parse_money,
+    positive_money,
+)
+from models.domain.states import CHANNELS, KINDS, NotificationStatus, Status
 
 #: Printable text without control characters (they never belong in ids or reasons).
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"

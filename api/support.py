@@ -1,7 +1,7 @@
 """Support tools (scope certificates:admin): balance adjustments and transfers of a balance onto
 another certificate, each with a second approver when it would take what the certificate moved
 without one within ``ADJUST_APPROVAL_WINDOW`` above ``ADJUST_APPROVAL_LIMIT``; their lists.
-Each view turns its input into a command of ``models.commands`` and calls ``handle``."""
+Each view turns its input into a command of ``models.domain.commands`` and calls ``handle``."""
 from __future__ import annotations
 
 import re
@@ -10,12 +10,16 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api import links, schemas as s
+from api import links
+from api import schemas as s
 from api.auth import require, service_context
 from api.certificates import ADMIN, CODE_PARAM
-from api.idempotency import PARAMETER as IDEMPOTENCY_KEY, idempotent
-from models import commands, messagebus, queries
-from models.domain import DomainError
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
+from api.idempotency import idempotent
+from models.domain import commands
+from models.domain.errors import DomainError
+from models.service import messagebus
+from models.store import queries
 
 blp = Blueprint("support", __name__, description=(
     "Support tools (scope certificates:admin): correct a balance and move a whole balance onto a "

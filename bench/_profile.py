@@ -34,15 +34,15 @@ GROUPS = {
     "  of which limits' strategies (Redis round trips)": ("limits/strategies",),
     "redis client": ("redis/",),
     "peewee": ("peewee",),
-    "PostgreSQL round trips (models/db.py Statements, peewee execute)": ("Statements.flush", "_execute_cursor"),
+    "PostgreSQL round trips (models/store/db.py Statements, peewee execute)": ("Statements.flush", "_execute_cursor"),
     "jwt": ("jwt/",),
     "marshmallow / flask_smorest / webargs": ("marshmallow", "flask_smorest", "webargs"),
     "logging": ("logging/",),
     "prometheus_client": ("prometheus_client",),
-    "cvc (hash check)": ("models/cvc.py",),
-    "models/handlers, unit_of_work, repository": ("models/handlers/", "models/unit_of_work.py", "models/repository.py"),
-    "models/cvc_budget.py": ("models/cvc_budget.py",),
-    "models/cache.py": ("models/cache.py",),
+    "cvc (hash check)": ("models/store/cvc.py",),
+    "models/service/handlers, unit_of_work, repository": ("models/service/handlers/", "models/service/unit_of_work.py", "models/store/repository.py"),
+    "models/store/cvc_budget.py": ("models/store/cvc_budget.py",),
+    "models/store/cache.py": ("models/store/cache.py",),
     "api/idempotency.py": ("api/idempotency.py",),
 }
 
@@ -92,9 +92,9 @@ def main(seconds: float = 15) -> None:
         from config import get_settings, reset_settings
 
         reset_settings()
-        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
+        __import__("models.store.cache").store.cache.reset()  # a client of an earlier benchmark's Redis
         from api.auth import issue_token
-        from models.db import init_db, migrate
+        from models.store.db import init_db, migrate
         from workers.kafka import ensure_topics
 
         init_db(url)

@@ -113,10 +113,12 @@ def _fill(conn, upto: int, currency: str = "RUB") -> float:
 
 def _issue_targets(n: int) -> list[tuple[str, str, int]]:
     """``n`` issued certificates (1,000,000.00 each, so holds never run out): (code, cvc, id)."""
-    from models import cvc as cvc_secret
-    from models import commands, messagebus, unit_of_work as work
-    from models.db import db
-    from models.tables import GiftCertificate
+    from models.domain import commands
+    from models.service import messagebus
+    from models.service import unit_of_work as work
+    from models.store import cvc as cvc_secret
+    from models.store.db import db
+    from models.store.tables import GiftCertificate
 
     codes = [("B" + uuid.uuid4().hex[:14]).upper() for _ in range(n)]
     out = []
@@ -283,7 +285,7 @@ def _floor_end_hold(capture: bool):
 def _floor_reserve(cur, cert_id: int, code: str, state) -> None:
     cur.execute("SELECT * FROM gift_certificate WHERE status = 'AVAILABLE' AND currency = 'RUB' AND"
                 " kind = 'ELECTRONIC' AND nominal = 1000.00 AND NOT open_value ORDER BY created_at, id LIMIT 1"
-                " FOR UPDATE SKIP LOCKED")  # models.repository.pick_available's first query
+                " FOR UPDATE SKIP LOCKED")  # models.store.repository.pick_available's first query
     row = cur.fetchone()
     # the row stays as it is (the service's own reservations need the pool): the same reads,
     # the update of a floor certificate instead
@@ -399,9 +401,9 @@ def main() -> dict:
         from config import get_settings, reset_settings
 
         reset_settings()
-        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
+        __import__("models.store.cache").store.cache.reset()  # a client of an earlier benchmark's Redis
         from api.auth import issue_token
-        from models.db import init_db, migrate
+        from models.store.db import init_db, migrate
         from workers.kafka import ensure_topics
 
         s = get_settings()

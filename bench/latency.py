@@ -117,8 +117,8 @@ def own_pipeline(prefix: str, **settings: str):
         from config import get_settings, reset_settings
 
         reset_settings()
-        __import__("models.cache").cache.reset()  # a client of an earlier benchmark's Redis
-        from models.db import init_db, migrate
+        __import__("models.store.cache").store.cache.reset()  # a client of an earlier benchmark's Redis
+        from models.store.db import init_db, migrate
         from workers.kafka import ensure_topics
 
         init_db(get_settings().database_url)
@@ -157,7 +157,7 @@ def measure_floor(n: int) -> list[float]:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from models.db import db
+    from models.store.db import db
     from workers.kafka import consumer_config, producer_config
 
     admin = AdminClient({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
@@ -230,8 +230,10 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from config import get_settings
-    from models import commands, messagebus, unit_of_work as work
-    from models.db import db
+    from models.domain import commands
+    from models.service import messagebus
+    from models.service import unit_of_work as work
+    from models.store.db import db
     from workers.kafka import consumer_config, producer_config
 
     s = get_settings()

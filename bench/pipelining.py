@@ -2,7 +2,7 @@
 
 On a quiet machine it saved 6-12% of the units of work's own time and CPU, and about 2% of a
 whole sale's CPU (``bench/latency.py``): not worth eight overridden Peewee internals, so the
-class is gone from ``models/db.py``. It is kept here, so the measurement can be repeated. ``PipelinedPostgresqlDatabase`` held back ``BEGIN``, ``SAVEPOINT`` and ``RELEASE SAVEPOINT`` to
+class is gone from ``models/store/db.py``. It is kept here, so the measurement can be repeated. ``PipelinedPostgresqlDatabase`` held back ``BEGIN``, ``SAVEPOINT`` and ``RELEASE SAVEPOINT`` to
 send them with the next statement, and skips the pool's ``SELECT 1`` for a connection returned
 less than a second ago. ``Statements`` (one round trip for a unit of work's writes) is kept
 either way. This runs the same use cases on both, in one process, on an embedded PostgreSQL
@@ -40,7 +40,7 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-# ---- the variant measured: the class models/db.py had until this benchmark showed it saved nothing
+# ---- the variant measured: the class models/store/db.py had until this benchmark showed it saved nothing
 #: Statements that change nothing by themselves and can wait for the next one.
 _PIGGYBACK = ("SAVEPOINT ", "RELEASE SAVEPOINT ")
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT "
@@ -180,7 +180,7 @@ def _variant(pipelined: bool):
 
 
 def _bind(url: str, cls) -> None:
-    from models import db as dbmod
+    from models.store import db as dbmod
 
     params = dbmod.connect_params(url)
     database = params.pop("database")
@@ -204,9 +204,11 @@ def _messages(code: str, order_id: str) -> list[tuple[str, dict]]:
 
 
 def _round(codes: list[str], op: str) -> dict:
-    from models import commands, messagebus, unit_of_work as work
-    from models.db import db
-    from models.handlers import orders
+    from models.domain import commands
+    from models.service import messagebus
+    from models.service import unit_of_work as work
+    from models.service.handlers import orders
+    from models.store.db import db
 
     wall = []
     with db.connection_context():
@@ -243,8 +245,10 @@ def main(n: int = N) -> dict:
                           CVC_ENCRYPTION_KEY="bench-cvc-key-0123456789-0123456789",
                           CVC_CLIENT_BUDGET="1000000/minute", LOG_LEVEL="WARNING")
         from config import reset_settings
-        from models import commands, messagebus, unit_of_work as work
-        from models.db import db, migrate
+        from models.domain import commands
+        from models.service import messagebus
+        from models.service import unit_of_work as work
+        from models.store.db import db, migrate
 
         reset_settings()
         results: dict[str, dict[str, list[dict]]] = {"sale": {}, "lock + unlock": {}}
@@ -275,7 +279,7 @@ def main(n: int = N) -> dict:
             summary[op] = {"plain": med["plain"], "pipelined": med["pipelined"], "ratio": ratio}
         return summary
     finally:
-        from models.db import db
+        from models.store.db import db
 
         if db.obj is not None:
             db.obj.close_all()

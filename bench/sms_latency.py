@@ -32,9 +32,10 @@ RATE = int(os.environ.get("BENCH_SMS_RATE", "20"))
 def issue_with_phone(n: int) -> list[str]:
     import uuid
 
-    from models import commands, messagebus, timeutil
-    from models.db import db
-    from models.tables import SalesOrder
+    from models.domain import commands, timeutil
+    from models.service import messagebus
+    from models.store.db import db
+    from models.store.tables import SalesOrder
     from tests.helpers import load
 
     codes = load(n, "1000.00")
@@ -50,7 +51,7 @@ def issue_with_phone(n: int) -> list[str]:
 
 
 def collect(codes: list[str], timeout: float = 120) -> tuple[list[float], list[float], int]:
-    from models.db import db
+    from models.store.db import db
 
     deadline = time.monotonic() + timeout
     with db.connection_context():

@@ -29,10 +29,10 @@ from psycopg2.extras import Json, execute_values
 from bi import metrics, rules
 from bi.schema import connect, ensure_schema
 from config import get_settings
+from models.domain import locks
 from observability import Outages, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer
-from models import locks
 
 log = logging.getLogger("gcp.bi")
 #: Messages taken from Kafka at most per batch.

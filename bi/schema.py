@@ -10,8 +10,8 @@ import os
 
 import psycopg2
 import psycopg2.extensions
-from models import locks
 
+from models.domain import locks
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS bi;
@@ -191,7 +191,7 @@ def database_url() -> str:
 
 def connect(url: str | None = None, application_name: str = "gcp-bi"):
     """A psycopg2 connection to the mart's database (transactions are explicit)."""
-    from models.db import connect_params
+    from models.store.db import connect_params
 
     params = connect_params(url or database_url())
     params.setdefault("connect_timeout", 5)

@@ -63,7 +63,7 @@ class Scenario:
     def start(self) -> None:
         from config import reset_settings
         from devstack import EmbeddedStack, free_port
-        from models.db import init_db
+        from models.store.db import init_db
         from tests.e2e.conftest import E2E_ENV, Api, Procs
 
         os.environ.pop("GCP_PG_FAST", None)  # durable commits: a crash must not lose what was acknowledged

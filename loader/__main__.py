@@ -11,8 +11,10 @@ import click
 
 from loader import client as loading
 from loader import codes, reader
-from models.domain import DomainError, KINDS, positive_money
-from models.timeutil import parse_time
+from models.domain.errors import DomainError
+from models.domain.money import positive_money
+from models.domain.states import KINDS
+from models.domain.timeutil import parse_time
 
 #: Environment variables the loader reads.
 ENV_URL, ENV_TOKEN = "GCP_URL", "GCP_TOKEN"

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from loader import codes
-from models.domain import CODE_PATTERN, DomainError, loadable_expiry, positive_money
-from models.timeutil import parse_time
+from models.domain.errors import DomainError
+from models.domain.money import CODE_PATTERN, positive_money
+from models.domain.policy import loadable_expiry
+from models.domain.timeutil import parse_time
 
 #: The columns (CSV) or keys (JSON Lines) of a row; only ``code`` is required.
 FIELDS = ("code", "nominal", "expiresAt", "cvc")

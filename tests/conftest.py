@@ -100,8 +100,8 @@ def stack():
     }
     os.environ.update(env)
     from config import reset_settings
-    from models import cache
-    from models.db import close_db, init_db, migrate
+    from models.store import cache
+    from models.store.db import close_db, init_db, migrate
     from workers.kafka import ensure_topics
 
     reset_settings()
@@ -111,7 +111,7 @@ def stack():
     ensure_topics()  # a reader made before anything is produced reads this worker's topics too
     yield dict(os.environ)
     close_db()
-    from models.db import db
+    from models.store.db import db
 
     if db.obj is not None:
         db.obj.close_all()
@@ -124,13 +124,13 @@ def stack():
 @pytest.fixture
 def clean_db(stack):
     """Empty every table (for tests that count rows or need an empty pool)."""
-    from models.db import db
-    from models.tables import ALL_TABLES
+    from models.store.db import db
+    from models.store.tables import ALL_TABLES
 
     names = ", ".join(t._meta.table_name for t in ALL_TABLES)
     with db.connection_context():
         db.execute_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-    from models import cache
+    from models.store import cache
 
     cache.client().flushdb()
     yield

@@ -5,8 +5,10 @@ import string
 import uuid
 from decimal import Decimal
 
-from models import commands, messagebus, unit_of_work as work
-from models.db import db
+from models.domain import commands
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import db
 
 
 def uid(prefix: str = "") -> str:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import click
 
 from config import get_settings
-from models.db import connection, init_db
-from workers.kafka import producer as make_producer, read_to_end
+from models.store.db import connection, init_db
+from workers.kafka import producer as make_producer
+from workers.kafka import read_to_end
 
 
 @dataclass
@@ -47,7 +48,7 @@ def read_entries(timeout: float = 15.0) -> list[Entry]:
 
 
 def _mark_replayed(entries: list[Entry]) -> None:
-    from models.tables import DlqReplay
+    from models.store.tables import DlqReplay
 
     _ensure_db()
     with connection():
@@ -58,7 +59,7 @@ def _mark_replayed(entries: list[Entry]) -> None:
 
 
 def _ensure_db() -> None:
-    from models.db import db
+    from models.store.db import db
 
     if db.obj is None:
         init_db(get_settings().database_url, max_connections=2)
@@ -66,8 +67,8 @@ def _ensure_db() -> None:
 
 def replay(ids: list[str] | None = None) -> list[Entry]:
     """Send entries back to their source topic. Returns the entries replayed."""
-    from models.timeutil import utcnow
-    from models.tables import DlqReplay
+    from models.domain.timeutil import utcnow
+    from models.store.tables import DlqReplay
 
     entries = read_entries()
     if ids:

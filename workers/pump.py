@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, TopicPartition
 
 from config import get_settings
-from models.db import connection, db
+from models.store.db import connection, db
 from observability import Outages, dependency_of
 from workers import contracts
-from workers.kafka import consumer as make_consumer, producer as make_producer
+from workers.kafka import consumer as make_consumer
+from workers.kafka import producer as make_producer
 
 log = logging.getLogger("gcp.pump")
 #: Messages taken from Kafka at most per batch.
@@ -318,7 +319,7 @@ def _json(message: dict) -> str:
 
 
 def main() -> None:
-    from models.db import await_database, init_db
+    from models.store.db import await_database, init_db
     from observability import boot
     from workers.kafka import ensure_topics
 

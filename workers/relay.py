@@ -28,13 +28,13 @@ import threading
 import time
 import uuid
 
-
 from config import get_settings
-from models.db import listening_connection, wait_for_notify
-from models.unit_of_work import OUTBOX_CHANNEL
+from models.domain import locks
+from models.service.unit_of_work import OUTBOX_CHANNEL
+from models.store.db import listening_connection, wait_for_notify
 from observability import Outages, dependency_of
-from workers.kafka import EndOfTopic, producer as make_producer, read_to_end
-from models import locks
+from workers.kafka import EndOfTopic, read_to_end
+from workers.kafka import producer as make_producer
 
 log = logging.getLogger("gcp.relay")
 #: Rows published per round trip.
@@ -264,7 +264,7 @@ def _hand_over_sms(rows) -> None:
 
 
 def main() -> None:
-    from models.db import await_database
+    from models.store.db import await_database
     from observability import boot
     from workers.kafka import ensure_topics
 

@@ -23,15 +23,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
 from config import get_settings
-from models import commands, messagebus, timeutil, unit_of_work as work
-from models.db import connection, listening_connection, wait_for_notify
-from models.domain import REDEEMABLE, DomainError, HoldStatus
-from models.housekeeping import purge_idempotency_keys
-from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate
+from models.domain import commands, locks, timeutil
+from models.domain.errors import DomainError
+from models.domain.states import REDEEMABLE, HoldStatus
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.service.housekeeping import purge_idempotency_keys
+from models.store.db import connection, listening_connection, wait_for_notify
+from models.store.tables import AuthorizationHold, BlockedIssue, GiftCertificate
 from observability import Outages, dependency_of
-from models import locks
 
 log = logging.getLogger("gcp.scheduler")
 #: Rows handled per kind and tick.
@@ -192,7 +193,7 @@ class Scheduler:
 
 
 def main() -> None:
-    from models.db import await_database, init_db
+    from models.store.db import await_database, init_db
     from observability import boot
 
     heartbeat = boot("scheduler")

@@ -524,7 +524,7 @@ def connect():
     import psycopg2
 
     from config import get_settings
-    from models.db import connect_params
+    from models.store.db import connect_params
 
     params = connect_params(get_settings().database_url)
     params.setdefault("connect_timeout", 5)

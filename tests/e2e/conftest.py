@@ -119,7 +119,7 @@ def procs(stack, request):
     consumer group of their own. A module's ``PROCS_ENV`` adds settings of its own."""
     from config import reset_settings
     from devstack import free_port
-    from models.db import migrate
+    from models.store.db import migrate
     from workers.kafka import ensure_topics
 
     saved = {k: os.environ[k] for k in os.environ
@@ -158,9 +158,9 @@ def verify_what_the_module_did(timeout: float = 30.0) -> list:
     database is the test worker's, shared with other modules; a key on the stream that names no
     certificate is an event a test wrote there on purpose.)"""
     from config import get_settings
-    from models.db import db
-    from workers.verify import Scope, verify
+    from models.store.db import db
     from workers.kafka import read_to_end
+    from workers.verify import Scope, verify
 
     s = get_settings()
     keys = set()  # the certificates whose whole history is on this module's stream (from sequence 1:

@@ -26,7 +26,7 @@ import psycopg2
 import pytest
 import requests
 
-from models.db import db
+from models.store.db import db
 from tests.e2e import flow
 from tests.e2e.conftest import ROOT, wait_until
 from tests.helpers import uid, unique_code
@@ -86,7 +86,7 @@ class BiProcess:
 @pytest.fixture(scope="module")
 def mart(procs):
     """Empty service tables, a fresh mart database, and the bi process."""
-    from models.tables import ALL_TABLES
+    from models.store.tables import ALL_TABLES
 
     with db.connection_context():
         db.execute_sql(f"TRUNCATE {', '.join(t._meta.table_name for t in ALL_TABLES)} RESTART IDENTITY CASCADE")

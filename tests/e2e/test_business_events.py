@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from models.db import db
+from models.store.db import db
 from tests.e2e import flow
 from tests.helpers import uid, unique_code
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from models.db import db
-from models.tables import GiftCertificate, Operation
+from models.store.db import db
+from models.store.tables import GiftCertificate, Operation
 from tests.e2e import flow
 from tests.e2e.conftest import wait_until
 from tests.helpers import uid, unique_code

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from config import get_settings
-from models.db import db
+from models.store.db import db
 from tests.e2e import flow
 from tests.helpers import uid, unique_code
 

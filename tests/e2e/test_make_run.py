@@ -111,7 +111,7 @@ def test_make_run_and_the_demo_send_each_sale_s_sms_and_no_log_line_holds_a_secr
     import json
 
     from config import DEV_JWT_SECRET
-    from models.cvc import DEV_CVC_KEY
+    from models.store.cvc import DEV_CVC_KEY
 
     local, port = tmp_path / "local", free_port()
     proc = start(local, port)

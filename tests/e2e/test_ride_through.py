@@ -77,7 +77,7 @@ def own(stack):
     other test), the Procfile's processes on them, and this test process pointed at them."""
     from config import reset_settings
     from devstack import EmbeddedStack, free_port
-    from models.db import init_db
+    from models.store.db import init_db
 
     root = Path(tempfile.mkdtemp(prefix="gcp-ride-"))
     servers = EmbeddedStack(root, database="gcp")

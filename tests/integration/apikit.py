@@ -4,9 +4,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from api.auth import issue_token
-from models import cvc as cvc_secret
-from models.db import db
-from models.tables import GiftCertificate
+from models.store import cvc as cvc_secret
+from models.store.db import db
+from models.store.tables import GiftCertificate
 from tests.helpers import issued, uid
 
 ALL_SCOPES = ("certificates:reserve", "certificates:read", "certificates:redeem",

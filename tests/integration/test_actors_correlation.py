@@ -4,10 +4,19 @@ from decimal import Decimal
 
 import pytest
 
-from models import locks, commands, messagebus, repository, timeutil, unit_of_work as work
-from models.db import db
-from models.tables import (AuthorizationHold, BlockedIssue, GiftCertificate, InboxMessage,
-                           OrderEffect, OutboxEvent)
+from models.domain import commands, locks, timeutil
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store import repository
+from models.store.db import db
+from models.store.tables import (
+    AuthorizationHold,
+    BlockedIssue,
+    GiftCertificate,
+    InboxMessage,
+    OrderEffect,
+    OutboxEvent,
+)
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 
@@ -22,7 +31,7 @@ def conn(stack):
 
 def deliver(kind: str, msg: dict) -> str:
     """Record ``msg`` in the inbox as the pump does, then run the actor's body on it."""
-    from models.inbox import process
+    from models.service.inbox import process
 
     topic = flow.topic_of(kind)
     row = (InboxMessage.insert(event_id=msg["eventId"], topic=topic, partition=0, offset=0,
@@ -187,7 +196,7 @@ def test_redemption_beyond_the_balance_is_refused_with_an_error_event():
 
 def api_capture(code, amount):
     row = cert(code)
-    from models import cvc
+    from models.store import cvc
     hold = messagebus.handle(commands.Authorize(code, "ONLINE_STORE", uid("o-"), D(amount), cvc.decrypt(row.cvc_encrypted)),
                       work.Context(actor="web", channel="ONLINE_STORE"))
     messagebus.handle(commands.Capture(hold["authorizationId"]))
@@ -335,7 +344,7 @@ def test_crm_notification_results_and_client_profiles():
     for minute, phone in ((5, "+79990000005"), (1, "+79990000001")):
         deliver("client", {"eventId": flow.eid(), "eventType": "CLIENT_UPDATED", "occurredAt": flow.at(minute),
                            "clientId": client, "phone": phone})
-    from models.tables import ClientProfile
+    from models.store.tables import ClientProfile
     assert ClientProfile.get_by_id(client).phone == "+79990000005"
 
 
@@ -385,7 +394,7 @@ def test_a_transient_fault_rolls_everything_back_and_the_retry_applies_once():
 
 
 def test_messages_of_one_order_are_handled_in_their_kafka_order_whatever_the_thread_order():
-    from models.inbox import process
+    from models.service.inbox import process
 
     code, order_id = sold()
     deliver("order", refund_order(code, order_id))
@@ -405,7 +414,7 @@ def test_messages_of_one_order_are_handled_in_their_kafka_order_whatever_the_thr
 
 
 def test_an_order_without_certificates_is_not_kept_until_one_concerns_them():
-    from models.tables import SalesOrder
+    from models.store.tables import SalesOrder
 
     order_id = uid("order-")
     deliver("order", flow.order(order_id, [flow.product_line("10.00", "1")], "10.00"))
@@ -426,8 +435,8 @@ def test_the_inbox_actor_takes_the_very_lock_that_lock_order_takes():
     Both must lock the same key, or an order's messages and its scheduler expiry could race."""
     import threading
 
-    from models.inbox import _LOCK_AND_LOAD
     from config import get_settings
+    from models.service.inbox import _LOCK_AND_LOAD
 
     order_id = uid("order-")
     msg = flow.payment(order_id, "10.00")

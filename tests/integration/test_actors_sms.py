@@ -9,9 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from config import reset_settings
-from models import cvc, commands, messagebus, timeutil
-from models.db import db
-from models.tables import GiftCertificate, OutboxEvent, SalesOrder, SmsMessage
+from models.domain import commands, timeutil
+from models.service import messagebus
+from models.store import cvc
+from models.store.db import db
+from models.store.tables import GiftCertificate, OutboxEvent, SalesOrder, SmsMessage
 from tests.helpers import load, uid
 
 D = Decimal

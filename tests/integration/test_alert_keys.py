@@ -8,10 +8,13 @@ from decimal import Decimal
 import pytest
 
 from config import reset_settings
-from models import commands, messagebus, unit_of_work as work
-from models.db import db
-from models.domain import DomainError, alert_key
-from models.tables import OutboxEvent
+from models.domain import commands
+from models.domain.errors import DomainError
+from models.domain.events import alert_key
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import db
+from models.store.tables import OutboxEvent
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_code, unique_currency
 from tests.integration.apikit import cvc_of

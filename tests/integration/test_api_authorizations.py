@@ -6,8 +6,8 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models.db import db
-from models.tables import AuthorizationHold, OutboxEvent
+from models.store.db import db
+from models.store.tables import AuthorizationHold, OutboxEvent
 from tests.integration.apikit import auth, authorize, issued_with_cvc, row
 
 
@@ -162,7 +162,7 @@ def test_unknown_or_malformed_authorization_is_404(client):
 
 
 def _stream_types(code):
-    from models.tables import GiftCertificate
+    from models.store.tables import GiftCertificate
 
     with db.connection_context():
         return [e.event_type for e in OutboxEvent.select().join(GiftCertificate)

@@ -7,8 +7,8 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models.db import db
-from models.tables import OutboxEvent
+from models.store.db import db
+from models.store.tables import OutboxEvent
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, authorize, cvc_of, issued_with_cvc, reserve_body, row
 
@@ -133,7 +133,7 @@ def test_a_write_while_redis_is_away_leaves_no_stale_copy_once_it_is_back(client
     import redis
 
     from devstack import free_port
-    from models import cache
+    from models.store import cache
     from observability import Heartbeat
 
     code = issued("1000.00")
@@ -158,7 +158,7 @@ def test_a_write_while_redis_is_away_leaves_no_stale_copy_once_it_is_back(client
 
 
 def test_a_read_of_a_certificate_whose_bump_is_still_missing_is_not_served_from_the_cache(client):
-    from models import cache
+    from models.store import cache
 
     code = issued("1000.00")
     admin = auth("certificates:admin certificates:read")
@@ -314,7 +314,8 @@ def test_cancel_voids_active_holds(client):
 
 def test_notification_requested_again_after_failure_resends_the_same_cvc(client):
     # given a certificate whose notification failed, after CRM fetched its CVC
-    from models import commands, messagebus
+    from models.domain import commands
+    from models.service import messagebus
 
     code = issued("100.00")
     old_cvc = client.get(f"/certificates/{code}/cvc", headers=auth("certificates:cvc")).json["cvc"]
@@ -339,13 +340,13 @@ def test_expired_certificate_cannot_be_authorized(client):
     # given an issued certificate whose expiresAt has passed
     import datetime as dt
 
-    from models.tables import GiftCertificate
+    from models.store.tables import GiftCertificate
 
     code, cvc = issued_with_cvc("100.00")
     with db.connection_context():
         GiftCertificate.update(expires_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)).where(
             GiftCertificate.code == code).execute()
-    from models import cache
+    from models.store import cache
     cache.invalidate([code])
     # when it is authorized
     resp = authorize(client, code, cvc, "1.00")
@@ -370,8 +371,7 @@ def test_access_log_line_per_call_and_the_cvc_never_logged(client, caplog):
     assert (line.client, line.route, line.status, line.method) == (
         "crm-log", "/certificates/<code>/cvc", 200, "GET")
     assert line.durationMs >= 0 and resp.headers["X-Request-ID"] == "req-log-1"
-    from observability import JsonFormatter
-    from observability import request_id_var
+    from observability import JsonFormatter, request_id_var
 
     token = request_id_var.set("req-log-1")
     try:
@@ -385,8 +385,9 @@ def test_reservation_expiry_returns_to_pool_unless_payment_seen(client):
     # given two reservations past reservedUntil, one of whose orders has a payment
     import datetime as dt
 
-    from models import commands, messagebus
-    from models.tables import GiftCertificate, OrderPayment
+    from models.domain import commands
+    from models.service import messagebus
+    from models.store.tables import GiftCertificate, OrderPayment
 
     currency = unique_currency()
     load(2, "100.00", currency)

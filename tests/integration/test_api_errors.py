@@ -8,12 +8,13 @@ import time
 import jwt
 import pytest
 
+from api.errors import ERROR_STATUS
 from app import create_app
 from config import get_settings
-from models import commands, messagebus
-from models.db import db
-from api.errors import ERROR_STATUS
-from models.tables import AuthorizationHold
+from models.domain import commands
+from models.service import messagebus
+from models.store.db import db
+from models.store.tables import AuthorizationHold
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, authorize, issued_with_cvc, reserve_body
 
@@ -153,7 +154,7 @@ def s_idempotency_in_progress(c, monkeypatch=None):
     app = c.application
     with app.test_request_context("/certificates/next", method="POST", json=body):
         digest = idem.request_hash()
-    from models.tables import IdempotencyKey
+    from models.store.tables import IdempotencyKey
     with db.connection_context():
         IdempotencyKey.create(client_id="idem-slow", key=headers["Idempotency-Key"], method="POST",
                               path="/certificates/next", request_hash=digest, status="IN_PROGRESS",
@@ -269,7 +270,7 @@ def s_adjustment_not_pending(c):
 
 
 def s_adjustment_expired(c):
-    from models.tables import BalanceAdjustment
+    from models.store.tables import BalanceAdjustment
 
     adj = _pending(c)
     with db.connection_context():
@@ -439,8 +440,8 @@ def test_bad_idempotency_key_and_request_id(client):
 
 def test_a_trailing_newline_in_a_pattern_field_is_a_422_not_a_500(stack):
     """Regression: `$` with re.match accepted "RUB\\n", which then failed in the database."""
-    from app import create_app
     from api.auth import issue_token
+    from app import create_app
 
     client = create_app().test_client()
     token = issue_token("web-nl", "certificates:reserve", "ONLINE_STORE")

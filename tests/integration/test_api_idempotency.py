@@ -8,10 +8,12 @@ import pytest
 import api.idempotency as idem
 from app import create_app
 from config import get_settings
-from models import commands, messagebus, unit_of_work as work
-from models.db import db
-from models.tables import AuthorizationHold, GiftCertificate, IdempotencyKey
-from tests.helpers import uid, unique_currency, load
+from models.domain import commands
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import db
+from models.store.tables import AuthorizationHold, GiftCertificate, IdempotencyKey
+from tests.helpers import load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc, reserve_body, row
 
 
@@ -238,7 +240,7 @@ def test_keyed_pool_empty_is_replayed_and_reserve_alias_accepts_keys(client):
 
 def test_nested_transactions_invalidate_after_the_outermost_commit(client):
     # given a cached certificate changed inside nested transactions
-    from models import cache
+    from models.store import cache
 
     code, _ = issued_with_cvc("1000.00")
     client.get(f"/certificates/{code}", headers=auth())

@@ -76,8 +76,9 @@ def r_cancel(c, h, ch):
 
 
 def r_notify(c, h, ch):
-    from models import commands, messagebus
-    from models.db import db
+    from models.domain import commands
+    from models.service import messagebus
+    from models.store.db import db
 
     code = issued(channel=ch)
     with db.connection_context():

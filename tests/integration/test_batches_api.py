@@ -14,10 +14,12 @@ import pytest
 import config
 from app import create_app
 from config import get_settings
-from models.handlers import pool
-from models import commands, messagebus, unit_of_work as work
-from models.db import db
-from models.tables import AuditLog, BatchRejection, CertificateBatch, GiftCertificate, OutboxEvent
+from models.domain import commands
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.service.handlers import pool
+from models.store.db import db
+from models.store.tables import AuditLog, BatchRejection, CertificateBatch, GiftCertificate, OutboxEvent
 from observability import POOL_AVAILABLE
 from tests.helpers import uid, unique_code, unique_currency
 from tests.integration.apikit import auth

@@ -139,7 +139,7 @@ def now_iso(offset_s: float = 0.0) -> str:
 
 
 class Cert:
-    """One certificate's events with their sequence, built like ``models.unit_of_work.UnitOfWork.emit``."""
+    """One certificate's events with their sequence, built like ``models.service.unit_of_work.UnitOfWork.emit``."""
 
     def __init__(self, nominal: str = "1500.00", channel: str = "ONLINE_STORE", currency: str = "RUB"):
         self.code = ("BI" + uuid.uuid4().hex[:14]).upper()

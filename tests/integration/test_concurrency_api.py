@@ -8,8 +8,8 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import queries
-from models.db import db
+from models.store import queries
+from models.store.db import db
 from tests.helpers import load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc
 

@@ -6,9 +6,10 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import commands, messagebus
-from models.db import db
-from models.tables import GiftCertificate
+from models.domain import commands
+from models.service import messagebus
+from models.store.db import db
+from models.store.tables import GiftCertificate
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, authorize, cvc_of

@@ -5,9 +5,9 @@ import threading
 import pytest
 from peewee import IntegrityError
 
-from models import unit_of_work as work
-from models.db import Statements, db
-from models.tables import GiftCertificate, OrderEffect
+from models.service import unit_of_work as work
+from models.store.db import Statements, db
+from models.store.tables import GiftCertificate, OrderEffect
 from tests.helpers import load, uid
 
 
@@ -109,7 +109,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced():
     import psycopg2
 
     from config import get_settings
-    from models.db import connect_params
+    from models.store.db import connect_params
 
     seen = []
 

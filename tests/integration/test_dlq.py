@@ -6,9 +6,10 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from models import commands, messagebus
-from models.db import db
-from models.tables import GiftCertificate, InboxMessage
+from models.domain import commands
+from models.service import messagebus
+from models.store.db import db
+from models.store.tables import GiftCertificate, InboxMessage
 from tests.e2e import flow
 from tests.helpers import load, uid
 

@@ -12,13 +12,22 @@ import pytest
 
 from app import create_app
 from config import get_settings, reset_settings
-from models.db import db
-from models.tables import BalanceAdjustment, CertificateTransfer, OutboxEvent, TransferRequest
+from models.store.db import db
+from models.store.tables import BalanceAdjustment, CertificateTransfer, OutboxEvent, TransferRequest
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc
-from tests.integration.test_support_tools import (adjust, admin, assert_ledger_is_the_balance, events,
-                                                  load_card, run_at_once, spend, transfer, view)
+from tests.integration.test_support_tools import (
+    adjust,
+    admin,
+    assert_ledger_is_the_balance,
+    events,
+    load_card,
+    run_at_once,
+    spend,
+    transfer,
+    view,
+)
 
 D = Decimal
 

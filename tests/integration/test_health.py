@@ -40,8 +40,8 @@ def test_ready_answers_an_error_class_never_the_driver_message(client, monkeypat
 
     import api.health as health
     from config import reset_settings
-    from models import cache
-    from models.db import init_db
+    from models.store import cache
+    from models.store.db import init_db
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from config import get_settings
-from models.db import db
+from models.store.db import db
 from workers import contracts
 from workers.kafka import producer_config
 

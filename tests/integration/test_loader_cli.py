@@ -19,11 +19,13 @@ from api.auth import issue_token
 from app import create_app
 from config import get_settings
 from devstack import free_port
-from loader import client as loading, codes, reader
+from loader import client as loading
+from loader import codes, reader
 from loader.__main__ import main, parse_expires
-from models import commands, messagebus
-from models.db import db
-from models.tables import CertificateBatch, GiftCertificate
+from models.domain import commands
+from models.service import messagebus
+from models.store.db import db
+from models.store.tables import CertificateBatch, GiftCertificate
 from tests.helpers import load, uid, unique_currency
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +114,7 @@ def test_a_jsonl_open_value_physical_batch(server, token, tmp_path):
                  .where(GiftCertificate.batch == report["batchId"])}
     assert kinds == {("PHYSICAL", True)}
     # and each keeps only the keyed hash of its printed CVC
-    from models import cvc as cvc_secret
+    from models.store import cvc as cvc_secret
 
     printed = json.loads(path.read_text().splitlines()[0])
     with db.connection_context():

@@ -4,9 +4,9 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import cvc as cvc_secret
-from models.db import db
-from models.tables import AuditLog, GiftCertificate, IdempotencyKey, OutboxEvent
+from models.store import cvc as cvc_secret
+from models.store.db import db
+from models.store.tables import AuditLog, GiftCertificate, IdempotencyKey, OutboxEvent
 from tests.e2e import flow
 from tests.helpers import uid, unique_code, unique_currency
 from tests.integration.apikit import auth

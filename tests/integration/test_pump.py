@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from models.db import db
-from models.tables import InboxMessage
+from models.store.db import db
+from models.store.tables import InboxMessage
 from tests.e2e import flow
 from tests.helpers import uid
 

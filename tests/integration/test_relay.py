@@ -11,9 +11,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from models import commands, messagebus, unit_of_work as work
-from models.db import db
-from models.tables import OutboxEvent
+from models.domain import commands
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import db
+from models.store.tables import OutboxEvent
 from tests.e2e import flow
 from tests.helpers import issued
 

@@ -20,8 +20,10 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 
 from config import get_settings
-from models import commands, messagebus, unit_of_work as work
-from models.db import connect_params, db
+from models.domain import commands
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import connect_params, db
 from observability import DEPENDENCY_OUTAGES, OUTAGES_KEY, Outages, dependency_of
 from tests.e2e import flow
 from tests.helpers import issued, uid
@@ -58,7 +60,7 @@ def test_a_lost_or_refused_connection_is_transient_and_a_refused_statement_is_no
 
 
 def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_length(caplog, stack):
-    from models import cache
+    from models.store import cache
 
     process = "test-" + uid()
     outages = Outages(process)
@@ -78,7 +80,7 @@ def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_length(cap
 
 def test_the_web_metrics_show_every_process_outages(stack):
     from app import create_app
-    from models import cache
+    from models.store import cache
 
     client = create_app(get_settings()).test_client()
     cache.client().hset(OUTAGES_KEY, "relay|postgres", 3)

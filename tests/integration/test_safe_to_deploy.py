@@ -20,9 +20,10 @@ from click.testing import CliRunner
 import config
 from app import cli, create_app
 from config import DEV_JWT_SECRET, ConfigError, check_settings, get_settings, reset_settings
-from models import cvc, timeutil
-from models.db import connect_params, db, init_db
-from models.tables import GiftCertificate, IdempotencyKey, OutboxEvent
+from models.domain import timeutil
+from models.store import cvc
+from models.store.db import connect_params, db, init_db
+from models.store.tables import GiftCertificate, IdempotencyKey, OutboxEvent
 from tests.helpers import issued, uid
 from tests.integration.apikit import auth, cvc_of, row
 
@@ -329,7 +330,7 @@ def test_metrics_can_be_protected_by_a_token(env, stack):
 
 
 def test_ready_names_each_process_with_its_heartbeat_age(env, stack):
-    from models import cache
+    from models.store import cache
     from observability import HEARTBEAT_KEY, Heartbeat
 
     cache.client().delete(HEARTBEAT_KEY)

@@ -6,10 +6,13 @@ from decimal import Decimal
 
 import pytest
 
-from models import cvc, commands, messagebus, timeutil, unit_of_work as work
-from models.handlers import orders
-from models.db import db
-from models.tables import AuthorizationHold, BlockedIssue, GiftCertificate, OutboxEvent
+from models.domain import commands, timeutil
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.service.handlers import orders
+from models.store import cvc
+from models.store.db import db
+from models.store.tables import AuthorizationHold, BlockedIssue, GiftCertificate, OutboxEvent
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from models.db import db, migrate, migration_status, MIGRATIONS_DIR
+from models.store.db import MIGRATIONS_DIR, db, migrate, migration_status
 from tests.helpers import uid, unique_code
 
 ROOT = Path(__file__).resolve().parents[2]

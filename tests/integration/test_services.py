@@ -3,10 +3,13 @@ from decimal import Decimal
 
 import pytest
 
-from models import commands, messagebus, queries, unit_of_work as work
-from models.db import db
-from models.domain import DomainError
-from models.tables import AuditLog, GiftCertificate, Operation, OutboxEvent
+from models.domain import commands
+from models.domain.errors import DomainError
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store import queries
+from models.store.db import db
+from models.store.tables import AuditLog, GiftCertificate, Operation, OutboxEvent
 from tests.helpers import issued, load, uid, unique_currency
 
 D = Decimal
@@ -37,7 +40,7 @@ def test_reserve_issue_authorize_capture_keeps_ledger_and_stream_in_step():
     assert not created2 and again["code"] == code
     messagebus.handle(commands.Issue(code))
     row = GiftCertificate.get(GiftCertificate.code == code)
-    from models import cvc
+    from models.store import cvc
     secret = cvc.decrypt(row.cvc_encrypted)
     hold = messagebus.handle(commands.Authorize(code, "POS", "o-2", D("600.00"), secret), work.Context(actor="pos-1", channel="POS"))
     assert hold["available"] == "900.00"

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, get_settings, load_settings, require_safe_settings, reset_settings
-from models import commands, messagebus, timeutil, unit_of_work as work
-from models.db import db
-from models.tables import GiftCertificate, OutboxEvent, SmsMessage
+from models.domain import commands, timeutil
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store.db import db
+from models.store.tables import GiftCertificate, OutboxEvent, SmsMessage
 from tests.integration.test_actors_sms import last_types, sold_with_phone
 from tests.smsc import Smsc
 

@@ -10,10 +10,16 @@ import pytest
 
 from app import create_app
 from config import get_settings
-from models import queries
-from models.db import db
-from models.tables import (AuditLog, BalanceAdjustment, CertificateTransfer, GiftCertificate,
-                           Operation, OutboxEvent)
+from models.store import queries
+from models.store.db import db
+from models.store.tables import (
+    AuditLog,
+    BalanceAdjustment,
+    CertificateTransfer,
+    GiftCertificate,
+    Operation,
+    OutboxEvent,
+)
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_code, unique_currency
 from tests.integration.apikit import auth, authorize, issued_with_cvc, row

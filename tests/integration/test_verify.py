@@ -13,12 +13,15 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from models import cvc, commands, messagebus, timeutil, unit_of_work as work
-from models.db import db
-from models.tables import GiftCertificate, InboxMessage, OutboxEvent
-from workers.verify import Scope, verify
+from models.domain import commands, timeutil
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.store import cvc
+from models.store.db import db
+from models.store.tables import GiftCertificate, InboxMessage, OutboxEvent
 from tests.e2e import flow
 from tests.helpers import load, uid, unique_currency
+from workers.verify import Scope, verify
 
 D = Decimal
 SUPPORT = work.Context(actor="support-1", request_id="req-verify")
@@ -32,7 +35,7 @@ def conn(stack):
 
 def deliver(kind: str, msg: dict) -> None:
     """Record ``msg`` in the inbox as the pump does, then run the actor's body on it."""
-    from models.inbox import process
+    from models.service.inbox import process
 
     topic = flow.topic_of(kind)
     row = (InboxMessage.insert(event_id=msg["eventId"], topic=topic, partition=0, offset=0,
@@ -96,7 +99,7 @@ class History:
 
 
 def svc_support():
-    from models.handlers import support
+    from models.service.handlers import support
 
     return support
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("models", "api", "actors", "workers", "loader", "bi")
-PURE = {"models.domain", "models.correlation", "models.timeutil", "models.locks"}
+PURE_PREFIX = "models.domain"
 #: package -> packages it must never import
 NEVER = {
     "models": {"api", "actors", "workers", "app", "bi", "loader"},
@@ -82,8 +82,10 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_pure_rules_import_nothing_of_ours_but_each_other():
     edges = graph()
-    for module in PURE:
-        assert edges[module] <= PURE, (module, edges[module] - PURE)
+    pure = [m for m in edges if m.startswith(PURE_PREFIX)]
+    assert len(pure) >= 10, pure
+    for module in pure:
+        assert all(t.startswith(PURE_PREFIX) for t in edges[module]), (module, edges[module])
 
 
 def test_nothing_imports_upwards():

@@ -27,7 +27,7 @@ DANGEROUS = [
 ]
 #: What the image needs to run every Procfile process and the operator commands.
 NEEDED = ["app.py", "config.py", "observability.py", "gunicorn.conf.py", "devstack.py", "Procfile",
-          "requirements.txt", "api/health.py", "models/db.py", "models/migrations", "actors/sms.py",
+          "requirements.txt", "api/health.py", "models/store/db.py", "models/store/migrations", "actors/sms.py",
           "workers/pump.py", "workers/alive.py", "bi/consumer.py", "loader/__init__.py",
           "contracts/all_salesorder.schema.json", "contracts/giftcertificates_stream.schema.json"]
 

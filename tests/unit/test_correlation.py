@@ -2,9 +2,10 @@
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models import correlation as corr
+from models.domain import correlation as corr
 
 D = Decimal
 T = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)

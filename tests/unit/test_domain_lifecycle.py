@@ -5,7 +5,10 @@ from decimal import Decimal
 
 import pytest
 
-from models.domain import ALLOWED_FROM, Certificate, DomainError, Hold, Status
+from models.domain.certificate import Certificate
+from models.domain.errors import DomainError
+from models.domain.hold import Hold
+from models.domain.states import ALLOWED_FROM, Status
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
 D = Decimal

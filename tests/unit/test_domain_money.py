@@ -9,11 +9,17 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from models.domain import (REDEEMABLE, Adjustment, Certificate, DomainError, Hold, Status, fmt_money,
-                           HoldStatus, parse_money, positive_money, reservation_lapsed)
+from models.domain.adjustment import Adjustment
+from models.domain.certificate import Certificate
+from models.domain.errors import DomainError
+from models.domain.hold import Hold
+from models.domain.money import fmt_money, parse_money, positive_money
+from models.domain.policy import reservation_lapsed
+from models.domain.states import REDEEMABLE, HoldStatus, Status
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
 cents = st.integers(min_value=1, max_value=200_000).map(lambda c: Decimal(c) / 100)

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from models.domain import (UNSEQUENCED, Certificate, DomainError, EventType, Hold, HoldStatus,
-                           NotificationStatus as N, Status, available_of, issue_expiry, notifies_buyer)
+from models.domain.certificate import Certificate
+from models.domain.errors import DomainError
+from models.domain.events import UNSEQUENCED
+from models.domain.hold import Hold
+from models.domain.money import available_of
+from models.domain.policy import issue_expiry, notifies_buyer
+from models.domain.states import EventType, HoldStatus, Status
+from models.domain.states import NotificationStatus as N
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.timezone.utc)
 D = Decimal

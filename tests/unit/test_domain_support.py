@@ -4,10 +4,20 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from models.domain import (Adjustment, Certificate, DomainError, Hold, PendingTransfer, Status,
-                           needs_second_approval, same_person, transfer_expiry)
+from models.domain.adjustment import (
+    Adjustment,
+    PendingTransfer,
+    needs_second_approval,
+    same_person,
+    transfer_expiry,
+)
+from models.domain.certificate import Certificate
+from models.domain.errors import DomainError
+from models.domain.hold import Hold
+from models.domain.states import Status
 
 NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.timezone.utc)
 TTL = dt.timedelta(hours=24)

@@ -2,10 +2,11 @@
 import re
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loader import codes
-from models.domain import valid_code
+from models.domain.money import valid_code
 
 BODY = st.text(alphabet=codes.ALPHABET, min_size=5, max_size=30)
 

@@ -4,7 +4,8 @@ import marshmallow as ma
 import pytest
 
 from api.schemas import FullMatch
-from models.domain import CODE_PATTERN, CURRENCY_PATTERN, DomainError, parse_money, valid_code
+from models.domain.errors import DomainError
+from models.domain.money import CODE_PATTERN, CURRENCY_PATTERN, parse_money, valid_code
 
 
 @pytest.mark.parametrize("value", ["ABCDEF\n", "ABCDEF\r\n", "\nABCDEF", "ABC DEF"])

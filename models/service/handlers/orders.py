@@ -1,8 +1,8 @@
 """Use cases of the Kafka side: the channels' orders, payments and CRM results.
 
-Each message becomes a command handled through ``models.messagebus.handle``. A handler records
+Each message becomes a command handled through ``models.service.messagebus.handle``. A handler records
 what the message says about its order (``sales_order``, ``order_payment``), then asks the pure
-rules of :mod:`models.correlation` what is still to do and applies it through the certificate
+rules of :mod:`models.domain.correlation` what is still to do and applies it through the certificate
 use cases, all under a transaction-scoped advisory lock on the ``orderId`` (so one order is
 correlated by one worker at a time, whatever the arrival order) and inside the caller's
 transaction (the actor marks its inbox row done in the same commit).
@@ -21,22 +21,47 @@ import json
 import logging
 from decimal import Decimal
 
-from models import correlation as corr
-from models import locks
-from models.commands import (CLIENTS, PAYMENTS, SALES_ORDER, ClientMessage, ConfirmCapture,
-                             ConfirmPurchaseRefund, ExpireOrderReservation, ExpireReservation, Issue,
-                             NotificationResult, OrderMessage, PaymentMessage, PurchaseRefundNeedsDetails,
-                             RaiseAlert, Redeem, RefundToCertificate, Release, RequestPurchaseRefund, Reserve,
-                             ResolveBlockedIssues)
-from models.db import Statements, db, one
-from models.domain import DomainError, Event, EventType, OrderStatus, Status, fmt_money
-from models.handlers.balance import (confirm_purchase_refund, purchase_refund_needs_details, redeem,
-                                     refund_to_certificate, request_purchase_refund)
-from models.handlers.notifications import notification_result, raise_alert
-from models.handlers.pool import expire_reservation, issue, release, reserve
-from models.tables import AuthorizationHold, BlockedIssue, ClientProfile, GiftCertificate, SalesOrder
-from models.timeutil import parse_time_or_none, utcnow
-from models.unit_of_work import Context, UnitOfWork, flush_later, later, run, transaction
+from models.domain import correlation as corr
+from models.domain import locks
+from models.domain.commands import (
+    CLIENTS,
+    PAYMENTS,
+    SALES_ORDER,
+    ClientMessage,
+    ConfirmCapture,
+    ConfirmPurchaseRefund,
+    ExpireOrderReservation,
+    ExpireReservation,
+    Issue,
+    NotificationResult,
+    OrderMessage,
+    PaymentMessage,
+    PurchaseRefundNeedsDetails,
+    RaiseAlert,
+    Redeem,
+    RefundToCertificate,
+    Release,
+    RequestPurchaseRefund,
+    Reserve,
+    ResolveBlockedIssues,
+)
+from models.domain.errors import DomainError
+from models.domain.events import Event
+from models.domain.money import fmt_money
+from models.domain.states import EventType, OrderStatus, Status
+from models.domain.timeutil import parse_time_or_none, utcnow
+from models.service.handlers.balance import (
+    confirm_purchase_refund,
+    purchase_refund_needs_details,
+    redeem,
+    refund_to_certificate,
+    request_purchase_refund,
+)
+from models.service.handlers.notifications import notification_result, raise_alert
+from models.service.handlers.pool import expire_reservation, issue, release, reserve
+from models.service.unit_of_work import Context, UnitOfWork, flush_later, later, run, transaction
+from models.store.db import Statements, db, one
+from models.store.tables import AuthorizationHold, BlockedIssue, ClientProfile, GiftCertificate, SalesOrder
 
 log = logging.getLogger("gcp.orders")
 
@@ -178,13 +203,13 @@ def issued_codes(order_id: str) -> dict[str, str]:
     return dict(db.execute_sql("SELECT line_id, code FROM gift_certificate WHERE order_id = %s"
                                " AND line_id IS NOT NULL", (order_id,)).fetchall())
 
-#: The ``sales_order`` columns of :class:`models.correlation.OrderRecord`.
+#: The ``sales_order`` columns of :class:`models.domain.correlation.OrderRecord`.
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(corr.OrderRecord))
 
 
 def record_order_message(msg: dict, now: dt.datetime) -> SalesOrder | None:
     """Merge an All_SalesOrder message into ``sales_order`` (call under the order lock) by the
-    rule of :func:`models.correlation.merge_order_message`. Returns the row when the order is
+    rule of :func:`models.domain.correlation.merge_order_message`. Returns the row when the order is
     new (its first message), else None."""
     order_id = msg["orderId"]
     row = one(SalesOrder, "order_id", order_id, lock=True)

@@ -1,6 +1,6 @@
 """Loading the domain's objects from their rows, and the view of a certificate the channels see.
 
-Reads only: the unit of work writes (``models.unit_of_work``).
+Reads only: the unit of work writes (``models.service.unit_of_work``).
 """
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import datetime as dt
 import functools
 from decimal import Decimal
 
-from models.db import db, one
-from models.domain import (Adjustment, Certificate, Hold, HoldStatus, NotificationStatus, PendingTransfer,
-                           Status, available_of, fmt_money)
-from models.tables import (AuthorizationHold, BalanceAdjustment, ClientProfile, GiftCertificate, OrderPayment,
-                           SalesOrder, TransferRequest)
-from models.timeutil import iso
+from models.domain.adjustment import Adjustment, PendingTransfer
+from models.domain.certificate import Certificate
+from models.domain.hold import Hold
+from models.domain.money import available_of, fmt_money
+from models.domain.states import HoldStatus, NotificationStatus, Status
+from models.domain.timeutil import iso
+from models.store.db import db, one
+from models.store.tables import (
+    AuthorizationHold,
+    BalanceAdjustment,
+    ClientProfile,
+    GiftCertificate,
+    OrderPayment,
+    SalesOrder,
+    TransferRequest,
+)
 
 
 def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
@@ -113,7 +123,7 @@ def pick_available(nominal: Decimal, currency: str, kind: str | None = "ELECTRON
 def payment_seen(order_id: str | None, channel: str | None) -> bool:
     """Payments reported money for this order on this channel (the rule:
     ``correlation.payment_seen``); another channel's payment never pins a reservation."""
-    from models import correlation  # pure rules of the order correlation
+    from models.domain import correlation
 
     if not order_id:
         return False

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from models import cache
-from models.db import Statements, db, one
-from models.domain import (CHANNELS, MONEY_MOVEMENTS, SYSTEM, UNSEQUENCED, Certificate, DomainError, Event,
-                           alert_key)
-from models.domain import EventType as E
-from models.domain import Hold, HoldStatus, valid_code
-from models.repository import active_holds_sql, snapshot, to_domain, to_hold
-from models.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation, OutboxEvent
-from models.timeutil import iso, utcnow
+from models.domain.certificate import Certificate
+from models.domain.errors import DomainError
+from models.domain.events import MONEY_MOVEMENTS, UNSEQUENCED, Event, alert_key
+from models.domain.hold import Hold
+from models.domain.money import valid_code
+from models.domain.states import CHANNELS, SYSTEM, EventType, HoldStatus
+from models.domain.timeutil import iso, utcnow
+from models.store import cache
+from models.store.db import Statements, db, one
+from models.store.repository import active_holds_sql, snapshot, to_domain, to_hold
+from models.store.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation, OutboxEvent
 
 #: PostgreSQL channel the outbox relay listens on.
 OUTBOX_CHANNEL = "gcp_outbox"
@@ -276,7 +278,7 @@ class UnitOfWork:
         payload.update({k: v for k, v in event.payload.items() if v is not None})
         if event.type in MONEY_MOVEMENTS and self.ctx.correlation_id:
             payload["orderId"] = self.ctx.correlation_id  # the operation's order, not the sale's
-        if event.type in (E.ERROR, E.ALERT):
+        if event.type in (EventType.ERROR, EventType.ALERT):
             payload = dict(event.payload)
             payload.setdefault("source", self.ctx.actor if self.ctx.actor != SYSTEM else "GCP")
             key = alert_key(payload, key or (row.code if row is not None else None))

@@ -9,12 +9,20 @@ from decimal import Decimal
 
 from peewee import fn
 
-from models.domain import DomainError, HoldStatus, Status, ZERO, fmt_money, valid_code
-from models import cache
-from models.repository import active_held, adjustment_from, pending_transfer_from, snapshot
-from models.timeutil import iso, utcnow
-from models.tables import (AuditLog, AuthorizationHold, BalanceAdjustment, GiftCertificate, Operation,
-                           TransferRequest)
+from models.domain.errors import DomainError
+from models.domain.money import ZERO, fmt_money, valid_code
+from models.domain.states import HoldStatus, Status
+from models.domain.timeutil import iso, utcnow
+from models.store import cache
+from models.store.repository import active_held, adjustment_from, pending_transfer_from, snapshot
+from models.store.tables import (
+    AuditLog,
+    AuthorizationHold,
+    BalanceAdjustment,
+    GiftCertificate,
+    Operation,
+    TransferRequest,
+)
 
 
 def _certificate(code: str) -> GiftCertificate:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models import cvc
-from models.db import db
-from models.tables import GiftCertificate
+from models.store import cvc
+from models.store.db import db
+from models.store.tables import GiftCertificate
 
 
 @dataclass

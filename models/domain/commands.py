@@ -1,6 +1,6 @@
 """The commands of the service: what the HTTP views, the actors and the workers ask for.
 
-Plain frozen data; :mod:`models.messagebus` maps each to its handler. Money is ``Decimal``,
+Plain frozen data; :mod:`models.service.messagebus` maps each to its handler. Money is ``Decimal``,
 validated by the caller (the API's schemas, the Kafka contracts).
 """
 from __future__ import annotations

@@ -25,7 +25,9 @@ from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from config import get_settings
-from models.domain import DomainError, Event, EventType
+from models.domain.errors import DomainError
+from models.domain.events import Event
+from models.domain.states import EventType
 
 log = logging.getLogger("gcp.cvc_budget")
 #: Namespace of the counters in Redis.

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from models.domain import ZERO, OrderStatus, fmt_money
+from models.domain.money import ZERO, fmt_money
+from models.domain.states import OrderStatus
 
 GC = "GIFT_CERTIFICATE"
 CAPTURED, AUTHORIZED = "PAYMENT_CAPTURED", "PAYMENT_AUTHORIZED"

@@ -1,9 +1,14 @@
 """Balance changes the channels report on Kafka: redemption, refunds onto a certificate, purchase refunds."""
 from __future__ import annotations
 
-from models.commands import (ConfirmPurchaseRefund, PurchaseRefundNeedsDetails, Redeem, RefundToCertificate,
-                             RequestPurchaseRefund)
-from models.unit_of_work import Context, change_certificate
+from models.domain.commands import (
+    ConfirmPurchaseRefund,
+    PurchaseRefundNeedsDetails,
+    Redeem,
+    RefundToCertificate,
+    RequestPurchaseRefund,
+)
+from models.service.unit_of_work import Context, change_certificate
 
 
 def redeem(cmd: Redeem, ctx: Context) -> dict:

@@ -35,17 +35,21 @@ import psycopg2.errors
 from peewee import IntegrityError
 
 from config import get_settings
-from models import cvc as cvc_secret
-from models import locks
-from models.commands import ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
-from models.db import db
-from models.domain import (ZERO, Certificate, DomainError, E, Event, EventType, Status, fmt_money,
-                           issue_expiry, loadable_expiry, reservation_lapsed)
-from models.queries import pool_summary
-from models.repository import order_line, payment_seen, pick_available, snapshot, to_domain
-from models.tables import BatchRejection, CertificateBatch, GiftCertificate, PoolLowWater
-from models.timeutil import iso, utcnow
-from models.unit_of_work import POOL_CHANNEL, Context, Deferred, UnitOfWork, change_certificate, run
+from models.domain import locks
+from models.domain.certificate import Certificate
+from models.domain.commands import ExpireCertificate, ExpireReservation, Issue, LoadBatch, Release, Reserve
+from models.domain.errors import DomainError
+from models.domain.events import Event
+from models.domain.money import ZERO, fmt_money
+from models.domain.policy import issue_expiry, loadable_expiry, reservation_lapsed
+from models.domain.states import EventType, Status
+from models.domain.timeutil import iso, utcnow
+from models.service.unit_of_work import POOL_CHANNEL, Context, Deferred, UnitOfWork, change_certificate, run
+from models.store import cvc as cvc_secret
+from models.store.db import db
+from models.store.queries import pool_summary
+from models.store.repository import order_line, payment_seen, pick_available, snapshot, to_domain
+from models.store.tables import BatchRejection, CertificateBatch, GiftCertificate, PoolLowWater
 from observability import POOL_AVAILABLE
 
 log = logging.getLogger("gcp.batches")
@@ -144,7 +148,7 @@ def _copy_direct(cursor, cmd: LoadBatch, rows: list[tuple[str, str, str]], now: 
     end = f"\t{stamp}\t{stamp}\n"
     text = "".join(f"{c}{fixed}{'t' if n == _NULL else 'f'}\t{n}{tail}{e}\t{h}{end}" for c, n, e, h in rows)
     try:
-        with db.atomic():  # a savepoint (a fresh cursor sends it first: see models.db)
+        with db.atomic():  # a savepoint (a fresh cursor sends it first: see models.store.db)
             db.cursor().copy_expert(_COPY_DIRECT, io.StringIO(text))
     except psycopg2.errors.UniqueViolation:
         return False
@@ -350,7 +354,7 @@ def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict:
     else:
         row = pick_available(cmd.nominal, cmd.currency)
     if row is None:
-        uow.emit(Event(E.ISSUE_BLOCKED, "ISSUE_BLOCKED", {
+        uow.emit(Event(EventType.ISSUE_BLOCKED, "ISSUE_BLOCKED", {
             "orderId": cmd.order_id, "lineId": cmd.line_id, "nominal": fmt_money(cmd.nominal),
             "currency": cmd.currency, "reason": "POOL_EMPTY"}), None, key=cmd.order_id)
         raise Deferred(DomainError("POOL_EMPTY", "no certificate available for this nominal",

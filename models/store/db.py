@@ -5,13 +5,14 @@ import contextlib
 import functools
 import time
 from pathlib import Path
-from urllib.parse import urlparse, unquote
+from urllib.parse import unquote, urlparse
 
 import peewee
 from peewee import DatabaseProxy
 from playhouse.migrations import Runner
 from playhouse.pool import PooledPostgresqlDatabase
-from models import locks
+
+from models.domain import locks
 
 #: The database every table binds to; :func:`init_db` points it at a real server.
 db = DatabaseProxy()

@@ -1,12 +1,23 @@
-"""Peewee tables. The schema itself is created by the migrations in ``models/migrations``;
+"""Peewee tables. The schema itself is created by the migrations in ``models/store/migrations``;
 these classes only map it (``Meta.table_name`` matches the SQL)."""
 from __future__ import annotations
 
-from peewee import (BigAutoField, BigIntegerField, BooleanField, CharField, DecimalField,
-                    ForeignKeyField, IntegerField, Model, TextField, UUIDField, CompositeKey)
+from peewee import (
+    BigAutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    CompositeKey,
+    DecimalField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+    UUIDField,
+)
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
-from models.db import db
+from models.store.db import db
 
 
 def Money(**kw):  # noqa: N802 - a field factory, named like a field
@@ -56,7 +67,7 @@ class GiftCertificate(Base):
     expires_at = DateTimeTZField(null=True)
     cvc_hash = TextField(null=True)
     cvc_encrypted = TextField(null=True)
-    cvc_key_id = TextField(null=True)  # the models.cvc key that made cvc_hash and cvc_encrypted
+    cvc_key_id = TextField(null=True)  # the models.store.cvc key that made cvc_hash and cvc_encrypted
     cvc_failed_attempts = IntegerField(default=0)
     cvc_disclosable = BooleanField(default=False)
     notification_status = TextField(null=True)

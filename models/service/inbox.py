@@ -2,7 +2,7 @@
 
 :func:`process` locks the row and skips it unless it is still ``PENDING`` (a duplicate
 hand-over, a redelivery after a crash), turns the message into its command and runs it through
-``models.messagebus.handle``; the row becomes ``DONE`` in the same transaction as every effect,
+``models.service.messagebus.handle``; the row becomes ``DONE`` in the same transaction as every effect,
 so a message is applied exactly once. Messages of one key (an order, a CRM client) are applied
 in their Kafka order. :func:`record_failure` counts a failed attempt; the actor
 (``actors/inbox.py``) owns the retries.
@@ -13,11 +13,12 @@ import logging
 from pathlib import Path
 
 from config import get_settings
-from models import commands, locks, messagebus
-from models import unit_of_work as work
-from models.db import connection, db
-from models.domain import DomainError
-from models.handlers import orders
+from models.domain import commands, locks
+from models.domain.errors import DomainError
+from models.service import messagebus
+from models.service import unit_of_work as work
+from models.service.handlers import orders
+from models.store.db import connection, db
 
 log = logging.getLogger("gcp.inbox")
 #: The command of each input topic's messages.
@@ -26,7 +27,7 @@ COMMAND_OF = {"All_SalesOrder": commands.OrderMessage, "All_Payments": commands.
 
 
 #: Lock the message's key (an order, or a CRM client), then read the pending rows of that key
-#: up to this one. Two statements, one round trip; the key is built from ``models.locks``'
+#: up to this one. Two statements, one round trip; the key is built from ``models.domain.locks``'
 #: constants, as ``orders.lock_key`` builds it, so every path that locks an order locks the
 #: same thing.
 _LOCK_AND_LOAD = """
@@ -118,7 +119,7 @@ def failure_summary(error: BaseException) -> str:
     return (text + (f" at {ours}" if ours else ""))[:1000]
 
 
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]  # the checkout (models/service/inbox.py)
 
 
 def record_failure(inbox_id: int, error: BaseException, final: bool) -> None:

@@ -1,6 +1,6 @@
 """The one entry to the use cases: ``handle(command, ctx)``.
 
-The HTTP views, the actors and the workers build a command (:mod:`models.commands`) and call
+The HTTP views, the actors and the workers build a command (:mod:`models.domain.commands`) and call
 :func:`handle`; :data:`COMMAND_HANDLERS` names the handler of each, explicitly (a new command
 is a new line here). Every handler runs in a unit of work and raises
 :class:`~models.domain.DomainError` when the domain refuses.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from models import commands as c
-from models.handlers import balance, holds, notifications, orders, pool, support
-from models.unit_of_work import SYSTEM_CONTEXT, Context
+from models.domain import commands as c
+from models.service.handlers import balance, holds, notifications, orders, pool, support
+from models.service.unit_of_work import SYSTEM_CONTEXT, Context
 
 COMMAND_HANDLERS: dict[type, Callable[[Any, Context], Any]] = {
     # the pool

@@ -7,15 +7,25 @@ import datetime as dt
 import logging
 
 from config import get_settings
-from models import cvc as cvc_secret
-from models.commands import (DiscloseCvc, NotificationResult, RaiseAlert, RecordSmsOutcome,
-                             RequestNotification, SmsAttemptFailed, TakeSmsLease)
-from models.db import connection, db, one
-from models.domain import ZERO, DomainError, E, Event, fmt_money
-from models.repository import phone_for, snapshot, to_domain
-from models.tables import GiftCertificate, SmsMessage
-from models.timeutil import utcnow
-from models.unit_of_work import Context, UnitOfWork, run, transaction
+from models.domain.commands import (
+    DiscloseCvc,
+    NotificationResult,
+    RaiseAlert,
+    RecordSmsOutcome,
+    RequestNotification,
+    SmsAttemptFailed,
+    TakeSmsLease,
+)
+from models.domain.errors import DomainError
+from models.domain.events import Event
+from models.domain.money import ZERO, fmt_money
+from models.domain.states import EventType
+from models.domain.timeutil import utcnow
+from models.service.unit_of_work import Context, UnitOfWork, run, transaction
+from models.store import cvc as cvc_secret
+from models.store.db import connection, db, one
+from models.store.repository import phone_for, snapshot, to_domain
+from models.store.tables import GiftCertificate, SmsMessage
 
 log = logging.getLogger("gcp.notifications")
 
@@ -63,8 +73,8 @@ def raise_alert(cmd: RaiseAlert, ctx: Context) -> dict:
             payload["certificateCode"] = cmd.certificate_code
         if cmd.order_id:
             payload["orderId"] = cmd.order_id
-        event_type = E(cmd.event_type)
-        status = "ALERT" if event_type == E.ALERT else "ERROR"
+        event_type = EventType(cmd.event_type)
+        status = "ALERT" if event_type == EventType.ALERT else "ERROR"
         return uow.emit(Event(event_type, status, payload), None,
                         key=cmd.subject or ctx.correlation_id)
     return run(ctx, body)

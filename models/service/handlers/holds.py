@@ -6,14 +6,17 @@ import datetime as dt
 import uuid
 
 from config import get_settings
-from models import cvc as cvc_secret
-from models import cvc_budget
-from models.commands import Authorize, Capture, Void
-from models.domain import DomainError, Hold, HoldStatus, fmt_money
-from models.repository import snapshot, to_domain, to_hold
-from models.tables import AuthorizationHold
-from models.timeutil import iso
-from models.unit_of_work import Context, Deferred, UnitOfWork, run
+from models.domain.commands import Authorize, Capture, Void
+from models.domain.errors import DomainError
+from models.domain.hold import Hold
+from models.domain.money import fmt_money
+from models.domain.states import HoldStatus
+from models.domain.timeutil import iso
+from models.service.unit_of_work import Context, Deferred, UnitOfWork, run
+from models.store import cvc as cvc_secret
+from models.store import cvc_budget
+from models.store.repository import snapshot, to_domain, to_hold
+from models.store.tables import AuthorizationHold
 
 
 def authorize(cmd: Authorize, ctx: Context) -> dict:

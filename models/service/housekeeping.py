@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from models.tables import IdempotencyKey
+from models.store.tables import IdempotencyKey
 
 #: How long an ``Idempotency-Key`` is remembered (then its answer is forgotten).
 IDEMPOTENCY_KEY_TTL = dt.timedelta(hours=24)

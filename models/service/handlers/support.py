@@ -7,7 +7,7 @@ The rules are the domain's (:class:`models.domain.Approval` and its ``Adjustment
 ``PendingTransfer``, ``needs_second_approval``, ``Certificate.adjust``, ``transfer_out`` and
 ``transfer_in``); these handlers load and lock the rows, call them, and
 write the change, its ledger rows, its audit rows and its stream events in one unit of work.
-:data:`models.messagebus.COMMAND_HANDLERS` maps their commands to them.
+:data:`models.service.messagebus.COMMAND_HANDLERS` maps their commands to them.
 """
 from __future__ import annotations
 
@@ -16,18 +16,34 @@ import uuid
 from decimal import Decimal
 
 from config import get_settings
-from models.commands import (Adjust, ApproveAdjustment, ApproveTransfer, Cancel, Lock, RejectAdjustment,
-                             RejectTransfer, Transfer, Unlock)
-from models.db import one
-from models.domain import (ZERO, Adjustment, Approval, DomainError, fmt_money, needs_second_approval,
-                           transfer_expiry, valid_code)
-from models.handlers.pool import check_low_water, sale_cvc
-from models.queries import adjustment_view, transfer_request_view
-from models.repository import (adjustment_from, moved_without_second_approval, pending_transfer_from,
-                               pick_available, snapshot, to_domain)
-from models.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate, TransferRequest
-from models.timeutil import iso
-from models.unit_of_work import Context, Deferred, UnitOfWork, change_certificate, run
+from models.domain.adjustment import Adjustment, Approval, needs_second_approval, transfer_expiry
+from models.domain.commands import (
+    Adjust,
+    ApproveAdjustment,
+    ApproveTransfer,
+    Cancel,
+    Lock,
+    RejectAdjustment,
+    RejectTransfer,
+    Transfer,
+    Unlock,
+)
+from models.domain.errors import DomainError
+from models.domain.money import ZERO, fmt_money, valid_code
+from models.domain.timeutil import iso
+from models.service.handlers.pool import check_low_water, sale_cvc
+from models.service.unit_of_work import Context, Deferred, UnitOfWork, change_certificate, run
+from models.store.db import one
+from models.store.queries import adjustment_view, transfer_request_view
+from models.store.repository import (
+    adjustment_from,
+    moved_without_second_approval,
+    pending_transfer_from,
+    pick_available,
+    snapshot,
+    to_domain,
+)
+from models.store.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate, TransferRequest
 
 
 def lock(cmd: Lock, ctx: Context) -> dict:
