@@ -14,46 +14,42 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import click
-from flask import Flask, g, request, send_from_directory
+from flask import Flask, send_from_directory
 
 import config
 from config import get_settings
 
 log = logging.getLogger("gcp.app")
-#: A client's X-Request-ID is kept only when it is a plain token (it goes into the audit trail).
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 # ---- web app ---------------------------------------------------------------------------------
 
 def create_app(settings: config.Settings | None = None) -> Flask:
     """Build the Flask app. No I/O here: connections open on first use."""
-    from flask_limiter import Limiter
-    from flask_smorest import Api
-
-    import api as api_pkg
-    from api import errors
-    from models.store.db import close_db, init_db
-    from observability import (
-        HTTP_LATENCY,
-        HTTP_REQUESTS,
-        correlation_id_var,
-        method_label,
-        request_id_var,
-        setup_logging,
-    )
+    from api import middleware
+    from models.store.db import init_db
+    from observability import setup_logging
 
     settings = config.require_safe_settings(settings or get_settings())
     setup_logging()
+    app = _flask_app(settings)
+    if settings.database_url:
+        init_db(settings.database_url)
+    _add_api(app, settings)
+    middleware.add_rate_limit(app, settings)
+    middleware.add_request_hooks(app)
+    return app
+
+
+def _flask_app(settings: config.Settings) -> Flask:
+    """The Flask app and its configuration (the OpenAPI document's, the largest body)."""
     app = Flask("gcp")
     app.config.update(
         API_TITLE="GCP: Gift Certificate Processing",
@@ -75,8 +71,16 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             "security": [{"bearerAuth": []}],
         },
     )
-    if settings.database_url:
-        init_db(settings.database_url)
+    return app
+
+
+def _add_api(app: Flask, settings: config.Settings) -> None:
+    """flask-smorest with the contract's error model, every blueprint, and the docs' assets."""
+    from flask_smorest import Api
+
+    import api as api_package
+    from api import batches, errors
+    from api.fields import empty_means_absent
 
     class GcpApi(Api):
         ERROR_SCHEMA = errors.ErrorSchema
@@ -85,80 +89,15 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             return errors.handle_http_exception(error)
 
     api = GcpApi(app)
-    from api.schemas import empty_means_absent
-
     api.ma_plugin.converter.add_parameter_attribute_function(empty_means_absent)
     errors.register(app)
-    api_pkg.register_blueprints(api)
-    from api import batches as batch_routes
-
-    batch_routes.document(api.spec, settings)
-
+    api_package.register_blueprints(api)
+    batches.document(api.spec, settings)
     swagger_assets = Path(__import__("flask_swagger_ui").__file__).parent / "dist"
 
     @app.get("/docs/assets/<path:filename>")
     def swagger_asset(filename):
         return send_from_directory(swagger_assets, filename, max_age=3600)
-
-    def rate_key() -> str:
-        from api.auth import current_principal
-
-        try:
-            return "client:" + current_principal().client_id
-        except Exception:  # no or bad token: 401 comes from the view; limit by address meanwhile
-            return "addr:" + (request.remote_addr or "?")
-
-    # No rate-limit headers on the answers let through: each cost a second Redis round trip (the
-    # window's state) on every request; a 429's Retry-After is asked for on the refusal alone
-    # (errors._rate_limit_retry_after).
-    # One budget per client id across every call (the contract's "limits are per client id"):
-    # application limits, not default ones, which Flask-Limiter counts per route.
-    limiter = Limiter(rate_key, app=app, application_limits=[settings.rate_limit],
-                      storage_uri=settings.redis_url or "memory://", headers_enabled=False,
-                      strategy="sliding-window-counter", swallow_errors=True,
-                      storage_options={"socket_timeout": 2})
-    for endpoint in ("health.Live", "health.Ready", "health.Metrics", "api-docs.openapi_json",
-                     "api-docs.openapi_swagger_ui", "swagger_asset"):
-        view = app.view_functions.get(endpoint)
-        if view is not None:
-            limiter.exempt(view)
-    app.extensions["gcp_limiter"] = limiter
-
-    access = logging.getLogger("gcp.access")
-
-    def start_request():
-        g.started = time.perf_counter()
-        given = request.headers.get("X-Request-ID") or ""
-        g.request_id = given if _REQUEST_ID_RE.match(given) else "req-" + uuid.uuid4().hex[:16]
-        g.token_rid = request_id_var.set(g.request_id)
-        g.token_cid = correlation_id_var.set(request.headers.get("X-Correlation-ID"))
-
-    # first of all hooks, before the rate limiter's: a 429 gets a request id and a duration too
-    app.before_request_funcs.setdefault(None, []).insert(0, start_request)
-
-    @app.after_request
-    def finish_request(response):
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule else "<unmatched>"
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        method = method_label(request.method)  # a made-up method is no new series
-        HTTP_REQUESTS.labels(method, route, response.status_code).inc()
-        HTTP_LATENCY.labels(method, route).observe(elapsed)
-        principal = g.get("principal")
-        access.info("request", extra={
-            "client": principal.client_id if principal else None, "method": request.method,
-            "route": route, "status": response.status_code, "durationMs": round(elapsed * 1000, 2)})
-        return response
-
-    @app.teardown_request
-    def end_request(exc):
-        close_db()
-        for name, var in (("token_rid", request_id_var), ("token_cid", correlation_id_var)):
-            token = g.pop(name, None)
-            if token is not None:
-                var.reset(token)
-
-    return app
 
 
 # ---- operator CLI ------------------------------------------------------------------------------
@@ -235,7 +174,7 @@ def rotate_cvc_key(batch):
               help="slack beyond SCHEDULER_INTERVAL_MS and INBOX_SWEEP_AFTER_MS")
 def verify(stream, grace_ms):
     """Recompute the contract's invariants; print each violation (rule, certificate or order,
-    figures) and exit 1 if there is any (workers/verify.py lists the rules)."""
+    figures) and exit 1 if there is any (workers/verify/ lists the rules)."""
     from workers.verify import summary
     from workers.verify import verify as run_verify
 
@@ -345,12 +284,11 @@ def seed_demo_batch() -> int:
 
     from models.domain import commands
     from models.service import messagebus
-    from models.service import unit_of_work as work
+    from models.store import queries
     from models.store.db import db
-    from models.store.tables import GiftCertificate
 
     with db.connection_context():
-        if GiftCertificate.select().exists():
+        if queries.any_certificate():
             return 0
         items = []
         for nominal, count in (("500.00", 50), ("1000.00", 100), ("1500.00", 50), (None, 50)):
@@ -358,7 +296,7 @@ def seed_demo_batch() -> int:
                 items.append({"code": "DEMO" + "".join(secrets.choice("0123456789") for _ in range(12)),
                               "nominal": Decimal(nominal) if nominal else None})
         result = messagebus.handle(commands.LoadBatch("demo-1", "ELECTRONIC", get_settings().default_currency,
-                                          tuple(items)), work.Context(actor="demo-seed"))
+                                          tuple(items)), commands.Context(actor="demo-seed"))
         return result["accepted"]
 
 
@@ -400,8 +338,8 @@ def _run_procfile(env: dict, settings) -> int:
 
 
 def _add_bi_commands() -> None:
-    from bi.cli import reconcile as bi_reconcile
-    from bi.cli import report as bi_report
+    from workers.bi.cli import reconcile as bi_reconcile
+    from workers.bi.cli import report as bi_report
 
     cli.add_command(bi_report)
     cli.add_command(bi_reconcile)

@@ -1,4 +1,9 @@
-"""Structured JSON logs with request and correlation ids, and the Prometheus metrics.
+"""Structured JSON logs with request and correlation ids, the Prometheus metrics, and which
+dependency an error says is away.
+
+A leaf: it imports nothing of the service but ``config``, so every layer may use it. What a
+process does with Redis to report itself (its heartbeat, the outages it rode through) is
+:mod:`models.store.liveness`.
 
 Log records never carry a CVC, a secret or a full phone number: :func:`mask_phone` is the one
 way a phone number reaches a log line, and the CVC never leaves ``models.store.cvc`` except in the
@@ -112,7 +117,9 @@ def metrics_token_ok(authorization: str | None, token: str | None) -> bool:
     return kind.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def metrics_payload() -> tuple[bytes, str]:
+def render_metrics(*collectors) -> tuple[bytes, str]:
+    """The text of a scrape: this process's registry (every gunicorn worker's, in multiprocess
+    mode) and ``collectors``, read at scrape time. Returns (body, content type)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -123,8 +130,8 @@ def metrics_payload() -> tuple[bytes, str]:
     else:
         registry = CollectorRegistry()
         registry.register(_ProcessMetrics())
-    registry.register(HeartbeatCollector())
-    registry.register(OutageCollector())
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -135,133 +142,10 @@ class _ProcessMetrics:
         return REGISTRY.collect()
 
 
-# ---- heartbeats of the long-running processes ---------------------------------------------
-#: Redis sorted set: member ``process|instance``, score = the time of its last beat.
-HEARTBEAT_KEY = "gcp:heartbeats"
-#: The long-running processes `/health/ready` reports on (the Procfile's names).
-PROCESSES = ("worker", "pump", "relay", "scheduler", "bi")
-#: A process whose newest beat is older than this many intervals counts as missing.
-STALE_AFTER_INTERVALS = 3
-#: Beats older than this are dropped from the set (instances long gone).
-FORGET_AFTER_SECONDS = 3600
-
-
-def instance_name() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class Heartbeat:
-    """A daemon thread that records ``process`` as alive in Redis every interval.
-
-    A failed beat (Redis down) is logged once and retried at the next interval; it never
-    stops the process it reports on.
-    """
-
-    def __init__(self, process: str, interval: float | None = None):
-        from config import get_settings
-
-        self.process = process
-        self.interval = interval or get_settings().heartbeat_interval_s
-        self.member = f"{process}|{instance_name()}"
-        self._stop = None
-        self._failing = False
-
-    def beat(self) -> None:
-        from models.store import cache
-
-        now = time.time()
-        pipe = cache.client().pipeline(transaction=False)
-        pipe.zadd(HEARTBEAT_KEY, {self.member: now})
-        pipe.zremrangebyscore(HEARTBEAT_KEY, "-inf", now - FORGET_AFTER_SECONDS)
-        pipe.execute()
-        cache.retry_missed()  # a cache invalidation that failed in an outage
-
-    def _run(self) -> None:
-        from workers.alive import alive_file
-
-        path = alive_file(self.process)
-        while not self._stop.is_set():
-            try:  # the local liveness file of a container healthcheck, Redis or not
-                with open(path, "a"):
-                    os.utime(path)
-            except OSError:
-                pass
-            try:
-                self.beat()
-                if self._failing:
-                    logging.getLogger("gcp.heartbeat").info("heartbeat recorded again")
-                self._failing = False
-            except Exception as exc:
-                if not self._failing:
-                    logging.getLogger("gcp.heartbeat").warning("heartbeat failed: %s", exc)
-                self._failing = True
-            self._stop.wait(self.interval)
-
-    def start(self) -> "Heartbeat":
-        import threading
-
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name=f"heartbeat-{self.process}", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-        try:
-            from models.store import cache
-
-            cache.client().zrem(HEARTBEAT_KEY, self.member)
-        except Exception:  # going away anyway: the entry ages out
-            pass
-
-
-def heartbeats(now: float | None = None) -> dict[str, dict]:
-    """Per process: the age of its newest beat (None: never seen), its live instance count, and
-    whether it counts as up."""
-    from config import get_settings
-    from models.store import cache
-
-    now = now or time.time()
-    stale = STALE_AFTER_INTERVALS * get_settings().heartbeat_interval_s
-    newest: dict[str, float] = {}
-    live: dict[str, int] = {}
-    for member, score in cache.client().zrange(HEARTBEAT_KEY, 0, -1, withscores=True):
-        process = member.decode().split("|", 1)[0]
-        newest[process] = max(newest.get(process, 0.0), score)
-        if now - score <= stale:
-            live[process] = live.get(process, 0) + 1
-    out = {}
-    for process in sorted(set(PROCESSES) | set(newest)):
-        age = round(now - newest[process], 1) if process in newest else None
-        out[process] = {"status": "ok" if live.get(process) else "missing",
-                        "heartbeatAgeSeconds": age, "instances": live.get(process, 0)}
-    return out
-
-
-class HeartbeatCollector:
-    """``gcp_process_heartbeat_age_seconds{process}``, read from Redis at scrape time (so every
-    web worker reports the same figure; -1 for a process never seen, none when Redis is down)."""
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        family = GaugeMetricFamily("gcp_process_heartbeat_age_seconds",
-                                   "Seconds since each long-running process last reported alive",
-                                   labels=["process"])
-        try:
-            for process, info in heartbeats().items():
-                age = info["heartbeatAgeSeconds"]
-                family.add_metric([process], -1.0 if age is None else float(age))
-        except Exception:  # Redis down: readiness says so; the scrape still works
-            pass
-        yield family
-
-
-def boot(process: str | None = None) -> Heartbeat | None:
-    """Start-up of a long-running process: JSON logs, the configuration checked (an unsafe
-    or unusable one exits at once, saying why in one line), and its heartbeat."""
+def boot(process: str | None = None) -> None:
+    """Start-up of a long-running process: JSON logs, and the configuration checked (an unsafe
+    or unusable one exits at once, saying why in one line). Its heartbeat is
+    :class:`models.store.liveness.Heartbeat`."""
     from config import ConfigError, require_safe_settings
 
     setup_logging()
@@ -271,21 +155,15 @@ def boot(process: str | None = None) -> Heartbeat | None:
         logging.getLogger("gcp").critical(str(exc))
         print(f"gcp {process or ''}: {exc}".replace("  ", " "), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    return Heartbeat(process).start() if process else None
 
 
 # ---- riding through an outage of PostgreSQL, Redis or Kafka ---------------------------------
-#: Redis hash ``process|dependency`` -> outages that ended, so the web's /metrics shows the
-#: counts of every process (only the web and bi serve /metrics).
-OUTAGES_KEY = "gcp:outages"
-#: Bounded exponential backoff between reconnection attempts (seconds).
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+# (what a process does about one: models.store.liveness.Outages)
 DEPENDENCY_OUTAGES = Counter("gcp_dependency_outages_total",
                              "Outages of a dependency seen by this process (begun)",
                              ["process", "dependency"], registry=REGISTRY)
 DEPENDENCY_DOWN = Gauge("gcp_dependency_down", "1 while this process cannot reach the dependency",
                         ["process", "dependency"], registry=REGISTRY)
-
 
 
 def dependency_of(error: BaseException | None) -> str | None:
@@ -317,69 +195,3 @@ def dependency_of(error: BaseException | None) -> str | None:
         error = getattr(error, "orig", None) or (inner[0] if inner else (error.__cause__ or error.__context__))
         seen += 1
     return None
-
-
-class Outages:
-    """One process's dependencies: the first failure of an outage is logged once (not every
-    attempt), and counted; the next success logs the recovery with its duration.
-    :meth:`failed` returns how long to wait before the next attempt (bounded exponential
-    backoff with jitter)."""
-
-    def __init__(self, process: str):
-        self.process = process
-        self.down: dict[str, tuple[float, int]] = {}  # dependency -> (since, failed attempts)
-        self.log = logging.getLogger("gcp." + process)
-
-    def failed(self, dependency: str, error: BaseException) -> float:
-        import random
-
-        since, attempts = self.down.get(dependency, (time.monotonic(), 0))
-        if not attempts:
-            self.log.warning("%s unreachable: riding through (retrying with backoff)", dependency,
-                             extra={"dependency": dependency, "error": f"{type(error).__name__}: {error}"[:300]})
-            DEPENDENCY_OUTAGES.labels(self.process, dependency).inc()
-            DEPENDENCY_DOWN.labels(self.process, dependency).set(1)
-        self.down[dependency] = (since, attempts + 1)
-        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempts) * random.uniform(0.5, 1.0)
-
-    def ok(self, *dependencies: str) -> None:
-        """The dependencies answered again (all of them when none are named)."""
-        if not self.down:
-            return
-        for dependency in dependencies or tuple(self.down):
-            if dependency not in self.down:
-                continue
-            since, attempts = self.down.pop(dependency)
-            seconds = round(time.monotonic() - since, 2)
-            self.log.warning("%s reachable again after %.2f s", dependency, seconds,
-                             extra={"dependency": dependency, "outageSeconds": seconds, "attempts": attempts})
-            DEPENDENCY_DOWN.labels(self.process, dependency).set(0)
-            try:
-                from models.store import cache
-
-                cache.client().hincrby(OUTAGES_KEY, f"{self.process}|{dependency}", 1)
-            except Exception:  # Redis itself still away: this process's own counter has it
-                pass
-
-    def is_down(self, dependency: str) -> bool:
-        return dependency in self.down
-
-
-class OutageCollector:
-    """``gcp_process_outages_total{process,dependency}``: the outages every process rode
-    through, read from Redis at scrape time."""
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily
-
-        family = CounterMetricFamily("gcp_process_outages", "Dependency outages each long-running "
-                                     "process rode through (ended)", labels=["process", "dependency"])
-        try:
-            from models.store import cache
-
-            for field, count in cache.client().hgetall(OUTAGES_KEY).items():
-                process, _, dependency = field.decode().partition("|")
-                family.add_metric([process, dependency], float(count))
-        except Exception:  # Redis down: readiness says so; the scrape still works
-            pass
-        yield family

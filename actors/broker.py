@@ -54,7 +54,7 @@ class ProcessBoot(Middleware):
         await_database("worker")
 
     def after_worker_boot(self, broker, worker):
-        from observability import Heartbeat
+        from models.store.liveness import Heartbeat
 
         self.heartbeat = Heartbeat("worker").start()
 

@@ -42,15 +42,15 @@ def _report(code: str, delivered: bool, reason: str | None, event_id: str, gatew
             alert: bool = False) -> None:
     from models.domain import commands
     from models.service import messagebus
-    from models.service import unit_of_work as work
 
     messagebus.handle(commands.RecordSmsOutcome(code, event_id, delivered, reason, gateway_id, alert),
-                      work.Context(actor="sms-gateway"))
+                      commands.Context(actor="sms-gateway"))
 
 
 def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     """Send the SMS of one notification request. Returns what happened; raises to be retried."""
     from models.domain import commands
+    from models.domain.notification import SmsLease
     from models.service import messagebus
     from observability import mask_phone
 
@@ -60,11 +60,12 @@ def deliver(code: str, notification_event_id: str, final: bool = True) -> str:
     sender = gateway(settings)
     lease = messagebus.handle(commands.TakeSmsLease(code, notification_event_id, settings.sms_sweep_after_ms,
                                                     sender.idempotent))
-    if lease["outcome"] in ("not-requested", "already-sent", "already-failed", "in-flight"):
-        return lease["outcome"]
-    if lease["outcome"] != "send":  # the domain's reason not to send: the request fails
-        reason = {"unknown-outcome": "UNKNOWN_OUTCOME", "no-phone": "NO_PHONE"}.get(lease["outcome"], "CVC_UNREADABLE")
-        _report(code, False, reason, notification_event_id, alert=lease["outcome"] == "unknown-outcome")
+    outcome = lease["outcome"]
+    if outcome.nothing_to_do:
+        return outcome
+    if outcome != SmsLease.SEND:  # the domain's reason not to send: the request fails
+        _report(code, False, outcome.failure_reason, notification_event_id,
+                alert=outcome == SmsLease.UNKNOWN_OUTCOME)
         return "failed"
     message = Sms(lease["phone"], lease["text"], notification_event_id, masked(lease["text"], lease["cvc"]))
     try:

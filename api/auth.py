@@ -39,17 +39,17 @@ class Principal:
 def issue_token(client_id: str, scopes: str | list[str], channel: str | None = None,
                 ttl_seconds: int = 3600) -> str:
     """A signed development token (HS256 with JWT_SECRET); `python app.py token` prints one."""
-    s = get_settings()
+    settings = get_settings()
     now = int(time.time())
     claims = {"sub": client_id, "scope": scopes if isinstance(scopes, str) else " ".join(scopes),
               "iat": now, "exp": now + ttl_seconds}
     if channel:
         claims["channel"] = channel
-    if s.jwt_issuer:
-        claims["iss"] = s.jwt_issuer
-    if s.jwt_audience:
-        claims["aud"] = s.jwt_audience
-    return jwt.encode(claims, s.jwt_secret, algorithm="HS256")
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
 #: The fewest seconds between two fetches of the JWKS for a ``kid`` it lacks: a new key is
@@ -116,20 +116,20 @@ class KeySet:
         self._fetched_at = time.monotonic()
 
 
-def key_set(s) -> KeySet:
+def key_set(settings) -> KeySet:
     """This process's :class:`KeySet` for the settings' JWKS (a new one when they change)."""
     global _key_set
     keys = _key_set
-    if keys is None or (keys.url, keys.lifetime) != (s.jwks_url, s.jwks_cache_seconds):
-        keys = _key_set = KeySet(s.jwks_url, s.jwks_cache_seconds)
+    if keys is None or (keys.url, keys.lifetime) != (settings.jwks_url, settings.jwks_cache_seconds):
+        keys = _key_set = KeySet(settings.jwks_url, settings.jwks_cache_seconds)
     return keys
 
 
 def _signing_key(token: str):
-    s = get_settings()
-    if s.jwks_url:
-        return key_set(s).key(jwt.get_unverified_header(token).get("kid"))
-    return s.jwt_secret
+    settings = get_settings()
+    if settings.jwks_url:
+        return key_set(settings).key(jwt.get_unverified_header(token).get("kid"))
+    return settings.jwt_secret
 
 
 #: The leeway on ``exp`` (and ``nbf``, ``iat``), in seconds: clocks differ a little.
@@ -143,14 +143,14 @@ def decode(token: str) -> Principal:
     signature once per ``JWKS_CACHE_SECONDS`` period, when the verification settings change,
     or when the JWKS's keys change (a token whose key was withdrawn is refused within
     ``JWKS_CACHE_SECONDS``, remembered or not)."""
-    s, now = get_settings(), time.time()
+    settings, now = get_settings(), time.time()
     try:
-        keys_version = key_set(s).current() if s.jwks_url else None
+        keys_version = key_set(settings).current() if settings.jwks_url else None
     except (jwt.PyJWTError, ValueError) as exc:
         raise _invalid(str(exc)) from None
-    principal, expires = _verified(token, s.jwt_secret, s.jwt_algorithms, s.jwt_audience, s.jwt_issuer,
-                                   s.jwks_url, s.admin_identity_claim, keys_version,
-                                   int(now // s.jwks_cache_seconds))
+    principal, expires = _verified(token, settings.jwt_secret, settings.jwt_algorithms, settings.jwt_audience,
+                                   settings.jwt_issuer, settings.jwks_url, settings.admin_identity_claim,
+                                   keys_version, int(now // settings.jwks_cache_seconds))
     if now > expires + LEEWAY_S:
         raise _invalid("Signature has expired")
     return principal
@@ -160,11 +160,11 @@ def decode(token: str) -> Principal:
 def _verified(token: str, *key) -> tuple[Principal, float]:
     """``decode``'s full check; ``key``: the settings it depends on, the JWKS's key-set version
     and the period (a new value is a new entry). Refusals raise, so they are never remembered."""
-    s = get_settings()
+    settings = get_settings()
     try:
         claims = jwt.decode(
-            token, _signing_key(token), algorithms=list(s.jwt_algorithms),
-            audience=s.jwt_audience, issuer=s.jwt_issuer,
+            token, _signing_key(token), algorithms=list(settings.jwt_algorithms),
+            audience=settings.jwt_audience, issuer=settings.jwt_issuer,
             # the audience is always checked: without JWT_AUDIENCE a token naming any audience is
             # meant for another service and refused; with it, the token must name it
             options={"require": ["sub", "exp"], "verify_aud": True}, leeway=LEEWAY_S)
@@ -179,10 +179,11 @@ def _verified(token: str, *key) -> tuple[Principal, float]:
     if channel is not None and channel not in CHANNELS:  # never "no channel", i.e. every channel
         raise _invalid(f"the channel claim must be one of {', '.join(CHANNELS)}")
     scopes = frozenset(scope.split())
-    identity = claims.get(s.admin_identity_claim)
+    identity = claims.get(settings.admin_identity_claim)
     if "certificates:admin" in scopes and not (isinstance(identity, str) and identity.strip()):
         # four eyes compares admins by this claim: an admin token without it names nobody
-        raise _invalid(f"an admin token must carry the {s.admin_identity_claim} claim (ADMIN_IDENTITY_CLAIM)")
+        raise _invalid(f"an admin token must carry the {settings.admin_identity_claim} claim "
+                       "(ADMIN_IDENTITY_CLAIM)")
     identity = identity.strip() if isinstance(identity, str) else None
     return Principal(str(claims["sub"]), scopes, channel, identity), float(claims["exp"])
 
@@ -222,9 +223,9 @@ def require(*scopes: str):
 
 
 def service_context(channel: str | None = None, order_id: str | None = None):
-    """The use-case :class:`~models.service.unit_of_work.Context` of this request: who, for which channel,
+    """The use-case :class:`~models.domain.commands.Context` of this request: who, for which channel,
     the request id (the stream's ``causationId``) and the order it concerns."""
-    from models.service.unit_of_work import Context
+    from models.domain.commands import Context
 
     principal = current_principal()
     return Context(actor=principal.client_id, channel=channel or principal.channel,

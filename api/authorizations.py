@@ -8,8 +8,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api import links
-from api import schemas as s
+from api import fields, schemas
 from api.auth import check_channel, current_principal, require, service_context
+from api.errors import error_responses
 from api.certificates import CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from api.idempotency import idempotent
@@ -23,11 +24,10 @@ blp = Blueprint("authorizations", __name__, description=(
     "is 404 AUTHORIZATION_NOT_FOUND, as if it did not exist); a backend token without a "
     "channel may act for any."))
 
-_ID_RE = re.compile(s.AUTHORIZATION_ID_PATTERN)
+_ID_RE = re.compile(fields.AUTHORIZATION_ID_PATTERN)
 ID_PARAM = {"in": "path", "name": "authorization_id", "required": True,
-            "schema": {"type": "string", "pattern": s.AUTHORIZATION_ID_PATTERN}}
+            "schema": {"type": "string", "pattern": fields.AUTHORIZATION_ID_PATTERN}}
 REDEEM = ("certificates:redeem",)
-IDEMPOTENCY_ERRORS = {409: ["IDEMPOTENCY_IN_PROGRESS"], 422: ["IDEMPOTENCY_KEY_REUSED"]}
 
 
 def _hold_id(authorization_id: str) -> str:
@@ -40,12 +40,11 @@ def _hold_id(authorization_id: str) -> str:
 class Authorizations(MethodView):
     @require(*REDEEM)
     @idempotent
-    @blp.arguments(s.AuthorizeRequest)
-    @blp.response(201, s.AuthorizationSchema, description="the hold is placed")
-    @s.errors(blp, {403: ["CHANNEL_FORBIDDEN", "CVC_MISMATCH"], 404: ["CERTIFICATE_NOT_FOUND"],
-                    409: ["INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"],
-                    429: ["CVC_ATTEMPTS_EXCEEDED"]}, body=True)
+    @blp.arguments(schemas.AuthorizeRequest)
+    @blp.response(201, schemas.AuthorizationSchema, description="the hold is placed")
+    @error_responses(blp, "CHANNEL_FORBIDDEN", "CVC_MISMATCH", "CERTIFICATE_NOT_FOUND",
+                     "INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "CURRENCY_MISMATCH", "CVC_ATTEMPTS_EXCEEDED",
+                     body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_AUTHORIZE, 201))
     def post(self, args, code):
         """Authorize: check the CVC and hold an amount (certificates:redeem)
@@ -66,13 +65,11 @@ class Authorizations(MethodView):
 class Capture(MethodView):
     @require(*REDEEM)
     @idempotent
-    @blp.arguments(s.CaptureRequest, required=False)
-    @blp.response(200, s.CaptureSchema)
-    @s.errors(blp, {404: ["AUTHORIZATION_NOT_FOUND"],
-                    409: ["AUTHORIZATION_NOT_ACTIVE", "AUTHORIZATION_EXPIRED", "NOT_REDEEMABLE",
-                          "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["AMOUNT_EXCEEDS_HOLD", "CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]},
-              body=True)
+    @blp.arguments(schemas.CaptureRequest, required=False)
+    @blp.response(200, schemas.CaptureSchema)
+    @error_responses(blp, "AUTHORIZATION_NOT_FOUND", "AUTHORIZATION_NOT_ACTIVE", "AUTHORIZATION_EXPIRED",
+                     "NOT_REDEEMABLE", "AMOUNT_EXCEEDS_HOLD", "CURRENCY_MISMATCH", body=True,
+                     idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, authorization_id):
         """Capture: debit up to the held amount (default all) and release the rest (certificates:redeem)"""
@@ -85,11 +82,9 @@ class Capture(MethodView):
 class Void(MethodView):
     @require(*REDEEM)
     @idempotent
-    @blp.arguments(s.EmptyRequest, required=False)
-    @blp.response(200, s.VoidSchema)
-    @s.errors(blp, {404: ["AUTHORIZATION_NOT_FOUND"],
-                    409: ["AUTHORIZATION_NOT_ACTIVE", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.EmptyRequest, required=False)
+    @blp.response(200, schemas.VoidSchema)
+    @error_responses(blp, "AUTHORIZATION_NOT_FOUND", "AUTHORIZATION_NOT_ACTIVE", body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, authorization_id):
         """Void: release the hold (certificates:redeem)"""

@@ -17,19 +17,20 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import validate
 
-from api import schemas as s
+from api import fields
 from api.auth import require, service_context
-from api.errors import ApiError
+from api.errors import ApiError, error_responses
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from api.idempotency import idempotent
 from config import get_settings
 from models.domain import commands
+from models.domain.batch import REASON_MESSAGES
 from models.domain.errors import DomainError
 from models.domain.money import CODE_PATTERN, CURRENCY_PATTERN, positive_money
 from models.domain.states import KINDS
 from models.domain.timeutil import parse_time_or_none
 from models.service import messagebus
-from models.service.handlers import pool
+from models.store import queries
 
 blp = Blueprint("batches", __name__, description=(
     "The pool: the loader adds pre-generated codes in batches (`batches:write`); `GET /pool` "
@@ -42,7 +43,7 @@ MAX_BATCH_ID = 64
 #: Item-level problems reported in one 422 answer (the rest are counted).
 MAX_REPORTED = 50
 #: An RFC 3339 time; without an offset it is read as UTC, as elsewhere in the API.
-_TEXT_RE = re.compile(s.TEXT_PATTERN)
+_TEXT_RE = re.compile(fields.TEXT_PATTERN)
 _CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 #: The domain's code rule, inlined for speed; fullmatch: a pattern's "$" also matches before a
 #: trailing newline, which must never reach COPY.
@@ -55,12 +56,12 @@ READ_POOL = ("batches:write", "certificates:read", "certificates:admin")
 
 # ---- OpenAPI documentation -----------------------------------------------------------------
 
-class BatchCertificateSchema(s.Strict):
-    code = s.code_field(required=True, metadata={"example": "GC7K2Q9XHF4M3NTP8C"})
-    nominal = s.Money(allow_none=True, load_default=None, metadata={
+class BatchCertificateSchema(fields.Strict):
+    code = fields.code_field(required=True, metadata={"example": "GC7K2Q9XHF4M3NTP8C"})
+    nominal = fields.Money(allow_none=True, load_default=None, metadata={
         "description": "the printed nominal; null or absent: an open-value certificate that "
                        "takes the nominal asked for at reservation"})
-    expiresAt = s.UtcDateTime(allow_none=True, load_default=None, metadata={
+    expiresAt = fields.UtcDateTime(allow_none=True, load_default=None, metadata={
         "description": "RFC 3339, in the future; null or absent: no validity limit "
                        "(or CERTIFICATE_VALIDITY_DAYS from the issue)"})
     cvc = ma.fields.String(load_only=True, validate=validate.Regexp(r"^[0-9]{4,12}$"), metadata={
@@ -69,21 +70,21 @@ class BatchCertificateSchema(s.Strict):
                        "service keeps only its keyed hash, never notifies nor discloses it"})
 
 
-class BatchRequestSchema(s.Strict):
+class BatchRequestSchema(fields.Strict):
     """Pre-generated codes to add to the pool as AVAILABLE."""
 
-    batchId = s.text(MAX_BATCH_ID, required=True, metadata={
+    batchId = fields.text(MAX_BATCH_ID, required=True, metadata={
         "example": "file-3f2a9c0d1e2b4a5f6e7d8c9b",
         "description": "the batch the codes belong to; sending the same batchId and codes again "
                        "adds nothing (chunks of one file share it)"})
     kind = ma.fields.String(validate=validate.OneOf(KINDS), load_default="ELECTRONIC")
-    currency = s.currency(load_default=None, metadata={"description": "ISO 4217; default RUB"})
+    currency = fields.currency(load_default=None, metadata={"description": "ISO 4217; default RUB"})
     dryRun = ma.fields.Boolean(load_default=False, metadata={
         "description": "validate and classify against the pool without writing anything"})
-    nominal = s.Money(allow_none=True, load_default=None, metadata={
+    nominal = fields.Money(allow_none=True, load_default=None, metadata={
         "description": "default `nominal` of the certificates that do not give one (a "
                        "certificate's own value, null included, wins)"})
-    expiresAt = s.UtcDateTime(allow_none=True, load_default=None, metadata={
+    expiresAt = fields.UtcDateTime(allow_none=True, load_default=None, metadata={
         "description": "default `expiresAt` of the certificates that do not give one"})
     certificates = ma.fields.List(ma.fields.Nested(BatchCertificateSchema), required=True,
                                   validate=validate.Length(1, MAX_CERTIFICATES))
@@ -92,9 +93,9 @@ class BatchRequestSchema(s.Strict):
 def document(spec, settings) -> None:
     """Say in the OpenAPI document what marshmallow cannot: the CVC's length (``CVC_LENGTH``),
     and that a PHYSICAL batch brings a CVC with every card while an ELECTRONIC one brings none."""
-    schemas = spec.components.schemas
-    schemas["BatchCertificate"]["properties"]["cvc"]["pattern"] = f"^[0-9]{{{settings.cvc_length}}}$"
-    schemas["BatchRequest"]["anyOf"] = [
+    components = spec.components.schemas
+    components["BatchCertificate"]["properties"]["cvc"]["pattern"] = f"^[0-9]{{{settings.cvc_length}}}$"
+    components["BatchRequest"]["anyOf"] = [
         {"required": ["kind"], "properties": {"kind": {"enum": ["PHYSICAL"]},
                                               "certificates": {"items": {"required": ["cvc"]}}}},
         {"properties": {"kind": {"enum": ["ELECTRONIC"]},
@@ -104,7 +105,7 @@ def document(spec, settings) -> None:
 
 class RejectedCodeSchema(ma.Schema):
     code = ma.fields.String(required=True)
-    reason = ma.fields.String(required=True, validate=validate.OneOf(sorted(pool.REASON_MESSAGES)),
+    reason = ma.fields.String(required=True, validate=validate.OneOf(sorted(REASON_MESSAGES)),
                               metadata={"description": "DUPLICATE_CODE: loaded by another batch; "
                                                        "DUPLICATE_IN_BATCH: earlier in this request"})
     message = ma.fields.String(required=True)
@@ -121,7 +122,7 @@ class BatchResultSchema(ma.Schema):
 
 
 class PoolSegmentSchema(ma.Schema):
-    nominal = s.out_money(allow_none=True, required=True, metadata={"description": "null: open value"})
+    nominal = fields.out_money(allow_none=True, required=True, metadata={"description": "null: open value"})
     currency = ma.fields.String(required=True)
     kind = ma.fields.String(required=True, validate=validate.OneOf(KINDS))
     available = ma.fields.Integer(required=True)
@@ -258,8 +259,8 @@ def parse_batch(body: object) -> commands.LoadBatch:
 
 
 def _answer(result: dict, dry_run: bool):
-    rejected = [{"code": r["code"], "reason": r["reason"], "message": pool.REASON_MESSAGES[r["reason"]]}
-                for r in result["rejected"]]
+    rejected = [{"code": refused["code"], "reason": refused["reason"],
+                 "message": REASON_MESSAGES[refused["reason"]]} for refused in result["rejected"]]
     response = jsonify({"batchId": result["batchId"], "accepted": result["accepted"],
                         "alreadyLoaded": result["alreadyLoaded"], "rejected": rejected,
                         "dryRun": dry_run})
@@ -277,7 +278,7 @@ class Batches(MethodView):
     @blp.response(201, BatchResultSchema, description="codes added to the pool (or the batch created)")
     @blp.alt_response(200, schema=BatchResultSchema, description=(
         "nothing new: this batch had loaded these codes already (a chunk sent again), or a dry run"))
-    @s.errors(blp, {409: ["BATCH_MISMATCH", "IDEMPOTENCY_IN_PROGRESS"], 422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @error_responses(blp, "BATCH_MISMATCH", body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self):
         """Add pre-generated codes to the pool (scope batches:write)
@@ -300,11 +301,11 @@ class Batches(MethodView):
 class Pool(MethodView):
     @require(*READ_POOL)
     @blp.response(200, PoolSchema)
-    @s.errors(blp, {})
+    @error_responses(blp)
     def get(self):
         """The pool: AVAILABLE certificates by nominal, currency and kind
 
         Scopes batches:write, certificates:read or certificates:admin. Also sets the
         `gcp_pool_available` gauge on /metrics.
         """
-        return pool.pool_view()
+        return queries.pool_view()

@@ -6,8 +6,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api import links
-from api import schemas as s
+from api import schemas
 from api.auth import check_channel, current_principal, require, service_context
+from api.errors import error_responses
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from api.idempotency import idempotent
 from config import get_settings
@@ -37,21 +38,19 @@ def _reserve(args: dict):
     return view, 201 if view.pop("created") else 200
 
 
-RESERVE_ERRORS = {403: ["CHANNEL_FORBIDDEN"], 404: ["CERTIFICATE_NOT_FOUND"],
-                  409: ["POOL_EMPTY", "ALREADY_RESERVED", "NOMINAL_MISMATCH",
-                        "IDEMPOTENCY_IN_PROGRESS"],
-                  422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}
+RESERVE_ERRORS = ("CHANNEL_FORBIDDEN", "CERTIFICATE_NOT_FOUND", "POOL_EMPTY", "ALREADY_RESERVED",
+                  "NOMINAL_MISMATCH", "CURRENCY_MISMATCH")
 
 
 @blp.route("/certificates/next")
 class NextCertificate(MethodView):
     @require("certificates:reserve")
     @idempotent
-    @blp.arguments(s.ReserveRequest)
-    @blp.response(201, s.ReservationSchema, description="reserved for this order line")
-    @blp.alt_response(200, schema=s.ReservationSchema,
+    @blp.arguments(schemas.ReserveRequest)
+    @blp.response(201, schemas.ReservationSchema, description="reserved for this order line")
+    @blp.alt_response(200, schema=schemas.ReservationSchema,
                       description="this order line was reserved before: the same certificate")
-    @s.errors(blp, RESERVE_ERRORS, body=True)
+    @error_responses(blp, *RESERVE_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.ON_CERTIFICATE, 201, 200))
     def post(self, args):
         """Reserve the next certificate for an order line (scope certificates:reserve)
@@ -66,13 +65,13 @@ class NextCertificate(MethodView):
 
     @require("certificates:reserve")
     @idempotent
-    @blp.arguments(s.ReserveQuery, location="query")
-    @blp.response(201, s.ReservationSchema, description="reserved for this order line")
-    @blp.alt_response(200, schema=s.ReservationSchema,
+    @blp.arguments(schemas.ReserveQuery, location="query")
+    @blp.response(201, schemas.ReservationSchema, description="reserved for this order line")
+    @blp.alt_response(200, schema=schemas.ReservationSchema,
                       description="this order line was reserved before: the same certificate")
-    @s.errors(blp, RESERVE_ERRORS)
+    @error_responses(blp, *RESERVE_ERRORS, idempotent=True)
     # (a manual parameter list replaces the generated one: the query's fields are named here too)
-    @blp.doc(parameters=[IDEMPOTENCY_KEY, {"in": "query", "schema": s.ReserveQuery}], deprecated=True,
+    @blp.doc(parameters=[IDEMPOTENCY_KEY, {"in": "query", "schema": schemas.ReserveQuery}], deprecated=True,
              **links.after(links.ON_CERTIFICATE, 201, 200))
     def get(self, args):
         """Reserve (deprecated query-string form of POST /certificates/next)
@@ -85,9 +84,9 @@ class NextCertificate(MethodView):
 @blp.route("/certificates")
 class Certificates(MethodView):
     @require(*READ)
-    @blp.arguments(s.SearchQuery, location="query")
-    @blp.response(200, s.CertificatePageSchema)
-    @s.errors(blp, {403: ["CHANNEL_FORBIDDEN"], 422: ["VALIDATION_ERROR"]})
+    @blp.arguments(schemas.SearchQuery, location="query")
+    @blp.response(200, schemas.CertificatePageSchema)
+    @error_responses(blp, "CHANNEL_FORBIDDEN", "VALIDATION_ERROR")
     def get(self, args):
         """Search certificates, newest first, one page at a time (certificates:read or admin)
 
@@ -108,8 +107,8 @@ class Certificates(MethodView):
 @blp.route("/certificates/<code>", parameters=[CODE_PARAM])
 class Certificate(MethodView):
     @require(*READ)
-    @blp.response(200, s.CertificateSchema)
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"]})
+    @blp.response(200, schemas.CertificateSchema)
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND")
     def get(self, code):
         """The certificate: status, balance, available (certificates:read or admin)
 
@@ -122,9 +121,9 @@ class Certificate(MethodView):
 @blp.route("/certificates/<code>/operations", parameters=[CODE_PARAM])
 class Operations(MethodView):
     @require(*READ)
-    @blp.arguments(s.PageQuery, location="query")
-    @blp.response(200, s.OperationPageSchema)
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 422: ["VALIDATION_ERROR"]})
+    @blp.arguments(schemas.PageQuery, location="query")
+    @blp.response(200, schemas.OperationPageSchema)
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND", "VALIDATION_ERROR")
     def get(self, args, code):
         """The balance ledger, oldest first (certificates:read or admin)
 
@@ -136,9 +135,9 @@ class Operations(MethodView):
 @blp.route("/certificates/<code>/audit", parameters=[CODE_PARAM])
 class Audit(MethodView):
     @require(*ADMIN)
-    @blp.arguments(s.PageQuery, location="query")
-    @blp.response(200, s.AuditPageSchema)
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"], 422: ["VALIDATION_ERROR"]})
+    @blp.arguments(schemas.PageQuery, location="query")
+    @blp.response(200, schemas.AuditPageSchema)
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND", "VALIDATION_ERROR")
     def get(self, args, code):
         """The audit trail, oldest first (certificates:admin)
 
@@ -150,10 +149,10 @@ class Audit(MethodView):
 @blp.route("/certificates/<code>/cvc", parameters=[CODE_PARAM])
 class Cvc(MethodView):
     @require("certificates:cvc")
-    @blp.response(200, s.CvcSchema, headers={"Cache-Control": {"schema": {"type": "string"},
+    @blp.response(200, schemas.CvcSchema, headers={"Cache-Control": {"schema": {"type": "string"},
                                                                 "description": "no-store"}})
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"],
-                    409: ["CVC_ALREADY_DISCLOSED", "NO_NOTIFICATION_PENDING", "INVALID_STATE"]})
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND", "CVC_ALREADY_DISCLOSED", "NO_NOTIFICATION_PENDING",
+                     "INVALID_STATE")
     def get(self, code):
         """Disclose the CVC to send it to the buyer, once per notification request (certificates:cvc)
 
@@ -171,17 +170,16 @@ def _action(command):
     return messagebus.handle(command, service_context())
 
 
-ACTION_ERRORS = {404: ["CERTIFICATE_NOT_FOUND"], 409: ["INVALID_STATE", "IDEMPOTENCY_IN_PROGRESS"],
-                 422: ["IDEMPOTENCY_KEY_REUSED"]}
+ACTION_ERRORS = ("CERTIFICATE_NOT_FOUND", "INVALID_STATE")
 
 
 @blp.route("/certificates/<code>/actions/lock", parameters=[CODE_PARAM])
 class Lock(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.ReasonRequest)
-    @blp.response(200, s.CertificateSchema)
-    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.arguments(schemas.ReasonRequest)
+    @blp.response(200, schemas.CertificateSchema)
+    @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_LOCK, 200))
     def post(self, args, code):
         """Lock a working certificate with a reason (certificates:admin)
@@ -195,9 +193,9 @@ class Lock(MethodView):
 class Unlock(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.EmptyRequest, required=False)
-    @blp.response(200, s.CertificateSchema)
-    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.arguments(schemas.EmptyRequest, required=False)
+    @blp.response(200, schemas.CertificateSchema)
+    @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):
         """Unlock: back to the status before the lock (certificates:admin)"""
@@ -208,9 +206,9 @@ class Unlock(MethodView):
 class Cancel(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.ReasonRequest)
-    @blp.response(200, s.CertificateSchema)
-    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.arguments(schemas.ReasonRequest)
+    @blp.response(200, schemas.CertificateSchema)
+    @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):
         """Cancel (annul) a certificate for good, with a reason (certificates:admin)
@@ -224,9 +222,10 @@ class Cancel(MethodView):
 class Notifications(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.EmptyRequest, required=False)
-    @blp.response(202, s.CertificateSchema, description="a new notification (of the same CVC) is requested")
-    @s.errors(blp, ACTION_ERRORS, body=True)
+    @blp.arguments(schemas.EmptyRequest, required=False)
+    @blp.response(202, schemas.CertificateSchema,
+                  description="a new notification (of the same CVC) is requested")
+    @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, code):
         """Request the CVC notification again after NOTIFICATION_FAILED (certificates:admin)

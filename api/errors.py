@@ -64,7 +64,6 @@ def http_status(error: DomainError) -> int:
     return ERROR_STATUS.get(error.code, 409)
 
 
-
 log = logging.getLogger("gcp.api")
 
 #: Contract codes for plain HTTP errors raised by Flask/werkzeug themselves.
@@ -82,6 +81,34 @@ class ErrorSchema(ma.Schema):
     code = ma.fields.String(required=True, metadata={"example": "INSUFFICIENT_FUNDS"})
     message = ma.fields.String(required=True)
     details = ma.fields.Dict(required=True)
+
+
+#: The error answers every route documents: no or a bad token, a missing scope, the rate limit.
+COMMON_ERRORS = ("UNAUTHORIZED", "FORBIDDEN", "RATE_LIMITED")
+#: ... every route with a request body: a malformed, oversized or non-JSON body.
+BODY_ERRORS = ("BAD_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "VALIDATION_ERROR")
+#: ... and every route that takes an ``Idempotency-Key`` (``api.idempotency``).
+IDEMPOTENCY_ERRORS = ("IDEMPOTENCY_IN_PROGRESS", "IDEMPOTENCY_KEY_REUSED")
+
+
+def error_responses(blp, *codes: str, body: bool = False, idempotent: bool = False):
+    """Decorator documenting a route's error answers in the error model: :data:`COMMON_ERRORS`,
+    :data:`BODY_ERRORS` for a route with a body, ``codes``, then :data:`IDEMPOTENCY_ERRORS` for
+    an idempotent route; each under the HTTP status :data:`ERROR_STATUS` gives it (one answer
+    per status, naming its codes)."""
+    listed = COMMON_ERRORS + (BODY_ERRORS if body else ()) + codes
+    by_status: dict[int, list[str]] = {}
+    for code in listed + (IDEMPOTENCY_ERRORS if idempotent else ()):
+        same_status = by_status.setdefault(ERROR_STATUS[code], [])
+        if code not in same_status:
+            same_status.append(code)
+
+    def decorate(view):
+        for status in sorted(by_status, reverse=True):
+            view = blp.alt_response(status, schema=ErrorSchema,
+                                    description="error codes: " + ", ".join(by_status[status]))(view)
+        return view
+    return decorate
 
 
 class ApiError(Exception):

@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.errors import ApiError
 from config import get_settings
-from observability import heartbeats, metrics_payload, metrics_token_ok
+from models.store.queries import metrics_text, ping_redis, process_heartbeats
+from observability import metrics_token_ok
 
 blp = Blueprint("health", __name__, description="Health checks and metrics")
 log = logging.getLogger("gcp.health")
@@ -29,9 +30,7 @@ def check_postgres() -> None:
 
 
 def check_redis() -> None:
-    from models.store import cache
-
-    cache.client().ping()
+    ping_redis()
 
 
 def check_kafka(timeout: float = 2.0) -> None:
@@ -125,7 +124,7 @@ class Ready(MethodView):
         failing = [n for n, c in checks.items() if c["status"] != "ok"]
         processes = {}
         if checks["redis"]["status"] == "ok":
-            processes = heartbeats()
+            processes = process_heartbeats()
             missing = [n for n, p in processes.items() if p["status"] != "ok"]
             if missing and get_settings().ready_requires_workers:
                 ok = False
@@ -148,5 +147,5 @@ class Metrics(MethodView):
         if not metrics_token_ok(request.headers.get("Authorization"), get_settings().metrics_token):
             raise ApiError(401, "UNAUTHORIZED", "the metrics need the METRICS_TOKEN bearer token",
                            headers={"WWW-Authenticate": "Bearer"})
-        data, content_type = metrics_payload()
+        data, content_type = metrics_text()
         return Response(data, content_type=content_type)

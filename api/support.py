@@ -11,8 +11,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api import links
-from api import schemas as s
+from api import fields, schemas
 from api.auth import require, service_context
+from api.errors import error_responses
 from api.certificates import ADMIN, CODE_PARAM
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY
 from api.idempotency import idempotent
@@ -27,9 +28,9 @@ blp = Blueprint("support", __name__, description=(
     "approver within ADJUST_APPROVAL_WINDOW, a second admin approves it: four eyes, never its "
     "author). Every call is in the audit trail; applied changes are on GiftCertificates.Stream."))
 
-_ID_RE = re.compile(s.ADJUSTMENT_ID_PATTERN)
+_ID_RE = re.compile(fields.ADJUSTMENT_ID_PATTERN)
 ID_PARAM = {"in": "path", "name": "adjustment_id", "required": True,
-            "schema": {"type": "string", "pattern": s.ADJUSTMENT_ID_PATTERN}}
+            "schema": {"type": "string", "pattern": fields.ADJUSTMENT_ID_PATTERN}}
 
 
 def _adjustment_id(adjustment_id: str) -> str:
@@ -42,12 +43,10 @@ def _adjustment_id(adjustment_id: str) -> str:
 class Adjust(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.AdjustRequest)
-    @blp.response(201, s.AdjustmentResultSchema, description="applied, or waiting for approval")
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"],
-                    409: ["INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
-                          "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.AdjustRequest)
+    @blp.response(201, schemas.AdjustmentResultSchema, description="applied, or waiting for approval")
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND", "INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
+                     body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_ADJUST, 201))
     def post(self, args, code):
         """Adjust a working certificate's balance (certificates:admin)
@@ -69,9 +68,9 @@ class Adjust(MethodView):
 @blp.route("/adjustments")
 class Adjustments(MethodView):
     @require(*ADMIN)
-    @blp.arguments(s.AdjustmentQuery, location="query")
-    @blp.response(200, s.AdjustmentPageSchema)
-    @s.errors(blp, {422: ["VALIDATION_ERROR"]})
+    @blp.arguments(schemas.AdjustmentQuery, location="query")
+    @blp.response(200, schemas.AdjustmentPageSchema)
+    @error_responses(blp, "VALIDATION_ERROR")
     @blp.doc(**links.after(links.AFTER_LIST_ADJUSTMENTS, 200))
     def get(self, args):
         """List the adjustments, newest first, by status or certificate (certificates:admin)
@@ -85,12 +84,11 @@ class Adjustments(MethodView):
 class Approve(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.DecisionRequest, required=False)
-    @blp.response(200, s.AdjustmentResultSchema, description="approved and applied")
-    @s.errors(blp, {403: ["SELF_APPROVAL_FORBIDDEN"], 404: ["ADJUSTMENT_NOT_FOUND"],
-                    409: ["ADJUSTMENT_NOT_PENDING", "ADJUSTMENT_EXPIRED", "INVALID_STATE",
-                          "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.DecisionRequest, required=False)
+    @blp.response(200, schemas.AdjustmentResultSchema, description="approved and applied")
+    @error_responses(blp, "SELF_APPROVAL_FORBIDDEN", "ADJUSTMENT_NOT_FOUND", "ADJUSTMENT_NOT_PENDING",
+                     "ADJUSTMENT_EXPIRED", "INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
+                     body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, adjustment_id):
         """Approve a pending adjustment: it is applied (certificates:admin, never its author)
@@ -107,11 +105,10 @@ class Approve(MethodView):
 class Reject(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.DecisionRequest, required=False)
-    @blp.response(200, s.AdjustmentResultSchema, description="rejected: nothing moved")
-    @s.errors(blp, {404: ["ADJUSTMENT_NOT_FOUND"],
-                    409: ["ADJUSTMENT_NOT_PENDING", "ADJUSTMENT_EXPIRED", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.DecisionRequest, required=False)
+    @blp.response(200, schemas.AdjustmentResultSchema, description="rejected: nothing moved")
+    @error_responses(blp, "ADJUSTMENT_NOT_FOUND", "ADJUSTMENT_NOT_PENDING", "ADJUSTMENT_EXPIRED", body=True,
+                     idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, adjustment_id):
         """Reject a pending adjustment (certificates:admin; its author may withdraw it)"""
@@ -123,14 +120,12 @@ class Reject(MethodView):
 class Transfer(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.TransferRequest)
-    @blp.response(200, s.TransferSchema, description="the balance moved")
-    @blp.alt_response(202, schema=s.PendingTransferSchema, success=True,
+    @blp.arguments(schemas.TransferRequest)
+    @blp.response(200, schemas.TransferSchema, description="the balance moved")
+    @blp.alt_response(202, schema=schemas.PendingTransferSchema, success=True,
                       description="PENDING_APPROVAL: waits for another admin (POST /transfers/{id}/approve)")
-    @s.errors(blp, {404: ["CERTIFICATE_NOT_FOUND"],
-                    409: ["INVALID_STATE", "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE",
-                          "NOMINAL_MISMATCH", "POOL_EMPTY", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @error_responses(blp, "CERTIFICATE_NOT_FOUND", "INVALID_STATE", "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE",
+                     "NOMINAL_MISMATCH", "POOL_EMPTY", "CURRENCY_MISMATCH", body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_TRANSFER, 202))
     def post(self, args, code):
         """Transfer the whole balance onto another certificate (certificates:admin)
@@ -151,13 +146,13 @@ class Transfer(MethodView):
         """
         result = messagebus.handle(commands.Transfer(code, args["reason"], args["to"]), service_context())
         if result["status"] == "PENDING_APPROVAL":
-            return jsonify(s.PendingTransferSchema().dump(result)), 202
+            return jsonify(schemas.PendingTransferSchema().dump(result)), 202
         return result
 
 
-_TRANSFER_ID_RE = re.compile(s.TRANSFER_ID_PATTERN)
+_TRANSFER_ID_RE = re.compile(fields.TRANSFER_ID_PATTERN)
 TRANSFER_ID_PARAM = {"in": "path", "name": "transfer_id", "required": True,
-                     "schema": {"type": "string", "pattern": s.TRANSFER_ID_PATTERN}}
+                     "schema": {"type": "string", "pattern": fields.TRANSFER_ID_PATTERN}}
 
 
 def _transfer_id(transfer_id: str) -> str:
@@ -169,9 +164,9 @@ def _transfer_id(transfer_id: str) -> str:
 @blp.route("/transfers")
 class Transfers(MethodView):
     @require(*ADMIN)
-    @blp.arguments(s.TransferQuery, location="query")
-    @blp.response(200, s.PendingTransferPageSchema)
-    @s.errors(blp, {422: ["VALIDATION_ERROR"]})
+    @blp.arguments(schemas.TransferQuery, location="query")
+    @blp.response(200, schemas.PendingTransferPageSchema)
+    @error_responses(blp, "VALIDATION_ERROR")
     @blp.doc(**links.after(links.AFTER_LIST_TRANSFERS, 200))
     def get(self, args):
         """List the transfers that needed a second admin, newest first (certificates:admin)
@@ -185,13 +180,12 @@ class Transfers(MethodView):
 class ApproveTransfer(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.DecisionRequest, required=False)
-    @blp.response(200, s.TransferSchema, description="approved and carried out")
-    @s.errors(blp, {403: ["SELF_APPROVAL_FORBIDDEN"], 404: ["TRANSFER_NOT_FOUND"],
-                    409: ["TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", "BALANCE_CHANGED", "INVALID_STATE",
-                          "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE", "NOMINAL_MISMATCH", "POOL_EMPTY",
-                          "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["CURRENCY_MISMATCH", "IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.DecisionRequest, required=False)
+    @blp.response(200, schemas.TransferSchema, description="approved and carried out")
+    @error_responses(blp, "SELF_APPROVAL_FORBIDDEN", "TRANSFER_NOT_FOUND", "TRANSFER_NOT_PENDING",
+                     "TRANSFER_EXPIRED", "BALANCE_CHANGED", "INVALID_STATE", "HOLDS_ACTIVE",
+                     "TARGET_NOT_AVAILABLE", "NOMINAL_MISMATCH", "POOL_EMPTY", "CURRENCY_MISMATCH",
+                     body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, transfer_id):
         """Approve a pending transfer: it is carried out (certificates:admin, never its author)
@@ -209,11 +203,10 @@ class ApproveTransfer(MethodView):
 class RejectTransfer(MethodView):
     @require(*ADMIN)
     @idempotent
-    @blp.arguments(s.DecisionRequest, required=False)
-    @blp.response(200, s.PendingTransferSchema, description="rejected: nothing moved")
-    @s.errors(blp, {404: ["TRANSFER_NOT_FOUND"],
-                    409: ["TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", "IDEMPOTENCY_IN_PROGRESS"],
-                    422: ["IDEMPOTENCY_KEY_REUSED"]}, body=True)
+    @blp.arguments(schemas.DecisionRequest, required=False)
+    @blp.response(200, schemas.PendingTransferSchema, description="rejected: nothing moved")
+    @error_responses(blp, "TRANSFER_NOT_FOUND", "TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", body=True,
+                     idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
     def post(self, args, transfer_id):
         """Reject a pending transfer (certificates:admin; its author may withdraw it)"""

@@ -93,7 +93,6 @@ def _issue_targets(n: int) -> list[tuple[str, str, int]]:
     """``n`` issued certificates (1,000,000.00 each, so holds never run out): (code, cvc, id)."""
     from models.domain import commands
     from models.service import messagebus
-    from models.service import unit_of_work as work
     from models.store import cvc as cvc_secret
     from models.store.db import db
     from models.store.tables import GiftCertificate
@@ -103,7 +102,7 @@ def _issue_targets(n: int) -> list[tuple[str, str, int]]:
     with db.connection_context():
         messagebus.handle(commands.LoadBatch("bench-targets-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
                                  tuple({"code": c, "nominal": Decimal("1000000.00")} for c in codes)),
-                   work.Context(actor="bench"))
+                   commands.Context(actor="bench"))
         for code in codes:
             messagebus.handle(commands.Reserve("ONLINE_STORE", "bench-" + uuid.uuid4().hex[:10], "1",
                                    Decimal("1000000.00"), "RUB", code=code))

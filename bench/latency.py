@@ -232,7 +232,6 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     from config import get_settings
     from models.domain import commands
     from models.service import messagebus
-    from models.service import unit_of_work as work
     from models.store.db import db
     from workers.kafka import consumer_config, producer_config
 
@@ -242,7 +241,7 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     with db.connection_context():
         messagebus.handle(commands.LoadBatch("bench-" + uuid.uuid4().hex[:6], "ELECTRONIC", "RUB",
                                  tuple({"code": c, "nominal": Decimal("1000.00")} for c in codes)),
-                   work.Context(actor="bench"))
+                   commands.Context(actor="bench"))
         orders = []
         for code in codes:
             order_id = "bench-" + uuid.uuid4().hex[:10]

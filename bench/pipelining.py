@@ -206,7 +206,6 @@ def _messages(code: str, order_id: str) -> list[tuple[str, dict]]:
 def _round(codes: list[str], op: str) -> dict:
     from models.domain import commands
     from models.service import messagebus
-    from models.service import unit_of_work as work
     from models.service.handlers import orders
     from models.store.db import db
 
@@ -221,7 +220,7 @@ def _round(codes: list[str], op: str) -> dict:
                 order_id = "o-" + uuid.uuid4().hex[:12]
                 messagebus.handle(commands.Reserve("ONLINE_STORE", order_id, "1", Decimal("1000.00"), "RUB", code=code))
                 for source, msg in _messages(code, order_id):
-                    with work.transaction(), orders.held_locks():
+                    with messagebus.transaction():
                         command = commands.OrderMessage if source == "All_SalesOrder" else commands.PaymentMessage
                         messagebus.handle(command(msg), orders.message_context(msg, source))
             else:
@@ -247,7 +246,6 @@ def main(n: int = N) -> dict:
         from config import reset_settings
         from models.domain import commands
         from models.service import messagebus
-        from models.service import unit_of_work as work
         from models.store.db import db, migrate
 
         reset_settings()
@@ -261,7 +259,7 @@ def main(n: int = N) -> dict:
                 codes = ["BP" + uuid.uuid4().hex[:14].upper() for _ in range(n)]
                 with db.connection_context():
                     messagebus.handle(commands.LoadBatch("b-" + codes[0], "ELECTRONIC", "RUB", tuple(
-                        {"code": c, "nominal": Decimal("1000.00")} for c in codes)), work.Context(actor="bench"))
+                        {"code": c, "nominal": Decimal("1000.00")} for c in codes)), commands.Context(actor="bench"))
                 results["sale"].setdefault(name, []).append(_round(codes, "sale"))
                 results["lock + unlock"].setdefault(name, []).append(_round(codes, "lock"))
         print(f"   {n} operations a round, {ROUNDS} rounds a variant, alternating; medians of the rounds")

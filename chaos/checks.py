@@ -4,7 +4,7 @@
   status and balance they leave).
 - Nothing doubled: no event twice (by eventId), no event a story did not cause, no balance off.
 - No sequence gap and no reordering of one certificate's events (sequence = 1..n in offset order).
-- ``verify --stream`` (workers/verify.py) finds nothing.
+- ``verify --stream`` (workers/verify/) finds nothing.
 """
 from __future__ import annotations
 

@@ -74,6 +74,7 @@ class Scenario:
         env.update(E2E_ENV, PORT=str(free_port()), LOG_LEVEL="INFO", HEARTBEAT_INTERVAL_MS="1000",
                    JWT_SECRET="chaos-secret-for-the-gcp-suite-0123456789", JWT_AUDIENCE="gcp-chaos",
                    CVC_ENCRYPTION_KEY="chaos-cvc-key-for-the-gcp-suite-0123456789",
+                   IDEMPOTENCY_KEY="chaos-idempotency-key-for-the-gcp-suite-0123456789",
                    CVC_CLIENT_BUDGET="100000/minute", RATE_LIMIT="100000/second", METRICS_PUBLIC="true",
                    PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
         os.environ.clear()

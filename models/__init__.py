@@ -6,5 +6,5 @@ them to it):
 - ``models.store``: PostgreSQL and Redis (tables, migrations, the repository, the read models,
   the cache, the CVC's sealing). Imports only the domain.
 - ``models.service``: the use cases (the message bus, the unit of work, the handlers, the inbox,
-  housekeeping). Entry points (``api``, ``actors``, ``workers``) call ``service.messagebus``.
+  the scheduler's rounds). Entry points (``api``, ``actors``, ``workers``) call ``service.messagebus``.
 """

@@ -93,6 +93,7 @@ def stack():
         "JWT_SECRET": "test-secret-for-the-gcp-suite-0123456789",
         "JWT_AUDIENCE": "gcp-test-suite",  # HS256 outside development needs one (config.check_settings)
         "CVC_ENCRYPTION_KEY": "test-cvc-key-for-the-gcp-suite-0123456789",
+        "IDEMPOTENCY_KEY": "test-idempotency-key-for-the-gcp-suite-0123456789",
         "CVC_CLIENT_BUDGET": "100000/minute",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT": "100000/second",

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 from models.domain import commands
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import db
 
 
@@ -32,11 +31,11 @@ def unique_currency() -> str:
 
 
 def load(n: int = 1, nominal: str | None = "1000.00", currency: str = "RUB",
-         kind: str = "ELECTRONIC", ctx: work.Context | None = None) -> list[str]:
+         kind: str = "ELECTRONIC", ctx: commands.Context | None = None) -> list[str]:
     codes = [unique_code() for _ in range(n)]
     items = tuple({"code": c, "nominal": Decimal(nominal) if nominal else None} for c in codes)
     with db.connection_context():
-        messagebus.handle(commands.LoadBatch(uid("batch-"), kind, currency, items), ctx or work.Context(actor="loader"))
+        messagebus.handle(commands.LoadBatch(uid("batch-"), kind, currency, items), ctx or commands.Context(actor="loader"))
     return codes
 
 

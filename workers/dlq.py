@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import click
 
 from config import get_settings
-from models.store.db import connection, init_db
+from models.domain.timeutil import utcnow
+from models.store import dlq as replays
+from models.store.db import connection, db, init_db
 from workers.kafka import producer as make_producer
 from workers.kafka import read_to_end
 
@@ -48,28 +50,20 @@ def read_entries(timeout: float = 15.0) -> list[Entry]:
 
 
 def _mark_replayed(entries: list[Entry]) -> None:
-    from models.store.tables import DlqReplay
-
     _ensure_db()
     with connection():
-        done = {r.dlq_id for r in DlqReplay.select(DlqReplay.dlq_id)
-                .where(DlqReplay.dlq_id.in_([e.id for e in entries]))} if entries else set()
+        done = replays.replayed([e.id for e in entries])
     for e in entries:
         e.replayed = e.id in done
 
 
 def _ensure_db() -> None:
-    from models.store.db import db
-
     if db.obj is None:
         init_db(get_settings().database_url, max_connections=2)
 
 
 def replay(ids: list[str] | None = None) -> list[Entry]:
     """Send entries back to their source topic. Returns the entries replayed."""
-    from models.domain.timeutil import utcnow
-    from models.store.tables import DlqReplay
-
     entries = read_entries()
     if ids:
         wanted = set(ids)
@@ -100,10 +94,7 @@ def replay(ids: list[str] | None = None) -> list[Entry]:
     with connection():
         now = utcnow()
         for e in chosen:
-            (DlqReplay.insert(dlq_id=e.id, source_topic=e.headers["sourceTopic"], event_id=e.event_id,
-                              replayed_at=now)
-             .on_conflict(conflict_target=[DlqReplay.dlq_id], update={DlqReplay.replayed_at: now})
-             .execute())
+            replays.record_replay(e.id, e.headers["sourceTopic"], e.event_id, now)
     return chosen
 
 

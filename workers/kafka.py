@@ -7,15 +7,17 @@ so both are set explicitly; producers are idempotent with ``acks=all``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from config import get_settings
+from observability import dependency_of
 
 log = logging.getLogger("gcp.kafka")
 
@@ -66,6 +68,54 @@ def producer(**overrides) -> Producer:
 
 def consumer(group_id: str, **overrides) -> Consumer:
     return Consumer(consumer_config(group_id, **overrides))
+
+
+# ---- a consumer's batches: taken, and read again after a failure ----------------------------
+
+def poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
+    """Up to ``limit`` messages (errors included): the first waited for up to ``timeout``, the
+    rest only if already fetched."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first] + consumer.consume(limit - 1, 0)
+
+
+def retry_from_committed(consumer: Consumer, error: BaseException, stop: threading.Event, outages,
+                         reconnect: Callable[[], None] | None = None) -> None:
+    """After a failed batch, nothing of which was committed: log it (unless a dependency is
+    away, which ``outages``, a :class:`models.store.liveness.Outages`, logs once), back off, and
+    :func:`rewind` so that the batch is read again."""
+    dependency = dependency_of(error)
+    if dependency is None:
+        outages.log.error("batch failed; retrying from the last committed offsets", exc_info=error)
+    delay = outages.failed(dependency, error) if dependency else 1.0
+    rewind(consumer, stop, outages, reconnect)
+    stop.wait(delay)
+
+
+def rewind(consumer: Consumer, stop: threading.Event, outages,
+           reconnect: Callable[[], None] | None = None) -> None:
+    """Back to the committed offsets (a partition with none: its beginning) so that nothing is
+    skipped; until that is done nothing else is read. ``reconnect()`` first mends what else the
+    batch needs (the mart's database connection). Kafka, or what ``reconnect`` needs, away:
+    retried with backoff until ``stop`` is set; any other failure of Kafka's is retried the same
+    way, and anything else (a bug) raises."""
+    while not stop.is_set():
+        try:
+            if reconnect is not None:
+                reconnect()
+            assigned = consumer.assignment()
+            if assigned:
+                for tp in consumer.committed(assigned, timeout=10):
+                    consumer.seek(tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, 0))
+            outages.ok("kafka")
+            return
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None and not isinstance(exc, KafkaException):
+                raise
+            stop.wait(outages.failed(dependency or "kafka", exc))
 
 
 @dataclass

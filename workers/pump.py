@@ -21,7 +21,6 @@ again and handed over once more.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,10 +29,13 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from config import get_settings
 from models.store.db import connection, db
-from observability import Outages, dependency_of
+from models.store.liveness import Outages
+from observability import MESSAGES_CONSUMED, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer
+from workers.kafka import ensure_topics, poll_batch, retry_from_committed
 from workers.kafka import producer as make_producer
+from workers.process import run_process
 
 log = logging.getLogger("gcp.pump")
 #: Messages taken from Kafka at most per batch.
@@ -142,10 +144,7 @@ class Pump:
     def step(self, timeout: float = 0.2) -> BatchResult:
         """Poll one batch and take it through validation, the inbox and the offsets."""
         result = BatchResult()
-        first = self.consumer.poll(timeout)
-        messages = [first] if first is not None else []
-        if first is not None:
-            messages += self.consumer.consume(BATCH - 1, 0)
+        messages = poll_batch(self.consumer, BATCH, timeout)
         valid, invalid, offsets = [], [], {}
         for msg in messages:
             if msg.error() is not None:
@@ -211,8 +210,6 @@ class Pump:
     def _observe(self, messages, result: BatchResult) -> None:
         if not result.received:
             return
-        from observability import MESSAGES_CONSUMED
-
         for msg in messages:
             if msg.error() is None:
                 MESSAGES_CONSUMED.labels(contracts.contract_name(msg.topic()), "received").inc()
@@ -275,31 +272,9 @@ class Pump:
                 if self.step().received:  # an empty poll did not touch the database
                     self.outages.ok("postgres")
             except Exception as exc:  # nothing of the batch was committed: read it again
-                dependency = dependency_of(exc)
-                if dependency is None:
-                    log.exception("batch failed; retrying from the last committed offsets")
-                delay = self.outages.failed(dependency, exc) if dependency else 1.0
-                self._rewind(stop)
-                stop.wait(delay)
+                retry_from_committed(self.consumer, exc, stop, self.outages)
             self.maybe_sweep()
         self.close()
-
-    def _rewind(self, stop: threading.Event) -> None:
-        """After a failed batch, go back to the committed offsets so nothing is skipped. Until
-        that is done nothing else is read (Kafka unreachable: retried with backoff)."""
-        while not stop.is_set():
-            try:
-                assigned = self.consumer.assignment()
-                if assigned:
-                    for tp in self.consumer.committed(assigned, timeout=10):
-                        if tp.offset >= 0:
-                            self.consumer.seek(tp)
-                        else:  # nothing committed yet: from the beginning
-                            self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
-                self.outages.ok("kafka")
-                return
-            except Exception as exc:
-                stop.wait(self.outages.failed(dependency_of(exc) or "kafka", exc))
 
     def close(self) -> None:
         try:
@@ -319,23 +294,14 @@ def _json(message: dict) -> str:
 
 
 def main() -> None:
-    from models.store.db import await_database, init_db
-    from observability import boot
-    from workers.kafka import ensure_topics
+    run_process("pump", _serve, pool=4)
 
-    heartbeat = boot("pump")
-    settings = get_settings()
-    init_db(settings.database_url, max_connections=4)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    await_database("pump", stop)
+
+def _serve(stop: threading.Event) -> None:
     ensure_topics()
     import actors  # noqa: F401  (configures the broker before the hand-over)
-    try:
-        Pump().run(stop)
-    finally:
-        heartbeat.stop()
+
+    Pump().run(stop)
 
 
 if __name__ == "__main__":

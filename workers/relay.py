@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 import uuid
 
 from config import get_settings
 from models.domain import locks
-from models.service.unit_of_work import OUTBOX_CHANNEL
+from models.store import outbox
 from models.store.db import listening_connection, wait_for_notify
-from observability import Outages, dependency_of
-from workers.kafka import EndOfTopic, read_to_end
+from models.store.liveness import Outages
+from observability import EVENTS_PUBLISHED, dependency_of
+from workers.kafka import EndOfTopic, ensure_topics, read_to_end
 from workers.kafka import producer as make_producer
+from workers.process import run_process
 
 log = logging.getLogger("gcp.relay")
 #: Rows published per round trip.
@@ -48,7 +49,7 @@ class Relay:
 
     def __init__(self, producer=None, on_published=None):
         self.settings = get_settings()
-        self.conn = listening_connection("gcp-relay", OUTBOX_CHANNEL)
+        self.conn = listening_connection("gcp-relay", outbox.OUTBOX_CHANNEL)
         self.producer = producer or make_producer(**{"delivery.timeout.ms": 0, "linger.ms": 1})
         self.leader = False
         self.stop = threading.Event()
@@ -76,12 +77,7 @@ class Relay:
         seen = published_in_tail(self.settings.topic_stream, BATCH)
         if not seen:
             return 0
-        with self.conn.cursor() as cur:
-            cur.execute("UPDATE outbox_event o SET published_at = now()"
-                        " FROM unnest(%s::bigint[], %s::uuid[]) AS t(id, event_id)"
-                        " WHERE o.id = t.id AND o.event_id = t.event_id AND o.published_at IS NULL"
-                        " RETURNING o.id", ([i for i, _e in seen], [e for _i, e in seen]))
-            marked = cur.rowcount
+        marked = outbox.mark_found_on_stream(self.conn, seen)
         if marked:
             log.warning("took over: %d rows were already on the stream", marked)
         return marked
@@ -93,10 +89,8 @@ class Relay:
         room = BATCH - len(self.inflight)
         if room <= 0:
             return 0
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT id, message_key, event_type, channel, envelope::text FROM outbox_event"
-                        " WHERE published_at IS NULL ORDER BY id LIMIT %s", (room + len(self.inflight),))
-            rows = [r for r in cur.fetchall() if r[0] not in self.inflight][:room]
+        rows = [r for r in outbox.unpublished(self.conn, room + len(self.inflight))
+                if r[0] not in self.inflight][:room]
         topic = self.settings.topic_stream
         for row in rows:
             row_id, key, event_type, channel, envelope = row
@@ -123,8 +117,7 @@ class Relay:
         if not self.acknowledged:
             return 0
         ids, self.acknowledged = self.acknowledged, []
-        with self.conn.cursor() as cur:
-            cur.execute("UPDATE outbox_event SET published_at = now() WHERE id = ANY(%s)", (ids,))
+        outbox.mark_published(self.conn, ids)
         self._observe([self.inflight.pop(i) for i in ids])
         return len(ids)
 
@@ -152,8 +145,6 @@ class Relay:
             cur.execute("SELECT 1")
 
     def _observe(self, rows) -> None:
-        from observability import EVENTS_PUBLISHED
-
         for _id, _key, event_type, _channel, _envelope in rows:
             EVENTS_PUBLISHED.labels(event_type).inc()
         try:
@@ -208,7 +199,7 @@ class Relay:
         while not self.stop.is_set():
             self.stop.wait(self.outages.failed(dependency, error))
             try:
-                self.conn = listening_connection("gcp-relay", OUTBOX_CHANNEL)
+                self.conn = listening_connection("gcp-relay", outbox.OUTBOX_CHANNEL)
                 return
             except Exception as exc:
                 dependency = dependency_of(exc)
@@ -264,23 +255,14 @@ def _hand_over_sms(rows) -> None:
 
 
 def main() -> None:
-    from models.store.db import await_database
-    from observability import boot
-    from workers.kafka import ensure_topics
+    run_process("relay", _serve)
 
-    heartbeat = boot("relay")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    await_database("relay", stop)
+
+def _serve(stop: threading.Event) -> None:
     ensure_topics()
     if get_settings().notify_via == "sms":
         import actors  # noqa: F401  (the broker, for the SMS hand-over)
-    relay = Relay()
-    try:
-        relay.run(stop)
-    finally:
-        heartbeat.stop()
+    Relay().run(stop)
 
 
 if __name__ == "__main__":

@@ -6,33 +6,31 @@ Every ``SCHEDULER_INTERVAL_MS`` it
 - releases reservations past ``reservedUntil`` (``release``) unless a payment was seen for the
   order (checked under the order's lock, so a payment being recorded is never overtaken),
 - expires issued certificates past ``expiresAt`` (``expire``),
-
+- forgets the ``Idempotency-Key`` answers past their time to live (every minute),
 - hands over again the CVC SMS whose send is missing or stuck (``NOTIFY_VIA=sms``),
 
 and on ``NOTIFY gcp_pool_refilled`` (a batch added codes; also every minute as a fallback) it
 issues the paid order lines blocked by an empty pool, oldest first. Several schedulers may run:
-one holds a PostgreSQL advisory lock and works, the others wait. Each change goes through its
-use case, which re-checks the state under the certificate's lock, so a late or repeated tick
-changes nothing.
+one holds a PostgreSQL advisory lock and works, the others wait. Each round is a command on the
+message bus (:mod:`models.service.handlers.due` finds what is due by the domain's own guards),
+and each change goes through its use case, which re-checks the state under the certificate's
+lock, so a late or repeated tick changes nothing.
 """
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
 from config import get_settings
 from models.domain import commands, locks, timeutil
-from models.domain.errors import DomainError
-from models.domain.states import REDEEMABLE, HoldStatus
 from models.service import messagebus
-from models.service import unit_of_work as work
-from models.service.housekeeping import purge_idempotency_keys
 from models.store.db import connection, listening_connection, wait_for_notify
-from models.store.tables import AuthorizationHold, BlockedIssue, GiftCertificate
-from observability import Outages, dependency_of
+from models.store.liveness import Outages
+from models.store.outbox import POOL_CHANNEL
+from observability import dependency_of
+from workers.process import run_process
 
 log = logging.getLogger("gcp.scheduler")
 #: Rows handled per kind and tick.
@@ -41,7 +39,8 @@ BATCH = 200
 BLOCKED_FALLBACK = 60.0
 #: Expired idempotency keys are purged this often (seconds).
 HOUSEKEEPING_EVERY = 60.0
-SYSTEM_CTX = work.Context(actor="scheduler")
+#: Who the scheduler is in the audit trail and the stream envelope.
+SCHEDULER_CONTEXT = commands.Context(actor="scheduler")
 
 
 @dataclass
@@ -54,57 +53,8 @@ class TickResult:
     sms_handed_over: int = 0
 
 
-def expire_holds(now) -> list[str]:
-    done = []
-    ids = [h.id for h in AuthorizationHold.select(AuthorizationHold.id)
-           .where((AuthorizationHold.status == HoldStatus.ACTIVE.value) & (AuthorizationHold.expires_at <= now))
-           .order_by(AuthorizationHold.expires_at).limit(BATCH)]
-    for hold_id in ids:
-        try:
-            messagebus.handle(commands.Void(hold_id, expired=True), SYSTEM_CTX)
-            done.append(hold_id)
-        except DomainError as refused:  # captured or voided meanwhile
-            log.debug("hold %s not expired: %s", hold_id, refused.code)
-    return done
-
-
-def release_reservations(now) -> list[str]:
-    done = []
-    rows = list(GiftCertificate.select(GiftCertificate.code, GiftCertificate.order_id)
-                .where((GiftCertificate.status == "RESERVED") & (GiftCertificate.reserved_until <= now))
-                .order_by(GiftCertificate.reserved_until).limit(BATCH).tuples())
-    for code, order_id in rows:
-        ctx = work.Context(actor="scheduler", correlation_id=order_id)
-        try:
-            with work.transaction():
-                released = messagebus.handle(commands.ExpireOrderReservation(code, order_id), ctx)
-        except DomainError as refused:
-            log.debug("reservation %s kept: %s", code, refused.code)
-            continue
-        if released is not None:
-            done.append(code)
-    return done
-
-
-def expire_certificates(now) -> list[str]:
-    done = []
-    codes = [c.code for c in GiftCertificate.select(GiftCertificate.code)
-             .where(GiftCertificate.status.in_([s.value for s in REDEEMABLE])
-                    & (GiftCertificate.expires_at <= now))
-             .order_by(GiftCertificate.expires_at).limit(BATCH)]
-    for code in codes:
-        try:
-            messagebus.handle(commands.ExpireCertificate(code), SYSTEM_CTX)
-            done.append(code)
-        except DomainError as refused:
-            log.debug("certificate %s not expired: %s", code, refused.code)
-    return done
-
-
-def resolve_blocked() -> list[str]:
-    if not BlockedIssue.select().where(BlockedIssue.status == "BLOCKED").exists():
-        return []
-    return messagebus.handle(commands.ResolveBlockedIssues(), work.Context(actor="scheduler"))["issued"]
+def _as_scheduler(command) -> dict:
+    return messagebus.handle(command, SCHEDULER_CONTEXT)
 
 
 def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
@@ -113,13 +63,13 @@ def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
     result = TickResult()
     with connection():
         now = timeutil.utcnow()
-        result.holds_expired = expire_holds(now)
-        result.reservations_released = release_reservations(now)
-        result.certificates_expired = expire_certificates(now)
+        result.holds_expired = _as_scheduler(commands.ExpireOverdueHolds(now, BATCH))["expired"]
+        result.reservations_released = _as_scheduler(commands.ReleaseLapsedReservations(now, BATCH))["released"]
+        result.certificates_expired = _as_scheduler(commands.ExpireDueCertificates(now, BATCH))["expired"]
         if blocked:
-            result.blocked_issued = resolve_blocked()
+            result.blocked_issued = _as_scheduler(commands.ResolveBlockedIssues())["issued"]
         if housekeeping:
-            result.idempotency_keys_purged = purge_idempotency_keys(now)
+            result.idempotency_keys_purged = _as_scheduler(commands.PurgeIdempotencyKeys(now))["purged"]
         if get_settings().notify_via == "sms":
             from actors.sms import sweep
 
@@ -133,7 +83,7 @@ def tick(blocked: bool = False, housekeeping: bool = False) -> TickResult:
 class Scheduler:
     def __init__(self):
         self.settings = get_settings()
-        self.conn = listening_connection("gcp-scheduler", work.POOL_CHANNEL)
+        self.conn = listening_connection("gcp-scheduler", POOL_CHANNEL)
         self.leader = False
         self.outages = Outages("scheduler")
 
@@ -182,7 +132,7 @@ class Scheduler:
         self.leader = False
         self.conn.close()
         try:
-            self.conn = listening_connection("gcp-scheduler", work.POOL_CHANNEL)
+            self.conn = listening_connection("gcp-scheduler", POOL_CHANNEL)
         except Exception as exc:
             if dependency_of(exc) is None:
                 raise
@@ -193,21 +143,13 @@ class Scheduler:
 
 
 def main() -> None:
-    from models.store.db import await_database, init_db
-    from observability import boot
+    run_process("scheduler", _serve, pool=4)
 
-    heartbeat = boot("scheduler")
-    init_db(get_settings().database_url, max_connections=4)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    await_database("scheduler", stop)
+
+def _serve(stop: threading.Event) -> None:
     if get_settings().notify_via == "sms":
         import actors  # noqa: F401  (the broker, for the SMS sweeper's hand-over)
-    try:
-        Scheduler().run(stop)
-    finally:
-        heartbeat.stop()
+    Scheduler().run(stop)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from models.domain.policy import notifies_buyer
 from models.domain.states import (
     ALLOWED_FROM,
     TRANSFERRED,
-    WORKING,
     EventType,
     HoldStatus,
     NotificationStatus,
@@ -51,6 +50,12 @@ class Certificate(NotificationLifecycle):
     notification_channel: str | None = None
     cvc_copy: bool = False
     cvc_disclosable: bool = False
+    # who it is reserved (then sold) for: the channel's order line, and until when it is held
+    channel: str | None = None
+    order_id: str | None = None
+    line_id: str | None = None
+    reserved_at: datetime | None = None
+    reserved_until: datetime | None = None
     events: list[Event] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
 
@@ -102,8 +107,11 @@ class Certificate(NotificationLifecycle):
             raise DomainError("INVALID_STATE", "certificate has expired", status="EXPIRED")
 
     # -- pool: reserve, release, issue
-    def reserve(self, nominal: Decimal, currency: str | None = None) -> None:
-        """Reserve for an order line; an open-value code takes the requested nominal."""
+    def reserve(self, nominal: Decimal, currency: str | None = None, *, channel: str | None = None,
+                order_id: str | None = None, line_id: str | None = None, now: datetime | None = None,
+                until: datetime | None = None) -> None:
+        """Reserve for an order line (``channel``, ``order_id``, ``line_id``) until ``until``; an
+        open-value code takes the requested nominal."""
         self._require("reserve", "ALREADY_RESERVED")
         self._require_currency(currency)
         if nominal <= 0:
@@ -115,14 +123,18 @@ class Certificate(NotificationLifecycle):
                               f"certificate has nominal {fmt_money(self.nominal)}, not {fmt_money(nominal)}",
                               nominal=fmt_money(self.nominal))
         self.status = Status.RESERVED
+        self.channel, self.order_id, self.line_id = channel, order_id, line_id
+        self.reserved_at, self.reserved_until = now, until
         self._record(EventType.RESERVE)
 
     def release(self, reason: str) -> None:
-        """Give a reservation back to the pool (cancelled order or expired reservation)."""
+        """Give a reservation back to the pool (cancelled order or expired reservation): it
+        keeps nothing of whom it was reserved for."""
         self._require("release")
         self.status = Status.AVAILABLE
         if self.open_value:
             self.nominal = None
+        self.channel = self.order_id = self.line_id = self.reserved_at = self.reserved_until = None
         self._record(EventType.RELEASE, reason=reason)
 
     def issue(self, expires_at: datetime | None, notify: bool = True) -> None:
@@ -131,6 +143,7 @@ class Certificate(NotificationLifecycle):
         self._require("issue")
         assert self.nominal is not None
         self.status = Status.ISSUED
+        self.reserved_until = None  # sold: the order line stays, the reservation's time is over
         self.expires_at = expires_at
         self.cvc_failed_attempts = 0
         self._move("ISSUE", self.nominal)

@@ -1,4 +1,5 @@
-"""The commands of the service: what the HTTP views, the actors and the workers ask for.
+"""The commands of the service: what the HTTP views, the actors and the workers ask for, and the
+:class:`Context` they are asked in.
 
 Plain frozen data; :mod:`models.service.messagebus` maps each to its handler. Money is ``Decimal``,
 validated by the caller (the API's schemas, the Kafka contracts).
@@ -6,10 +7,38 @@ validated by the caller (the API's schemas, the Kafka contracts).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+
+from models.domain.states import SYSTEM
 
 #: Contract names of the input topics, used as ``source`` of error and alert events.
 SALES_ORDER, PAYMENTS, CLIENTS = "All_SalesOrder", "All_Payments", "All_Clients"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asked and why: carried into the audit trail and the stream envelope."""
+
+    actor: str = SYSTEM               # client id (JWT sub) or SYSTEM
+    channel: str | None = None        # the acting channel, if any
+    request_id: str | None = None     # HTTP request id
+    correlation_id: str | None = None # usually the orderId
+    causation_id: str | None = None   # the input eventId or request id that caused this
+    identity: str | None = None       # the admin's ADMIN_IDENTITY_CLAIM (four eyes); else actor
+
+    @property
+    def cause(self) -> str | None:
+        return self.causation_id or self.request_id
+
+    @property
+    def person(self) -> str:
+        """Who this is for the four-eyes rule: the identity claim, else the client id."""
+        return self.identity or self.actor
+
+
+#: The service acting on its own (the scheduler's rounds, tools).
+SYSTEM_CONTEXT = Context()
 
 
 # ---- the pool: batches, reservations, the sale, time
@@ -240,6 +269,22 @@ class RecordSmsOutcome:
 
 # ---- the channels' messages (Kafka)
 @dataclass(frozen=True)
+class ProcessInboxMessage:
+    """Apply one input message recorded by the pump (``inbox_message``), once, in its key's
+    Kafka order."""
+    inbox_id: int
+
+
+@dataclass(frozen=True)
+class RecordInboxFailure:
+    """An attempt at an inbox message failed (not its database: the caller tells those apart);
+    ``final``: no retry is left, the message goes to the DLQ."""
+    inbox_id: int
+    error: BaseException
+    final: bool
+
+
+@dataclass(frozen=True)
 class OrderMessage:
     """An All_SalesOrder message, already validated against its schema."""
     message: dict
@@ -277,3 +322,31 @@ class ExpireOrderReservation:
     """The scheduler's call for a lapsed reservation, serialized with its order's payments."""
     code: str
     order_id: str | None
+
+
+# ---- the scheduler's rounds (each finds what is due at ``now`` and runs its use case on it)
+@dataclass(frozen=True)
+class ExpireOverdueHolds:
+    """Expire the authorization holds past their ``expiresAt`` (``authorization.expired``)."""
+    now: datetime
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class ReleaseLapsedReservations:
+    """Release the reservations past ``reservedUntil`` whose order has no payment seen."""
+    now: datetime
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class ExpireDueCertificates:
+    """Expire the sold certificates past their ``expiresAt`` (``expire``)."""
+    now: datetime
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class PurgeIdempotencyKeys:
+    """Forget the ``Idempotency-Key`` answers older than their time to live."""
+    now: datetime

@@ -3,8 +3,9 @@
 All_SalesOrder and All_Payments arrive in any order, possibly hours apart, duplicated or
 replayed. The rules here look at everything known about one order (its latest snapshot, its
 cancellation and refunds, every payment event, and the effects already applied) and return the
-effects still to apply. Each effect has a stable ``key``: applied once, recorded in
-``order_effect``, so the same messages in any order lead to the same effects in the same order.
+effects still to apply (:mod:`models.domain.order` holds what the messages say). Each effect
+has a stable ``key`` (:mod:`models.domain.effects`): applied once, recorded in ``order_effect``,
+so the same messages in any order lead to the same effects in the same order.
 
 The rules (contract section 4, "Correlation"):
 
@@ -27,157 +28,25 @@ The rules (contract section 4, "Correlation"):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from models.domain.effects import Action, Decision, Outcome, effect_key, parse_effect_key
 from models.domain.money import ZERO, fmt_money
-from models.domain.states import OrderStatus
-
-GC = "GIFT_CERTIFICATE"
-CAPTURED, AUTHORIZED = "PAYMENT_CAPTURED", "PAYMENT_AUTHORIZED"
-REFUNDED, REFUND_FAILED = "PAYMENT_REFUNDED", "REFUND_FAILED"
-#: Order event types carrying the order's content (the latest by ``occurredAt`` wins).
-SNAPSHOT_TYPES = frozenset({"ORDER_CREATED", "ORDER_UPDATED"})
-CANCELLED_TYPE, REFUNDED_TYPE = "ORDER_CANCELLED", "ORDER_REFUNDED"
+from models.domain.order import AUTHORIZED, CAPTURED, GC, REFUND_FAILED, REFUNDED, Line, Order, Payment
 
 
-@dataclass
-class OrderRecord:
-    """What the All_SalesOrder messages told about one order (the ``sales_order`` row)."""
-
-    order_id: str
-    channel: str
-    currency: str
-    total: Decimal
-    lines: list
-    tenders: list
-    customer: dict | None
-    status: OrderStatus = OrderStatus.OPEN
-    snapshot_at: datetime | None = None
-    cancelled_event_id: str | None = None
-    refunds: list = field(default_factory=list)
-    last_event_id: str | None = None
-
-
-def merge_order_message(record: OrderRecord | None, msg: dict, occurred: datetime | None,
-                        now: datetime) -> OrderRecord:
-    """The order after one more All_SalesOrder message (``record`` None: its first one).
-
-    The content (lines, tenders, total) is the latest ``ORDER_CREATED``/``ORDER_UPDATED`` by
-    ``occurredAt``; until one arrived, whatever message came first stands in. A cancellation and
-    the refunds are kept beside it, so a late ``ORDER_CREATED`` never undoes them.
-    """
-    event_type = msg["eventType"]
-    content = dict(channel=msg["channel"], currency=msg["currency"], total=Decimal(msg["total"]),
-                   lines=msg.get("lines") or [], tenders=msg.get("tenders") or [],
-                   customer=msg.get("customer"))
-    is_snapshot = event_type in SNAPSHOT_TYPES
-    if record is None:
-        record = OrderRecord(order_id=msg["orderId"], snapshot_at=occurred if is_snapshot else None, **content)
-    else:
-        newer = record.snapshot_at is None or (occurred is not None and occurred >= record.snapshot_at)
-        if is_snapshot and newer:
-            for name, value in content.items():
-                if name == "customer" and value is None:
-                    continue
-                setattr(record, name, value)
-            record.snapshot_at = occurred or now
-        elif not record.lines and content["lines"]:
-            record.lines = content["lines"]
-    if event_type == CANCELLED_TYPE and record.cancelled_event_id is None:
-        record.cancelled_event_id = msg["eventId"]
-        record.status = OrderStatus.CANCELLED
-    if event_type == REFUNDED_TYPE:
-        if all(r["eventId"] != msg["eventId"] for r in record.refunds):
-            record.refunds = [*record.refunds, {"eventId": msg["eventId"], "occurredAt": msg.get("occurredAt"),
-                                                "refundLines": msg.get("refundLines") or []}]
-        if record.status != OrderStatus.CANCELLED:
-            record.status = OrderStatus.REFUNDED
-    record.last_event_id = msg["eventId"]
-    return record
-
-
-@dataclass(frozen=True)
-class Line:
-    line_id: str
-    type: str
-    amount: Decimal
-    code: str | None = None
-
-
-@dataclass(frozen=True)
-class Tender:
-    type: str
-    amount: Decimal
-    code: str | None = None
-    authorization_id: str | None = None
-
-
-@dataclass(frozen=True)
-class RefundRequest:
-    """One ``ORDER_REFUNDED`` message: which lines, for how much."""
-    event_id: str
-    occurred_at: datetime | None
-    lines: tuple[tuple[str, Decimal], ...]
-
-
-@dataclass(frozen=True)
-class Order:
-    order_id: str
-    channel: str
-    currency: str
-    total: Decimal
-    lines: tuple[Line, ...] = ()
-    tenders: tuple[Tender, ...] = ()
-    cancelled_by: str | None = None          # eventId of ORDER_CANCELLED, if any
-    refunds: tuple[RefundRequest, ...] = ()
-
-    @property
-    def gc_lines(self) -> tuple[Line, ...]:
-        return tuple(line for line in self.lines if line.type == GC)
-
-
-@dataclass(frozen=True)
-class Payment:
-    event_id: str
-    payment_id: str
-    event_type: str
-    amount: Decimal
-    currency: str
-    occurred_at: datetime | None = None
-    seq: int = 0                              # arrival order, breaks ties in occurred_at
-    gc_code: str | None = None
-    gc_operation: str | None = None
-    gc_amount: Decimal | None = None
-    requisites_required: bool = False
-    reason: str | None = None
-
-    @property
-    def gc_sum(self) -> Decimal:
-        """The amount concerning the certificate (``giftCertificate.amount``, else ``amount``)."""
-        return self.gc_amount if self.gc_amount is not None else self.amount
-
-
-@dataclass(frozen=True)
-class Decision:
-    """An effect to apply. ``cause`` is the eventId it derives from (None: the current one)."""
-    key: str
-    action: str
-    params: dict = field(default_factory=dict)
-    cause: str | None = None
-
-
-def _time_key(p: Payment):
-    return (p.occurred_at is None, p.occurred_at or datetime.min, p.seq)
+def _time_key(payment: Payment):
+    return (payment.occurred_at is None, payment.occurred_at or datetime.min, payment.seq)
 
 
 def captured_total(order: Order, payments: list[Payment]) -> Decimal:
     """Sum of the order's captured payments in the order's currency (each paymentId once)."""
     captured: dict[str, Decimal] = {}
-    for p in payments:
-        if p.event_type == CAPTURED and p.currency == order.currency:
-            captured[p.payment_id] = max(captured.get(p.payment_id, ZERO), p.amount)
+    for payment in payments:
+        if payment.event_type == CAPTURED and payment.currency == order.currency:
+            captured[payment.payment_id] = max(captured.get(payment.payment_id, ZERO), payment.amount)
     return sum(captured.values(), ZERO)
 
 
@@ -193,7 +62,7 @@ def gc_lines_total(order: Order) -> Decimal:
 
 def payment_seen(payments: list[Payment]) -> bool:
     """Payments reported money for the order (authorized or captured)."""
-    return any(p.event_type in (AUTHORIZED, CAPTURED) for p in payments)
+    return any(payment.event_type in (AUTHORIZED, CAPTURED) for payment in payments)
 
 
 def capture_mismatch(tender_code: str, tender_amount: Decimal, authorization_id: str,
@@ -270,6 +139,22 @@ def line_for_code(order: Order, code: str | None, issued: dict[str, str]) -> Lin
     return lines[0] if code is None and len(lines) == 1 else None
 
 
+class _Plan:
+    """The decisions of one :func:`decide`, in the order to apply them: each key once, and none
+    already done."""
+
+    def __init__(self, done: dict[str, str]):
+        self.done = done
+        self.decisions: list[Decision] = []
+
+    def add(self, key: str, action: Action, cause: str | None = None, **params) -> None:
+        if key not in self.done and not self.planned(key):
+            self.decisions.append(Decision(key, action, params, cause))
+
+    def planned(self, key: str) -> bool:
+        return any(d.key == key for d in self.decisions)
+
+
 def decide(order: Order | None, payments: list[Payment], done: dict[str, str],
            issued: dict[str, str] | None = None) -> list[Decision]:
     """The effects still to apply for one order, in the order to apply them.
@@ -284,77 +169,103 @@ def decide(order: Order | None, payments: list[Payment], done: dict[str, str],
     """
     if order is None:
         return []
-    issued = issued or {}
-    out: list[Decision] = []
-
-    def add(key: str, action: str, cause: str | None = None, **params) -> None:
-        if key not in done and all(d.key != key for d in out):
-            out.append(Decision(key, action, params, cause))
-
-    seen = payment_seen(payments)
+    plan = _Plan(done)
     ordered = sorted(payments, key=_time_key)
+    _say_foreign_captures(plan, order, ordered)
+    _cancel_or_issue(plan, order, payments)
+    tender_codes, confirmed_codes = _redeem_tenders(plan, order, ordered)
+    if order.refunds:  # refunds: only once the order was refunded
+        _credit_refunds(plan, ordered, tender_codes, confirmed_codes)
+        _request_refunds(plan, order)
+        _settle_refunds(plan, order, ordered, issued or {})
+    return plan.decisions
 
-    # -- a captured payment in another currency does not count; it is said, once
-    for p in ordered:
-        if p.event_type == CAPTURED and p.currency != order.currency:
-            add(f"currency_mismatch:{p.payment_id}", "currency_error", p.event_id,
-                message=f"payment {p.payment_id} of {fmt_money(p.amount)} {p.currency} for order "
-                        f"{order.order_id} in {order.currency} does not count towards its total",
-                payment_id=p.payment_id)
 
-    # -- cancellation and issue
+def _say_foreign_captures(plan: _Plan, order: Order, ordered: list[Payment]) -> None:
+    """A captured payment in another currency does not count; it is said, once."""
+    for payment in ordered:
+        if payment.event_type == CAPTURED and payment.currency != order.currency:
+            plan.add(effect_key(Action.CURRENCY_ERROR, payment.payment_id), Action.CURRENCY_ERROR,
+                     payment.event_id, payment_id=payment.payment_id,
+                     message=f"payment {payment.payment_id} of {fmt_money(payment.amount)} "
+                             f"{payment.currency} for order {order.order_id} in {order.currency} "
+                             "does not count towards its total")
+
+
+def _cancel_or_issue(plan: _Plan, order: Order, payments: list[Payment]) -> None:
+    """A cancelled order releases its reservations (or, paid, alerts support) and issues
+    nothing; an order paid in full issues each certificate line, if its total covers them."""
     if order.cancelled_by is not None:
-        if seen:
-            add("alert:cancelled-after-payment", "alert", order.cancelled_by,
-                alert="ORDER_CANCELLED_AFTER_PAYMENT",
-                message=f"order {order.order_id} was cancelled after a payment was seen: "
-                        "its certificates are kept for support")
+        if payment_seen(payments):
+            plan.add(effect_key(Action.ALERT, "cancelled-after-payment"), Action.ALERT, order.cancelled_by,
+                     alert="ORDER_CANCELLED_AFTER_PAYMENT",
+                     message=f"order {order.order_id} was cancelled after a payment was seen: "
+                             "its certificates are kept for support")
         else:
-            add("release", "release", order.cancelled_by, reason="ORDER_CANCELLED")
+            plan.add(effect_key(Action.RELEASE), Action.RELEASE, order.cancelled_by, reason="ORDER_CANCELLED")
         if paid_in_full(order, payments) and order.gc_lines:
-            add("alert:paid-after-cancel", "alert", alert="PAID_AFTER_CANCEL",
-                message=f"order {order.order_id} is paid in full but was cancelled: nothing issued")
-    elif order.gc_lines and paid_in_full(order, payments):
-        lines_total = gc_lines_total(order)
-        if lines_total > order.total:  # never sell a certificate below its nominal
-            add("alert:order-total-mismatch", "alert", alert="ORDER_TOTAL_MISMATCH",
-                message=(f"order {order.order_id}: its gift-certificate lines sum to "
-                         f"{fmt_money(lines_total)} {order.currency}, above its total "
-                         f"{fmt_money(order.total)}: nothing issued"),
-                details={"linesTotal": fmt_money(lines_total), "orderTotal": fmt_money(order.total),
-                         "currency": order.currency})
-        else:
-            for line in order.gc_lines:
-                add(f"issue:{line.line_id}", "issue", line_id=line.line_id, code=line.code,
-                    nominal=line.amount)
+            plan.add(effect_key(Action.ALERT, "paid-after-cancel"), Action.ALERT, alert="PAID_AFTER_CANCEL",
+                     message=f"order {order.order_id} is paid in full but was cancelled: nothing issued")
+        return
+    if not (order.gc_lines and paid_in_full(order, payments)):
+        return
+    lines_total = gc_lines_total(order)
+    if lines_total > order.total:  # never sell a certificate below its nominal
+        plan.add(effect_key(Action.ALERT, "order-total-mismatch"), Action.ALERT, alert="ORDER_TOTAL_MISMATCH",
+                 message=(f"order {order.order_id}: its gift-certificate lines sum to "
+                          f"{fmt_money(lines_total)} {order.currency}, above its total "
+                          f"{fmt_money(order.total)}: nothing issued"),
+                 details={"linesTotal": fmt_money(lines_total), "orderTotal": fmt_money(order.total),
+                          "currency": order.currency})
+        return
+    for line in order.gc_lines:
+        plan.add(effect_key(Action.ISSUE, line.line_id), Action.ISSUE, line_id=line.line_id,
+                 code=line.code, nominal=line.amount)
 
-    # -- redemptions with a certificate tender
+
+def _redeem_tenders(plan: _Plan, order: Order, ordered: list[Payment]) -> tuple[set[str], set[str]]:
+    """Certificate tenders: one naming an API authorization is confirmed, any other is debited
+    by its captured ``REDEMPTION`` payments. Returns the tenders' codes and the confirmed ones."""
     tenders = [t for t in order.tenders if t.type == GC and t.code]
     confirmed_codes = set()
     for tender in tenders:
         if tender.authorization_id:
             confirmed_codes.add(tender.code)
-            add(f"confirm:{tender.authorization_id}", "confirm", code=tender.code,
-                amount=tender.amount, authorization_id=tender.authorization_id)
+            plan.add(effect_key(Action.CONFIRM, tender.authorization_id), Action.CONFIRM, code=tender.code,
+                     amount=tender.amount, authorization_id=tender.authorization_id)
     tender_codes = {t.code for t in tenders}
-    for p in ordered:
-        if (p.event_type == CAPTURED and p.gc_operation == "REDEMPTION" and p.gc_code in tender_codes
-                and p.gc_code not in confirmed_codes):
-            add(f"redeem:{p.gc_code}:{p.payment_id}", "redeem", p.event_id, code=p.gc_code,
-                amount=p.gc_sum, currency=p.currency)
+    for payment in ordered:
+        if (payment.event_type == CAPTURED and payment.gc_operation == "REDEMPTION"
+                and payment.gc_code in tender_codes and payment.gc_code not in confirmed_codes):
+            plan.add(effect_key(Action.REDEEM, payment.gc_code, payment.payment_id), Action.REDEEM,
+                     payment.event_id, code=payment.gc_code, amount=payment.gc_sum, currency=payment.currency)
+    return tender_codes, confirmed_codes
 
-    # -- refunds: only once the order was refunded
-    if not order.refunds:
-        return out
-    pending_debit = {c for c in tender_codes - confirmed_codes
-                     if not any(k.startswith(f"redeem:{c}:") for k in done)}
-    for p in ordered:
-        if p.event_type == REFUNDED and p.gc_operation == "REFUND" and p.gc_code:
-            if p.gc_code not in tender_codes or p.gc_code in pending_debit:
+
+def _debited(done: dict[str, str], code: str) -> bool:
+    """A redemption of ``code`` was applied already."""
+    for key in done:
+        parsed = parse_effect_key(key)
+        if parsed is not None and parsed[0] == Action.REDEEM and parsed[1][0] == code:
+            return True
+    return False
+
+
+def _credit_refunds(plan: _Plan, ordered: list[Payment], tender_codes: set[str],
+                    confirmed_codes: set[str]) -> None:
+    """A refund onto a certificate credits it, once the order's tender with that certificate
+    was debited."""
+    pending_debit = {c for c in tender_codes - confirmed_codes if not _debited(plan.done, c)}
+    for payment in ordered:
+        if payment.event_type == REFUNDED and payment.gc_operation == "REFUND" and payment.gc_code:
+            if payment.gc_code not in tender_codes or payment.gc_code in pending_debit:
                 continue  # wait for the order's tender with this certificate, and its debit
-            add(f"refund_credit:{p.gc_code}:{p.payment_id}", "refund_credit", p.event_id,
-                code=p.gc_code, amount=p.gc_sum, currency=p.currency)
+            plan.add(effect_key(Action.REFUND_CREDIT, payment.gc_code, payment.payment_id), Action.REFUND_CREDIT,
+                     payment.event_id, code=payment.gc_code, amount=payment.gc_sum, currency=payment.currency)
 
+
+def _request_refunds(plan: _Plan, order: Order) -> None:
+    """``ORDER_REFUNDED`` for a sold certificate line asks for its purchase refund."""
     gc_by_line = {line.line_id: line for line in order.gc_lines}
     for refund in sorted(order.refunds, key=lambda r: (r.occurred_at is None,
                                                        r.occurred_at or datetime.min)):
@@ -362,28 +273,29 @@ def decide(order: Order | None, payments: list[Payment], done: dict[str, str],
             line = gc_by_line.get(line_id)
             if line is None:
                 continue  # a product line: not ours
-            if f"issue:{line_id}" not in done:
+            if effect_key(Action.ISSUE, line_id) not in plan.done:
                 continue  # wait until the line was sold
-            add(f"refund_request:{line_id}", "refund_request", refund.event_id,
-                line_id=line_id, code=line.code, amount=amount)
-    for p in ordered:
-        if p.gc_operation != "PURCHASE" or p.event_type not in (REFUNDED, REFUND_FAILED):
+            plan.add(effect_key(Action.REFUND_REQUEST, line_id), Action.REFUND_REQUEST, refund.event_id,
+                     line_id=line_id, code=line.code, amount=amount)
+
+
+def _settle_refunds(plan: _Plan, order: Order, ordered: list[Payment], issued: dict[str, str]) -> None:
+    """Payments' answers to a purchase refund, in their own time order and only after the
+    request: refunded confirms it, "requisites required" asks for details (unless refunded)."""
+    for payment in ordered:
+        if payment.gc_operation != "PURCHASE" or payment.event_type not in (REFUNDED, REFUND_FAILED):
             continue
-        line = line_for_code(order, p.gc_code, issued)
+        line = line_for_code(order, payment.gc_code, issued)
         if line is None:
             continue
-        requested = f"refund_request:{line.line_id}"
-        planned = done.get(requested) or ("PLANNED" if any(d.key == requested for d in out) else None)
-        if planned is None:
-            continue  # wait for ORDER_REFUNDED
-        if planned not in ("APPLIED", "PLANNED"):
-            continue  # the request was refused: nothing to confirm
-        confirm_key = f"refund_confirm:{line.line_id}"
-        if p.event_type == REFUNDED:
-            add(confirm_key, "refund_confirm", p.event_id, line_id=line.line_id, code=line.code)
-        elif p.requisites_required:
-            if confirm_key in done or any(d.key == confirm_key for d in out):
+        requested = effect_key(Action.REFUND_REQUEST, line.line_id)
+        if not (plan.done.get(requested) == Outcome.APPLIED or plan.planned(requested)):
+            continue  # wait for ORDER_REFUNDED, or the request was refused: nothing to confirm
+        confirm_key = effect_key(Action.REFUND_CONFIRM, line.line_id)
+        if payment.event_type == REFUNDED:
+            plan.add(confirm_key, Action.REFUND_CONFIRM, payment.event_id, line_id=line.line_id, code=line.code)
+        elif payment.requisites_required:
+            if confirm_key in plan.done or plan.planned(confirm_key):
                 continue  # already refunded: a late "needs details" changes nothing
-            add(f"refund_details:{line.line_id}", "refund_details", p.event_id,
-                line_id=line.line_id, code=line.code, reason=p.reason)
-    return out
+            plan.add(effect_key(Action.REFUND_DETAILS, line.line_id), Action.REFUND_DETAILS, payment.event_id,
+                     line_id=line.line_id, code=line.code, reason=payment.reason)

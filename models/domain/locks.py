@@ -19,7 +19,17 @@ BI_SCHEMA = 0x6763_7013
 #: The BI mart's day closing: exclusive to close, shared to write (transaction lock).
 BI_CLOSE = 0x6763_7014
 
-#: Text keys: ``NAMESPACE + ORDER + orderId`` serializes everything about one order,
-#: ``NAMESPACE + CLIENT + clientId`` one CRM client (transaction locks; actors.inbox takes the
-#: same locks in SQL from these constants).
+#: The parts of the text keys (transaction locks); every key is built by :func:`order_key` or
+#: :func:`client_key`, and nowhere else.
 NAMESPACE, ORDER, CLIENT = "gcp-", "order:", "client:"
+
+
+def order_key(order_id: str) -> str:
+    """The key that serializes everything about one order (its messages, its reservations'
+    expiry, its blocked issues)."""
+    return NAMESPACE + ORDER + order_id
+
+
+def client_key(client_id: str) -> str:
+    """The key that serializes the messages of one CRM client."""
+    return NAMESPACE + CLIENT + client_id

@@ -1,7 +1,10 @@
 """The CVC notification lifecycle of the certificate aggregate: requested at issue, disclosed to
 CRM once per request (never under ``NOTIFY_VIA=sms``), its result, asked for again after a
-failure; and the count of wrong CVCs. A part of :class:`models.domain.certificate.Certificate`."""
+failure; and the count of wrong CVCs. A part of :class:`models.domain.certificate.Certificate`.
+And what an attempt to send the CVC by SMS is told (:class:`SmsLease`)."""
 from __future__ import annotations
+
+import enum
 
 from models.domain.errors import DomainError
 from models.domain.events import Event
@@ -81,3 +84,35 @@ class NotificationLifecycle:
                 "code": "CVC_ATTEMPTS",
                 "message": f"{self.cvc_failed_attempts} wrong CVC attempts in a row: certificate locked",
                 "certificateCode": self.code}))
+
+
+class SmsLease(enum.StrEnum):
+    """What an attempt to send the CVC SMS of one notification request is told when it asks
+    for the request's lease (exactly one SMS per request)."""
+
+    SEND = "send"                        # the lease is this attempt's: send
+    NOT_REQUESTED = "not-requested"      # no notification is due (any more)
+    ALREADY_SENT = "already-sent"        # an earlier attempt sent it
+    ALREADY_FAILED = "already-failed"    # an earlier attempt ended the request failed
+    IN_FLIGHT = "in-flight"              # another attempt holds the lease
+    UNKNOWN_OUTCOME = "unknown-outcome"  # an attempt died mid-send on a gateway that cannot tell
+    NO_PHONE = "no-phone"                # the buyer's phone is unknown
+    CVC_UNREADABLE = "cvc-unreadable"    # the CVC copy cannot be decrypted
+
+    @classmethod
+    def already(cls, sms_status: str) -> "SmsLease":
+        """The request's SMS ended ``SENT`` or ``FAILED``."""
+        return {"SENT": cls.ALREADY_SENT, "FAILED": cls.ALREADY_FAILED}[sms_status]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Nothing to send and nothing to report: the attempt just ends."""
+        return self in (SmsLease.NOT_REQUESTED, SmsLease.ALREADY_SENT, SmsLease.ALREADY_FAILED,
+                        SmsLease.IN_FLIGHT)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why the request fails without an attempt to send (``notification.failed``'s reason),
+        or None."""
+        return {SmsLease.UNKNOWN_OUTCOME: "UNKNOWN_OUTCOME", SmsLease.NO_PHONE: "NO_PHONE",
+                SmsLease.CVC_UNREADABLE: "CVC_UNREADABLE"}.get(self)

@@ -1,3 +1,3 @@
 """The use cases: ``messagebus.handle(command, ctx)`` runs the handler of a command in a unit of
 work (``unit_of_work``); ``handlers/`` holds one module per subject; ``inbox`` applies an input
-message once; ``housekeeping`` and ``rotation`` are the scheduler's and the operator's jobs."""
+message once; ``rotation`` re-seals the CVCs under a new key (the operator's job)."""

@@ -4,15 +4,15 @@ rotate-cvc-key``).
 A row with an encrypted copy (a notification not yet confirmed) is decrypted with the key it
 was made with and sealed again, hash and copy, with ``CVC_ENCRYPTION_KEY``. A row that keeps
 only the hash cannot be re-hashed without its CVC: it is counted, and re-sealed at its next
-correct CVC (``services.authorize``), so its key stays in ``CVC_OLD_KEYS`` until then.
+correct CVC (``models.service.handlers.holds.authorize``), so its key stays in ``CVC_OLD_KEYS`` until then.
 Rows are locked one batch at a time (``SKIP LOCKED``): the service keeps running meanwhile.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.service.unit_of_work import UnitOfWork
 from models.store import cvc
-from models.store.db import db
 from models.store.tables import GiftCertificate
 
 
@@ -31,7 +31,7 @@ def rotate_cvc_keys(batch: int = 1000) -> RotationResult:
     stale = ((GiftCertificate.cvc_key_id.is_null() | (GiftCertificate.cvc_key_id != current))
              & GiftCertificate.cvc_hash.is_null(False))
     while True:
-        with db.atomic():
+        with UnitOfWork():
             rows = list(GiftCertificate.select()
                         .where(stale & GiftCertificate.cvc_encrypted.is_null(False)
                                & (GiftCertificate.id > last_id))

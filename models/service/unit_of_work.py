@@ -1,18 +1,37 @@
-"""The unit of work: one PostgreSQL transaction in which a use case locks its certificate row
-(``FOR UPDATE``), applies the domain's rule, and writes the change with its ledger, audit trail
-and stream events (the outbox), all together or not at all. The outbox relay is woken by
-``NOTIFY`` at commit; the changed certificates' cache generations are bumped after it.
+"""The unit of work: the one way a use case opens a transaction.
+
+``with UnitOfWork(ctx) as uow:`` is one PostgreSQL transaction in which a use case locks its rows
+(``FOR UPDATE``, advisory locks), applies the domain's rule, and writes the change with its
+ledger, audit trail and stream events (the outbox), all together or not at all. Nested, it is a
+savepoint: it succeeds or fails on its own, inside the enclosing one (``savepoint=False`` joins
+the enclosing one instead, and fails with it). Entry points that add their own writes to the
+use cases' (the HTTP idempotency record, the inbox row) open it as
+``models.service.messagebus.transaction()``.
+
+What it guarantees:
+
+- Writes that nothing reads back at once (ledger, outbox, audit rows, the certificate's update,
+  the effects of an order, the inbox row done: :meth:`UnitOfWork.queue`) are sent together at
+  its end, in one round trip, or dropped with it; a read it serves (:meth:`UnitOfWork.execute`)
+  takes them along first, so it sees them.
+- ``NOTIFY`` wakes the outbox relay at commit; the changed certificates' cache generations are
+  bumped once the outermost transaction has ended.
+- A transaction lock (:meth:`UnitOfWork.lock`) is taken once per transaction, however many use
+  cases ask for it; one taken in a savepoint that failed is gone with it, and taken again.
+- A use case that must keep what it did and still refuse says so:
+  ``return uow.commit_then_refuse(error)``.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
+import functools
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
+from models.domain import locks
 from models.domain.certificate import Certificate
+from models.domain.commands import SYSTEM_CONTEXT, Context
 from models.domain.errors import DomainError
 from models.domain.events import MONEY_MOVEMENTS, UNSEQUENCED, Event, alert_key
 from models.domain.hold import Hold
@@ -20,159 +39,159 @@ from models.domain.money import valid_code
 from models.domain.states import CHANNELS, SYSTEM, EventType, HoldStatus
 from models.domain.timeutil import iso, utcnow
 from models.store import cache
-from models.store.db import Statements, db, one
-from models.store.repository import active_holds_sql, snapshot, to_domain, to_hold
+from models.store.db import Statements, db, row_by
+from models.store.orders import OrderRepository
+from models.store.outbox import OUTBOX_CHANNEL
+from models.store.repository import active_holds_sql, certificate_view_of, to_domain, to_hold
 from models.store.tables import AuditLog, AuthorizationHold, GiftCertificate, Operation, OutboxEvent
 
-#: PostgreSQL channel the outbox relay listens on.
-OUTBOX_CHANNEL = "gcp_outbox"
-
-#: PostgreSQL channel notified when a batch adds certificates (blocked paid orders wait on it).
-POOL_CHANNEL = "gcp_pool_refilled"
+#: The innermost unit of work of this thread (None outside one).
+_CURRENT: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("gcp_unit_of_work", default=None)
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
-@dataclass(frozen=True)
-class Context:
-    """Who asked and why: carried into the audit trail and the stream envelope."""
+class _Scope:
+    """What one transaction or savepoint collects until it ends."""
 
-    actor: str = SYSTEM               # client id (JWT sub) or SYSTEM
-    channel: str | None = None        # the acting channel, if any
-    request_id: str | None = None     # HTTP request id
-    correlation_id: str | None = None # usually the orderId
-    causation_id: str | None = None   # the input eventId or request id that caused this
-    identity: str | None = None       # the admin's ADMIN_IDENTITY_CLAIM (four eyes); else actor
+    def __init__(self, parent: _Scope | None):
+        self.parent = parent
+        self.writes = Statements()                     # sent at its end, before RELEASE/COMMIT
+        self.rows: dict[int, GiftCertificate] = {}     # certificates changed: updated at its end
+        self.touched: set[str] = set()                 # their codes, for the cache
+        self.notify = False                            # outbox rows written: wake the relay
+        self.locks: set[str] = set()                   # transaction locks taken in it
+        #: codes whose savepoint succeeded: invalidated when the outermost transaction ends
+        self.invalidate: set[str] = parent.invalidate if parent is not None else set()
 
-    @property
-    def cause(self) -> str | None:
-        return self.causation_id or self.request_id
+    def holds(self, key: str) -> bool:
+        scope = self
+        while scope is not None:
+            if key in scope.locks:
+                return True
+            scope = scope.parent
+        return False
 
-    @property
-    def person(self) -> str:
-        """Who this is for the four-eyes rule: the identity claim, else the client id."""
-        return self.identity or self.actor
+    def end_writes(self) -> None:
+        """Send what it collected (its last round trip before RELEASE or COMMIT)."""
+        for row in self.rows.values():
+            self.writes.update(row)
+        if self.notify:
+            self.writes.add("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+        self.writes.flush()
 
-
-SYSTEM_CONTEXT = Context()
-
-#: Codes to invalidate when the enclosing :func:`transaction` ends (None outside one).
-_PENDING_INVALIDATION: contextvars.ContextVar[set | None] = contextvars.ContextVar(
-    "gcp_pending_invalidation", default=None)
-
-
-#: Writes of the innermost :func:`transaction` that nothing reads back before its end.
-_LATER: contextvars.ContextVar[Statements | None] = contextvars.ContextVar("gcp_later", default=None)
-
-
-@contextlib.contextmanager
-def _later_writes():
-    """The :func:`later` writes of one block: sent at its end, dropped if it fails."""
-    writes = Statements()
-    token = _LATER.set(writes)
-    try:
-        yield
-        writes.flush()
-    finally:
-        _LATER.reset(token)
-
-
-@contextlib.contextmanager
-def transaction():
-    """An outer transaction around use cases plus the caller's own writes (e.g. the HTTP
-    idempotency record, the inbox row), so all commit together; the units of work inside become
-    savepoints and their cache invalidation waits until this transaction has ended (the
-    outermost one, when nested). Nested, it is a savepoint. Writes queued with :func:`later`
-    go with its last round trip, or roll back with it."""
-    if _PENDING_INVALIDATION.get() is not None:  # nested: the outermost one invalidates
-        with db.atomic(), _later_writes():
-            yield
-        return
-    pending: set[str] = set()
-    token = _PENDING_INVALIDATION.set(pending)
-    try:
-        with db.atomic(), _later_writes():
-            yield
-    finally:
-        _PENDING_INVALIDATION.reset(token)
-        cache.invalidate(pending)  # after commit (or rollback: a harmless extra bump)
-
-
-def later(sql: str, params: tuple = ()) -> None:
-    """A write whose result nothing reads before the end of the innermost :func:`transaction`
-    (an effect recorded, an inbox row done): sent then, or dropped with it if it fails; at once
-    outside one. Queue it only where that transaction (not a bare ``db.atomic()`` inside it)
-    bounds what it records. A reader of such rows calls :func:`flush_later` first."""
-    writes = _LATER.get()
-    if writes is None:
-        db.execute_sql(sql, params)
-    else:
-        writes.add(sql, params)
-
-
-def flush_later() -> None:
-    """Send the queued :func:`later` writes now (before reading what they write)."""
-    writes = _LATER.get()
-    if writes is not None:
-        writes.flush()
+    def succeeded(self) -> None:
+        """Its savepoint was released: the enclosing one keeps its locks and cache codes."""
+        self.invalidate.update(self.touched)
+        if self.parent is not None:
+            self.parent.locks.update(self.locks)
 
 
 class UnitOfWork:
-    """One transaction: state changes, ledger, audit and outbox commit together or not at all.
+    """One transaction (nested: a savepoint): state changes, ledger, audit and outbox commit
+    together or not at all. ``ctx`` says who asked (audit rows, stream envelopes)."""
 
-    After a successful commit, the touched certificates' cache generations are bumped.
-    """
-
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context = SYSTEM_CONTEXT, *, savepoint: bool = True):
         self.ctx = ctx
         self.now = utcnow()
-        self.touched: set[str] = set()
-        self._rows: dict[int, GiftCertificate] = {}
-        self._txn = None
-        self._notify = False
-        self.writes = Statements()  # ledger, outbox and audit rows, sent with the update at commit
+        self._savepoint = savepoint
+        self._scope: _Scope | None = None
+        self._atomic = None
+        self._token = None
+        self._refusal: DomainError | None = None
 
-    def __enter__(self) -> "UnitOfWork":
-        self._txn = db.atomic()
-        self._txn.__enter__()
+    def __enter__(self) -> UnitOfWork:
+        enclosing = _CURRENT.get()
+        if enclosing is not None and not self._savepoint:
+            self._scope = enclosing._scope  # joined: the enclosing unit sends and ends it all
+        else:
+            self._atomic = db.atomic()
+            self._atomic.__enter__()
+            self._scope = _Scope(enclosing._scope if enclosing is not None else None)
+        self._token = _CURRENT.set(self)
         return self
 
-    def touch(self, row: GiftCertificate) -> None:
-        """Mark a locked certificate row changed: saved at commit, its cache entry invalidated."""
-        row.updated_at = self.now
-        self._rows[row.id] = row
-        self.touched.add(row.code)
-
     def __exit__(self, exc_type, exc, tb) -> bool:
+        _CURRENT.reset(self._token)
+        if self._atomic is None:
+            if exc_type is None and self._refusal is not None:
+                raise self._refusal
+            return False
+        scope = self._scope
         if exc_type is None:
             try:
-                for row in self._rows.values():
-                    self.writes.update(row)
-                if self._notify:
-                    self.writes.add("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
-                self.writes.flush()
-            except BaseException as flush_error:
-                self._txn.__exit__(type(flush_error), flush_error, flush_error.__traceback__)
+                scope.end_writes()
+            except BaseException as error:
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+                self._ended(scope)
                 raise
-        committed = exc_type is None
         try:
-            self._txn.__exit__(exc_type, exc, tb)
-        except BaseException:
-            committed = False
-            raise
+            self._atomic.__exit__(exc_type, exc, tb)
+            if exc_type is None:
+                scope.succeeded()
         finally:
-            if committed:
-                pending = _PENDING_INVALIDATION.get()
-                if pending is not None:  # inside an outer transaction(): wait for its commit
-                    pending.update(self.touched)
-                else:
-                    cache.invalidate(self.touched)
+            self._ended(scope)
+        if exc_type is None and self._refusal is not None:
+            raise self._refusal
         return False
+
+    @staticmethod
+    def _ended(scope: _Scope) -> None:
+        if scope.parent is None:  # the outermost: committed, or rolled back (a harmless bump)
+            cache.invalidate(scope.invalidate)
+
+    def commit_then_refuse(self, error: DomainError) -> None:
+        """Keep what this unit did (commit it, or release its savepoint), then raise ``error``
+        from its end: an ``issue.blocked`` event, a wrong CVC counted. The use case returns
+        right after (``return uow.commit_then_refuse(...)``)."""
+        self._refusal = error
+
+    # -- the database, through the unit
+    def execute(self, sql: str, params: tuple | dict = (), *, lock: str | None = None):
+        """Send ``sql`` now, after the writes this unit queued (so a read sees them) and, with
+        ``lock``, after taking that transaction lock: one round trip. Returns the cursor."""
+        scope = self._scope
+        current = _CURRENT.get()
+        if current is None or current._scope is not scope:  # it would land in another savepoint
+            raise RuntimeError("a statement through a unit of work that is not the innermost open one")
+        taking = lock is not None and not scope.holds(lock)
+        if taking:
+            scope.writes.add(_LOCK_SQL, (lock,))
+        cursor = scope.writes.send(sql, params)
+        if taking:
+            scope.locks.add(lock)
+        return cursor
+
+    def queue(self, sql: str, params: tuple | dict = ()) -> None:
+        """A write whose result nothing needs at once: sent at this unit's end (or with the next
+        statement it executes), dropped if it fails."""
+        self._scope.writes.add(sql, params)
+
+    @property
+    def writes(self) -> Statements:
+        """The queued writes (:meth:`queue`), to add rows by model (``insert``, ``update``)."""
+        return self._scope.writes
+
+    def lock(self, key: str) -> None:
+        """A transaction lock on ``key`` (from :mod:`models.domain.locks`), until commit."""
+        if not self._scope.holds(key):
+            self.execute(_LOCK_SQL, (key,))
+            self._scope.locks.add(key)
+
+    def lock_order(self, order_id: str) -> None:
+        """Serialize everything about one order until the end of the transaction."""
+        self.lock(locks.order_key(order_id))
+
+    @functools.cached_property
+    def orders(self) -> OrderRepository:
+        """The channels' orders, read and written through this unit."""
+        return OrderRepository(self.execute, self.queue)
 
     # -- loading
     def lock_certificate(self, code: str) -> GiftCertificate:
         """The certificate row, locked until commit; 404 if unknown."""
         if not valid_code(code):
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
-        row = one(GiftCertificate, "code", code, lock=True)
+        row = row_by(GiftCertificate, "code", code, lock=True)
         if row is None:
             raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
         return row
@@ -182,7 +201,7 @@ class UnitOfWork:
         """The locked row, its aggregate (``held``: the active holds, summed when None) and its
         view before the change (for the audit trail): the start of every certificate use case."""
         row = self.lock_certificate(code)
-        return row, to_domain(row, held), snapshot(row)
+        return row, to_domain(row, held), certificate_view_of(row)
 
     def lock_hold(self, authorization_id: str, channel: str | None
                   ) -> tuple[AuthorizationHold, GiftCertificate]:
@@ -196,6 +215,12 @@ class UnitOfWork:
         return hold, row
 
     # -- saving
+    def touch(self, row: GiftCertificate) -> None:
+        """Mark a locked certificate row changed: saved at the end, its cache entry invalidated."""
+        row.updated_at = self.now
+        self._scope.rows[row.id] = row
+        self._scope.touched.add(row.code)
+
     def add_hold(self, row: GiftCertificate, hold: Hold, **columns: Any) -> None:
         """A new hold of the locked certificate (``channel``, ``client_id``, ``order_id``)."""
         self.writes.insert(AuthorizationHold, id=hold.id, certificate=row.id, amount=hold.amount,
@@ -232,6 +257,8 @@ class UnitOfWork:
         row.notification_status = cert.notification.value if cert.notification else None
         row.notification_channel = cert.notification_channel
         row.cvc_disclosable = cert.cvc_disclosable
+        row.channel, row.order_id, row.line_id = cert.channel, cert.order_id, cert.line_id
+        row.reserved_at, row.reserved_until = cert.reserved_at, cert.reserved_until
         if not cert.cvc_copy:
             row.cvc_encrypted = None  # delivered, or the certificate ended: no copy is kept
         for name, value in extra.items():
@@ -248,7 +275,7 @@ class UnitOfWork:
                 channel=self.ctx.channel, op_key=self.op_key(entry.kind, row.code, entry),
                 causation_id=self.ctx.cause, created_at=self.now, **references)
         cert.ledger.clear()
-        after = snapshot(row, cert.held)
+        after = certificate_view_of(row, cert.held)
         for event in cert.events:
             self.emit(event, row, before=before, after=after)
         cert.events.clear()
@@ -274,7 +301,7 @@ class UnitOfWork:
         if sequenced:
             row.stream_sequence += 1
             self.touch(row)
-        payload = dict(after or (snapshot(row) if row is not None else {}))
+        payload = dict(after or (certificate_view_of(row) if row is not None else {}))
         payload.update({k: v for k, v in event.payload.items() if v is not None})
         if event.type in MONEY_MOVEMENTS and self.ctx.correlation_id:
             payload["orderId"] = self.ctx.correlation_id  # the operation's order, not the sale's
@@ -303,7 +330,7 @@ class UnitOfWork:
             certificate=row.id if sequenced else None,
             sequence=row.stream_sequence if sequenced else None,
             envelope=envelope, created_at=self.now)
-        self._notify = True
+        self._scope.notify = True
         if audit:
             self.audit(event.type, row, before=before, after=after, details=event.payload or None)
         return envelope
@@ -322,32 +349,10 @@ def change_certificate(code: str, ctx: Context, change: Callable[[UnitOfWork, Ce
                        end_holds: bool = False, **extra) -> dict:
     """The use case that only asks the aggregate for one change: lock, (void its active holds,)
     ``change(uow, cert)``, save; returns the certificate's view."""
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         row, cert, before = uow.certificate(code)
         if end_holds:
             uow.end_holds(row, cert)
         change(uow, cert)
         uow.save(row, cert, before, **extra)
-        return snapshot(row, cert.held)
-    return run(ctx, body)
-
-
-class Deferred(Exception):
-    """Raised by a handler that must commit (e.g. an ``issue.blocked`` event) and still fail."""
-
-    def __init__(self, error: DomainError):
-        super().__init__(error.message)
-        self.error = error
-
-
-def run(ctx: Context, body: Callable[[UnitOfWork], Any]):
-    """Run ``body`` in a unit of work; a :class:`Deferred` commits, then raises its error."""
-    deferred: DomainError | None = None
-    with UnitOfWork(ctx) as uow:
-        try:
-            result = body(uow)
-        except Deferred as d:
-            deferred, result = d.error, None
-    if deferred is not None:
-        raise deferred
-    return result
+        return certificate_view_of(row, cert.held)

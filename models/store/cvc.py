@@ -78,9 +78,6 @@ def keyring() -> Keyring:
     return _keyring(s.cvc_encryption_key or DEV_CVC_KEY, s.cvc_old_keys, legacy)
 
 
-def request_key() -> bytes:
-    """The key of the idempotency records' request hashes (never the CVC keys themselves)."""
-    return _hkdf(keyring().current.hmac_key, b"gcp-idempotency-request")
 
 
 def current_key_id() -> str:

@@ -137,7 +137,7 @@ def select_sql(model, field_name: str, lock: bool = False) -> str:
     return (query.for_update() if lock else query).sql()[0]
 
 
-def one(model, field_name: str, value, lock: bool = False):
+def row_by(model, field_name: str, value, lock: bool = False):
     """The row of ``model`` whose unique ``field_name`` is ``value`` (locked until commit if
     ``lock``), or None; by :func:`select_sql`."""
     return next(iter(model.raw(select_sql(model, field_name, lock), value)), None)
@@ -159,6 +159,22 @@ def _update_sql(model, names: tuple[str, ...]) -> str:
             + f' WHERE "{model._meta.primary_key.column_name}" = %s')
 
 
+def insert_statement(model, **values) -> tuple[str, tuple]:
+    """``INSERT`` one row of ``model`` (values by field name, converted as Peewee would)."""
+    fields = model._meta.fields
+    return (_insert_sql(model, tuple(values)),
+            tuple(fields[name].db_value(value) for name, value in values.items()))
+
+
+def update_statement(row) -> tuple[str, tuple]:
+    """``UPDATE`` the loaded columns of ``row`` by its primary key (like ``row.save()``)."""
+    model, data = type(row), row.__data__
+    pk = model._meta.primary_key
+    fields = [f for f in model._meta.sorted_fields if f is not pk and f.name in data]
+    return (_update_sql(model, tuple(f.name for f in fields)),
+            tuple(f.db_value(data[f.name]) for f in fields) + (row._pk,))
+
+
 class Statements:
     """Writes that return nothing, sent to PostgreSQL in one round trip by :meth:`flush`.
 
@@ -175,26 +191,27 @@ class Statements:
 
     def insert(self, model, **values) -> None:
         """``INSERT`` one row of ``model`` (values by field name, converted as Peewee would)."""
-        fields = model._meta.fields
-        self.parts.append((_insert_sql(model, tuple(values)),
-                           tuple(fields[name].db_value(value) for name, value in values.items())))
+        self.parts.append(insert_statement(model, **values))
 
     def update(self, row) -> None:
         """``UPDATE`` the loaded columns of ``row`` by its primary key (like ``row.save()``)."""
-        model, data = type(row), row.__data__
-        pk = model._meta.primary_key
-        fields = [f for f in model._meta.sorted_fields if f is not pk and f.name in data]
-        self.parts.append((_update_sql(model, tuple(f.name for f in fields)),
-                           tuple(f.db_value(data[f.name]) for f in fields) + (row._pk,)))
+        self.parts.append(update_statement(row))
 
     def flush(self) -> None:
         """Send every collected statement in one round trip (errors raise as Peewee's)."""
-        if not self.parts:
-            return
+        if self.parts:
+            self.send()
+
+    def send(self, sql: str | None = None, params: tuple | dict = ()):
+        """Send every collected statement, then ``sql`` (a read, a ``RETURNING`` write), in one
+        round trip; returns the cursor, which holds the rows of the last statement."""
         parts, self.parts = self.parts, []
+        if sql is not None:
+            parts.append((sql, params))
         cursor = db.cursor()
         with peewee.__exception_wrapper__:
-            cursor.execute(b";".join(cursor.mogrify(sql, params) for sql, params in parts))
+            cursor.execute(b";".join(cursor.mogrify(part, values) for part, values in parts))
+        return cursor
 
 
 # ---- start-up of a long-running process ---------------------------------------------------
@@ -220,7 +237,8 @@ def await_database(process: str, stop=None) -> None:
     import psycopg2
 
     from config import get_settings
-    from observability import Outages, dependency_of
+    from models.store.liveness import Outages
+    from observability import dependency_of
 
     outages = Outages(process)
     while stop is None or not stop.is_set():

@@ -1,20 +1,26 @@
-"""Read-only queries: certificate search, the balance ledger, the audit trail.
+"""Read-only queries: certificate search, the balance ledger, the audit trail, support's lists,
+the pool (and its gauge), and what the health checks and ``/metrics`` read from Redis.
 
 Nothing here changes a row; pages come from Peewee's ``paginate`` (LIMIT/OFFSET in SQL).
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+import time
 from decimal import Decimal
 
 from peewee import fn
 
+from config import get_settings
 from models.domain.errors import DomainError
 from models.domain.money import ZERO, fmt_money, valid_code
 from models.domain.states import HoldStatus, Status
 from models.domain.timeutil import iso, utcnow
-from models.store import cache
-from models.store.repository import active_held, adjustment_from, pending_transfer_from, snapshot
+from models.store import cache, liveness
+from models.store.db import db
+from models.store.repository import active_held, adjustment_from, certificate_view_of, pending_transfer_from
 from models.store.tables import (
     AuditLog,
     AuthorizationHold,
@@ -23,6 +29,9 @@ from models.store.tables import (
     Operation,
     TransferRequest,
 )
+from observability import POOL_AVAILABLE
+
+log = logging.getLogger("gcp.queries")
 
 
 def _certificate(code: str) -> GiftCertificate:
@@ -49,36 +58,35 @@ def search_certificates(status: str | None = None, channel: str | None = None,
 
     Returns ``{"items": [...], "page", "pageSize", "total"}``; items are the certificate views.
     """
-    C = GiftCertificate
-    q = C.select()
+    query = GiftCertificate.select()
     if status:
-        q = q.where(C.status == Status(status).value)
+        query = query.where(GiftCertificate.status == Status(status).value)
     if channel:
-        q = q.where(C.channel == channel)
+        query = query.where(GiftCertificate.channel == channel)
     if order_id:
-        q = q.where(C.order_id == order_id)
+        query = query.where(GiftCertificate.order_id == order_id)
     if issued_from:
-        q = q.where(C.issued_at >= issued_from)
+        query = query.where(GiftCertificate.issued_at >= issued_from)
     if issued_to:
-        q = q.where(C.issued_at < issued_to)
-    total = q.count()
-    rows = list(q.order_by(C.id.desc()).paginate(page, page_size))
-    held = _held([r.id for r in rows])
-    items = [snapshot(r, held.get(r.id, ZERO)) for r in rows]
+        query = query.where(GiftCertificate.issued_at < issued_to)
+    total = query.count()
+    rows = list(query.order_by(GiftCertificate.id.desc()).paginate(page, page_size))
+    held = _held([row.id for row in rows])
+    items = [certificate_view_of(row, held.get(row.id, ZERO)) for row in rows]
     return {"items": items, "page": page, "pageSize": page_size, "total": total}
 
 
 def operations(code: str, page: int = 1, page_size: int = 100) -> dict:
     """The certificate's balance ledger, oldest first."""
     row = _certificate(code)
-    q = Operation.select().where(Operation.certificate == row.id)
-    total = q.count()
+    query = Operation.select().where(Operation.certificate == row.id)
+    total = query.count()
     items = [{"id": op.id, "kind": op.kind, "amount": fmt_money(op.amount),
               "balanceAfter": fmt_money(op.balance_after), "currency": op.currency.strip(),
               "authorizationId": op.authorization_id, "adjustmentId": op.adjustment_id,
               "transferId": op.transfer_id, "orderId": op.order_id,
               "channel": op.channel, "createdAt": iso(op.created_at)}
-             for op in q.order_by(Operation.id).paginate(page, page_size)]
+             for op in query.order_by(Operation.id).paginate(page, page_size)]
     return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}
 
 
@@ -93,12 +101,13 @@ def ledger_sum(code: str) -> Decimal:
 def audit_trail(code: str, page: int = 1, page_size: int = 100) -> dict:
     """Every recorded change and CVC disclosure of the certificate, oldest first."""
     row = _certificate(code)
-    q = AuditLog.select().where(AuditLog.certificate == row.id)
-    total = q.count()
-    items = [{"id": a.id, "action": a.action, "actor": a.actor, "channel": a.channel,
-              "requestId": a.request_id, "correlationId": a.correlation_id, "before": a.before,
-              "after": a.after, "details": a.details, "at": iso(a.created_at)}
-             for a in q.order_by(AuditLog.id).paginate(page, page_size)]
+    query = AuditLog.select().where(AuditLog.certificate == row.id)
+    total = query.count()
+    items = [{"id": entry.id, "action": entry.action, "actor": entry.actor, "channel": entry.channel,
+              "requestId": entry.request_id, "correlationId": entry.correlation_id,
+              "before": entry.before, "after": entry.after, "details": entry.details,
+              "at": iso(entry.created_at)}
+             for entry in query.order_by(AuditLog.id).paginate(page, page_size)]
     return {"code": row.code, "items": items, "page": page, "pageSize": page_size, "total": total}
 
 
@@ -107,20 +116,11 @@ def adjustments(status: str | None = None, code: str | None = None, page: int = 
     """Balance adjustments, newest first, for support. A pending one past its time is listed
     (and filtered) as EXPIRED, whether or not anyone tried to decide it since."""
     now = now or utcnow()
-    A = BalanceAdjustment
-    q = A.select(A, GiftCertificate.code).join(GiftCertificate, on=(A.certificate == GiftCertificate.id))
-    lapsed = (A.status == "PENDING_APPROVAL") & (A.expires_at <= now)
-    if status == "PENDING_APPROVAL":
-        q = q.where((A.status == "PENDING_APPROVAL") & (A.expires_at > now))
-    elif status == "EXPIRED":
-        q = q.where((A.status == "EXPIRED") | lapsed)
-    elif status:
-        q = q.where(A.status == status)
-    if code:
-        q = q.where(GiftCertificate.code == code)
-    total = q.count()
-    rows = q.order_by(A.requested_at.desc(), A.id.desc()).paginate(page, page_size)
-    items = [adjustment_view(r, r.certificate.code, now) for r in rows]
+    query = _approvals(BalanceAdjustment, BalanceAdjustment.certificate, status, code, now)
+    total = query.count()
+    rows = (query.order_by(BalanceAdjustment.requested_at.desc(), BalanceAdjustment.id.desc())
+            .paginate(page, page_size))
+    items = [adjustment_view(record, record.certificate.code, now) for record in rows]
     return {"items": items, "page": page, "pageSize": page_size, "total": total}
 
 
@@ -129,21 +129,29 @@ def transfers(status: str | None = None, code: str | None = None, page: int = 1,
     """Transfers that needed a second admin, newest first, for support (a pending one past
     its time is listed, and filtered, as EXPIRED)."""
     now = now or utcnow()
-    T = TransferRequest
-    q = T.select(T, GiftCertificate.code).join(GiftCertificate, on=(T.from_certificate == GiftCertificate.id))
-    lapsed = (T.status == "PENDING_APPROVAL") & (T.expires_at <= now)
-    if status == "PENDING_APPROVAL":
-        q = q.where((T.status == "PENDING_APPROVAL") & (T.expires_at > now))
-    elif status == "EXPIRED":
-        q = q.where((T.status == "EXPIRED") | lapsed)
-    elif status:
-        q = q.where(T.status == status)
-    if code:
-        q = q.where(GiftCertificate.code == code)
-    total = q.count()
-    rows = q.order_by(T.requested_at.desc(), T.id.desc()).paginate(page, page_size)
-    items = [transfer_request_view(r, r.from_certificate.code, now) for r in rows]
+    query = _approvals(TransferRequest, TransferRequest.from_certificate, status, code, now)
+    total = query.count()
+    rows = (query.order_by(TransferRequest.requested_at.desc(), TransferRequest.id.desc())
+            .paginate(page, page_size))
+    items = [transfer_request_view(record, record.from_certificate.code, now) for record in rows]
     return {"items": items, "page": page, "pageSize": page_size, "total": total}
+
+
+def _approvals(table, certificate, status: str | None, code: str | None, now: dt.datetime):
+    """The rows of ``table`` (adjustments or transfers) with their certificate's code, by
+    ``status`` (a pending one past its ``expires_at`` counts as EXPIRED) and ``code``."""
+    query = (table.select(table, GiftCertificate.code)
+             .join(GiftCertificate, on=(certificate == GiftCertificate.id)))
+    pending = table.status == "PENDING_APPROVAL"
+    if status == "PENDING_APPROVAL":
+        query = query.where(pending & (table.expires_at > now))
+    elif status == "EXPIRED":
+        query = query.where((table.status == "EXPIRED") | (pending & (table.expires_at <= now)))
+    elif status:
+        query = query.where(table.status == status)
+    if code:
+        query = query.where(GiftCertificate.code == code)
+    return query
 
 
 def transfer_request_view(record: TransferRequest, code: str, now: dt.datetime) -> dict:
@@ -178,7 +186,7 @@ def certificate_view(code: str) -> dict:
 
     def load() -> dict | None:
         row = GiftCertificate.get_or_none(GiftCertificate.code == code)
-        return None if row is None else snapshot(row, active_held(row.id))
+        return None if row is None else certificate_view_of(row, active_held(row.id))
     view = cache.get_or_load(code, load)
     if view is None:
         raise DomainError("CERTIFICATE_NOT_FOUND", "no such certificate", code=code)
@@ -192,6 +200,61 @@ def pool_summary() -> dict:
             .group_by(GiftCertificate.nominal, GiftCertificate.currency, GiftCertificate.kind)
             .order_by(GiftCertificate.currency, GiftCertificate.kind, GiftCertificate.nominal.asc(nulls="LAST"))
             .tuples())
-    by = [{"nominal": fmt_money(n), "currency": c.strip(), "kind": k, "available": cnt}
-          for n, c, k, cnt in rows]
-    return {"available": sum(b["available"] for b in by), "byNominal": by}
+    segments = [{"nominal": fmt_money(nominal), "currency": currency.strip(), "kind": kind,
+                 "available": count} for nominal, currency, kind, count in rows]
+    return {"available": sum(segment["available"] for segment in segments), "byNominal": segments}
+
+
+def any_certificate() -> bool:
+    """Whether any certificate was ever loaded (``make run`` seeds a demo pool when none was)."""
+    return GiftCertificate.select().exists()
+
+
+def pool_view() -> dict:
+    """``GET /pool``: the AVAILABLE certificates by nominal, currency and kind, and the
+    low-water mark (sets the ``gcp_pool_available`` gauge on the way)."""
+    summary = pool_summary()
+    set_pool_gauge(summary["available"])
+    return {**summary, "lowWaterMark": get_settings().pool_low_water_mark}
+
+
+_gauge_lock = threading.Lock()
+#: When the gauge was last set (``time.monotonic``), so a refresh can be skipped while fresh.
+_gauge_at = 0.0
+
+
+def set_pool_gauge(available: int) -> None:
+    global _gauge_at
+    POOL_AVAILABLE.set(available)
+    _gauge_at = time.monotonic()
+
+
+def refresh_pool_gauge(max_age: float = 0.0) -> None:
+    """Count the AVAILABLE certificates into ``gcp_pool_available`` (at most every ``max_age`` s)."""
+    if time.monotonic() - _gauge_at < max_age or not _gauge_lock.acquire(blocking=False):
+        return
+    try:
+        count = db.execute_sql("SELECT count(*) FROM gift_certificate WHERE status = %s",
+                               (Status.AVAILABLE.value,)).fetchone()[0]
+        set_pool_gauge(count)
+    except Exception:  # a gauge never fails the load it follows
+        log.warning("pool gauge refresh failed", exc_info=True)
+    finally:
+        _gauge_lock.release()
+
+
+def ping_redis() -> None:
+    """Readiness: Redis answers (raises when it does not)."""
+    cache.client().ping()
+
+
+def process_heartbeats() -> dict[str, dict]:
+    """Readiness: per long-running process, the age of its newest heartbeat, its live instances
+    and whether it counts as up (read from Redis; see :mod:`models.store.liveness`)."""
+    return liveness.heartbeats()
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """``/metrics``: this process's metrics, and every process's heartbeat age and outages read
+    from Redis, with their content type."""
+    return liveness.metrics_payload()

@@ -8,13 +8,15 @@ import datetime as dt
 import functools
 from decimal import Decimal
 
+from models.domain import correlation
 from models.domain.adjustment import Adjustment, PendingTransfer
 from models.domain.certificate import Certificate
 from models.domain.hold import Hold
 from models.domain.money import available_of, fmt_money
+from models.domain.order import Payment
 from models.domain.states import HoldStatus, NotificationStatus, Status
 from models.domain.timeutil import iso
-from models.store.db import db, one
+from models.store.db import db, row_by
 from models.store.tables import (
     AuthorizationHold,
     BalanceAdjustment,
@@ -26,8 +28,9 @@ from models.store.tables import (
 )
 
 
-def snapshot(row: GiftCertificate, held: Decimal | None = None) -> dict:
-    """The certificate as channels see it (never the CVC)."""
+def certificate_view_of(row: GiftCertificate, held: Decimal | None = None) -> dict:
+    """The certificate as channels see it (never the CVC); with ``held`` (its active holds),
+    its ``available`` too."""
     view = {
         "code": row.code,
         "status": row.status,
@@ -83,7 +86,8 @@ def to_domain(row: GiftCertificate, held: Decimal | None = None) -> Certificate:
         cvc_failed_attempts=row.cvc_failed_attempts, kind=row.kind,
         notification=NotificationStatus(row.notification_status) if row.notification_status else None,
         notification_channel=row.notification_channel, cvc_copy=row.cvc_encrypted is not None,
-        cvc_disclosable=row.cvc_disclosable)
+        cvc_disclosable=row.cvc_disclosable, channel=row.channel, order_id=row.order_id,
+        line_id=row.line_id, reserved_at=row.reserved_at, reserved_until=row.reserved_until)
 
 
 def to_hold(h: AuthorizationHold) -> Hold:
@@ -123,14 +127,12 @@ def pick_available(nominal: Decimal, currency: str, kind: str | None = "ELECTRON
 def payment_seen(order_id: str | None, channel: str | None) -> bool:
     """Payments reported money for this order on this channel (the rule:
     ``correlation.payment_seen``); another channel's payment never pins a reservation."""
-    from models.domain import correlation
-
     if not order_id:
         return False
     rows = (OrderPayment.select(OrderPayment.event_id, OrderPayment.payment_id, OrderPayment.event_type,
                                 OrderPayment.amount, OrderPayment.currency)
             .where((OrderPayment.order_id == order_id) & (OrderPayment.channel == channel)).tuples())
-    return correlation.payment_seen([correlation.Payment(*r) for r in rows])
+    return correlation.payment_seen([Payment(*r) for r in rows])
 
 
 def adjustment_from(record: BalanceAdjustment) -> Adjustment:
@@ -168,7 +170,7 @@ def phone_for(certificate) -> str | None:
     """The buyer's phone: the order's customer phone, else the CRM profile's."""
     if not certificate.order_id:
         return None
-    order = one(SalesOrder, "order_id", certificate.order_id)
+    order = row_by(SalesOrder, "order_id", certificate.order_id)
     customer = (order.customer or {}) if order is not None else {}
     if customer.get("phone"):
         return customer["phone"]

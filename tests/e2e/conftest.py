@@ -3,7 +3,8 @@ with this test worker's environment: its database, Redis db and topics.
 
 Tests using ``procs`` run in one xdist group ("e2e") so the processes start once per run. The
 fixture can SIGKILL and restart any of them (the crash tests) and checks at the end that none
-died on its own.
+died on its own. ``mart`` and ``burst`` add the BI mart's ``bi`` process beside them and a burst
+of traffic (the ``test_bi_*.py`` modules).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
+import psycopg2
 import pytest
 import requests
 
@@ -153,7 +156,7 @@ def procs(stack, request):
 
 
 def verify_what_the_module_did(timeout: float = 30.0) -> list:
-    """``verify --stream`` (workers/verify.py) over what this module's processes did: the
+    """``verify --stream`` (workers/verify/) over what this module's processes did: the
     certificates whose history is on its stream topic, the orders and inbox rows of its input topics. (The
     database is the test worker's, shared with other modules; a key on the stream that names no
     certificate is an event a test wrote there on purpose.)"""
@@ -260,3 +263,58 @@ def currency():
     from tests.helpers import unique_currency
 
     return unique_currency()
+
+
+@pytest.fixture(scope="module")
+def mart(procs):
+    """Empty service tables, a fresh mart database, and the bi process (``tests/e2e/bikit.py``),
+    for one module (``test_bi_*.py``)."""
+    from models.store.db import db
+    from models.store.tables import ALL_TABLES
+    from tests.e2e.bikit import BiProcess
+
+    with db.connection_context():
+        db.execute_sql(f"TRUNCATE {', '.join(t._meta.table_name for t in ALL_TABLES)} RESTART IDENTITY CASCADE")
+    base = urlparse(os.environ["DATABASE_URL"])
+    name = "gcp_bi_e2e_" + uuid.uuid4().hex[:8]
+    admin = psycopg2.connect(urlunparse(base._replace(path="/postgres")))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = urlunparse(base._replace(path=f"/{name}"))
+    saved = os.environ.get("BI_DATABASE_URL")
+    os.environ["BI_DATABASE_URL"] = url
+    bi = BiProcess(procs, url)
+    bi.db = psycopg2.connect(url)
+    bi.db.autocommit = True
+    try:
+        yield bi
+    finally:
+        bi.db.close()
+        bi.stop()
+        if saved is None:
+            os.environ.pop("BI_DATABASE_URL", None)
+        else:
+            os.environ["BI_DATABASE_URL"] = saved
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def burst(api, mart, procs):
+    """The burst of ``tests/e2e/bikit.py``'s ``Burst`` played once for the module, and the mart
+    caught up with it: its currency, its certificates' codes and the number of stream events."""
+    from tests.e2e import flow
+    from tests.e2e.bikit import Burst, wait_for_mart
+    from tests.helpers import unique_currency
+
+    reader = flow.TopicReader(from_beginning=True)
+    currency = unique_currency()
+    codes = Burst(api, currency).run(reader)
+    reader.poll(1.0)
+    total = len(reader.records)
+    reader.close()
+    wait_for_mart(mart, total)
+    return {"currency": currency, "codes": codes, "stream_events": total}

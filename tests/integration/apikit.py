@@ -1,9 +1,11 @@
-"""Helpers for the HTTP API tests: tokens, a JSON client, certificates in a given state."""
+"""Helpers for the HTTP API tests: tokens, a JSON client, certificates in a given state, and the
+check of an answer in the contract's error model."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 from api.auth import issue_token
+from api.errors import ERROR_STATUS
 from models.store import cvc as cvc_secret
 from models.store.db import db
 from models.store.tables import GiftCertificate
@@ -48,3 +50,12 @@ def authorize(client, code: str, cvc: str, amount: str, channel: str = "POS", he
 
 def money(value) -> Decimal:
     return Decimal(value)
+
+
+def is_error(resp, status: int, code: str) -> bool:
+    body = resp.get_json(silent=True)
+    assert resp.status_code == status, (resp.status_code, body)
+    assert isinstance(body, dict) and set(body) == {"code", "message", "details"}, body
+    assert body["code"] == code and isinstance(body["message"], str) and isinstance(body["details"], dict)
+    assert ERROR_STATUS.get(code, status) == status
+    return True

@@ -12,13 +12,12 @@ from models.domain import commands
 from models.domain.errors import DomainError
 from models.domain.events import alert_key
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import db
 from models.store.tables import OutboxEvent
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_code, unique_currency
 from tests.integration.apikit import cvc_of
-from tests.integration.test_actors_correlation import deliver, reserved
+from tests.integration.corrkit import deliver, reserved
 from workers.verify import check_alert_keys
 
 D = Decimal
@@ -40,7 +39,7 @@ def wrong_cvc(code: str, actor: str) -> str:
     try:
         messagebus.handle(commands.Authorize(code, "POS", uid("o-"), D("1.00"), "000000"
                                              if cvc_of(code) != "000000" else "111111"),
-                          work.Context(actor=actor, channel="POS"))
+                          commands.Context(actor=actor, channel="POS"))
     except DomainError as refused:
         return refused.code
     raise AssertionError("a wrong CVC was accepted")
@@ -73,7 +72,7 @@ def raise_every_kind(monkeypatch) -> set[str]:
     code, order_id = reserved("100.00", currency)
     deliver("order", flow.order(order_id, [flow.gc_line(code, "100.00")], "100.00", currency=currency))
     deliver("payment", flow.payment(order_id, "100.00", currency=currency))
-    messagebus.handle(commands.Redeem(code, D("100.00"), currency), work.Context(causation_id=uid("e-")))
+    messagebus.handle(commands.Redeem(code, D("100.00"), currency), commands.Context(causation_id=uid("e-")))
     deliver("order", flow.order(order_id, [flow.gc_line(code, "100.00")], "100.00", currency=currency,
                                 event_type="ORDER_REFUNDED", refund_lines=[{"lineId": "1", "amount": "100.00"}],
                                 minute=3))

@@ -2,18 +2,10 @@
 import datetime as dt
 from decimal import Decimal
 
-import pytest
-
-from app import create_app
 from config import get_settings
 from models.store.db import db
 from models.store.tables import AuthorizationHold, OutboxEvent
 from tests.integration.apikit import auth, authorize, issued_with_cvc, row
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    return create_app(get_settings()).test_client()
 
 
 def test_authorize_places_a_hold_that_lowers_available(client):

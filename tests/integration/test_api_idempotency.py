@@ -3,28 +3,14 @@ import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 import api.idempotency as idem
-from app import create_app
-from config import get_settings
+from config import get_settings, reset_settings
 from models.domain import commands
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import db
 from models.store.tables import AuthorizationHold, GiftCertificate, IdempotencyKey
 from tests.helpers import load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc, reserve_body, row
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    return create_app(get_settings())
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def holds_of(code):
@@ -97,6 +83,45 @@ def test_keys_are_per_client(client):
     # then both run
     assert a.status_code == b.status_code == 201
     assert a.json["authorizationId"] != b.json["authorizationId"]
+
+
+def retry_after_settings_change(client, monkeypatch, **environment):
+    """A keyed authorization, then the same call again once ``environment`` is changed."""
+    code, cvc = issued_with_cvc("1000.00")
+    headers, body = {**auth(channel="POS"), "Idempotency-Key": uid("key-")}, auth_body(cvc)
+    first = client.post(f"/certificates/{code}/authorizations", json=body, headers=headers)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    try:
+        again = client.post(f"/certificates/{code}/authorizations", json=body, headers=headers)
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    return code, first, again
+
+
+def test_a_cvc_key_rotation_never_changes_a_retrys_answer(client, monkeypatch):
+    # given a keyed call answered; when the CVC key is rotated (a new CVC_ENCRYPTION_KEY, the
+    # old one kept in CVC_OLD_KEYS) and the same call is retried within the 24 hours
+    old_key = get_settings().cvc_encryption_key
+    code, first, again = retry_after_settings_change(
+        client, monkeypatch, CVC_ENCRYPTION_KEY="a-rotated-cvc-key-for-the-gcp-suite-0123456789",
+        CVC_OLD_KEYS=old_key)
+    # then the retry gets the first answer again, not 422 IDEMPOTENCY_KEY_REUSED, and holds nothing more
+    assert first.status_code == again.status_code == 201, again.json
+    assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
+    assert len(holds_of(code)) == 1
+
+
+def test_the_request_hashes_are_keyed_by_idempotency_key(client, monkeypatch):
+    # given a keyed call answered; when IDEMPOTENCY_KEY itself changes and the call is retried
+    code, first, again = retry_after_settings_change(
+        client, monkeypatch, IDEMPOTENCY_KEY="another-idempotency-key-for-the-gcp-suite-0123")
+    # then its recorded hash no longer matches: the key counts as used for another request
+    assert first.status_code == 201
+    assert again.status_code == 422 and again.json["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert len(holds_of(code)) == 1
 
 
 def test_concurrent_calls_with_one_key_run_once(app):
@@ -199,7 +224,7 @@ def test_server_error_is_not_recorded(client, monkeypatch):
     body = auth_body(cvc)
     real = messagebus.handle
 
-    def broken(command, ctx=work.SYSTEM_CONTEXT):
+    def broken(command, ctx=commands.SYSTEM_CONTEXT):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(messagebus, "handle", broken)
@@ -247,8 +272,8 @@ def test_nested_transactions_invalidate_after_the_outermost_commit(client):
     gen_key = f"gcp:cert-gen:{code}"
     before = int(cache.client().get(gen_key) or 0)
     with db.connection_context():
-        with work.transaction():
-            with work.transaction():
+        with messagebus.transaction():
+            with messagebus.transaction():
                 messagebus.handle(commands.Lock(code, "NESTED"))
             # when the inner one has ended: then nothing is invalidated yet
             assert int(cache.client().get(gen_key) or 0) == before

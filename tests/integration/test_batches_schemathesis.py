@@ -2,7 +2,6 @@
 POST /batches and GET /pool never get a 5xx, and every answer matches its documented schema."""
 import dataclasses
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -10,7 +9,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                response_schema_conformance, status_code_conformance)
 
 from app import create_app
-from config import get_settings, load_settings
+from config import load_settings
 from tests.integration.apikit import auth
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -26,11 +25,6 @@ def _spec() -> dict:
 
 
 schema = schemathesis.openapi.from_dict(_spec()).include(path_regex=r"^/(batches|pool)$")
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    return create_app(get_settings())
 
 
 @schema.parametrize()

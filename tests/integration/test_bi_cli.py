@@ -9,7 +9,7 @@ from tests.integration.test_bi_consumer import Cert, mart  # noqa: F401  (the fi
 
 
 def test_reconcile_prints_every_difference_to_the_kopeck_and_exits_1(mart):  # noqa: F811
-    from bi.cli import bi_cli
+    from workers.bi.cli import bi_cli
 
     # given the mart saw a sale and a redemption the service's ledger does not have
     cert = Cert("1500.50", "POS", currency="XRC")
@@ -31,7 +31,7 @@ def test_reconcile_prints_every_difference_to_the_kopeck_and_exits_1(mart):  # n
 
 
 def test_report_writes_the_page_and_a_csv_of_every_table(mart, tmp_path):  # noqa: F811
-    from bi.cli import bi_cli
+    from workers.bi.cli import bi_cli
 
     cert = Cert("1000.00", "ONLINE_STORE", currency="XRP")
     for e in cert.sold():

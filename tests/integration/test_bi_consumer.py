@@ -63,7 +63,7 @@ def mart(stack):
 
 class MartHarness:
     def __init__(self):
-        from bi.schema import connect
+        from workers.bi.schema import connect
         from workers.kafka import producer_config
 
         self.producer = Producer(producer_config())
@@ -85,7 +85,7 @@ class MartHarness:
         return event
 
     def consumer(self, group: str | None = None):
-        from bi.consumer import BiConsumer
+        from workers.bi.consumer import BiConsumer
 
         c = BiConsumer(group=group)
         self.consumers.append(c)
@@ -219,7 +219,7 @@ def test_facts_states_and_snapshots_then_a_replay_from_offset_0_changes_nothing(
 
 
 def test_a_schema_invalid_event_and_a_sequence_gap_and_repeat_land_in_bi_anomaly(mart):
-    from bi import metrics
+    from workers.bi import metrics
     from config import get_settings
 
     cert = Cert("1000.00")

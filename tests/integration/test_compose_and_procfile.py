@@ -31,32 +31,39 @@ def test_compose_names_every_procfile_process_and_the_servers():
     assert "broker,controller" in compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
 
 
+#: What docker-compose.yml requires to be set (it refuses to start without each).
+SECRETS = ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "IDEMPOTENCY_KEY", "METRICS_TOKEN")
+
+
 def compose_config(**env):
     import os
 
-    base = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "METRICS_TOKEN")}
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                           capture_output=True, text=True, env={**base, **env})
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
 def test_docker_compose_config_accepts_it_with_the_secrets_set():
-    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
+    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, IDEMPOTENCY_KEY="i" * 40,
+                            METRICS_TOKEN="m" * 40)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
 def test_docker_compose_refuses_to_start_without_the_secrets():
-    result = compose_config(CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
+    result = compose_config(CVC_ENCRYPTION_KEY="k" * 40, IDEMPOTENCY_KEY="i" * 40, METRICS_TOKEN="m" * 40)
     assert result.returncode != 0 and "JWT_SECRET" in result.stderr, result.stderr
-    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40)
+    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, IDEMPOTENCY_KEY="i" * 40)
     assert result.returncode != 0 and "METRICS_TOKEN" in result.stderr, result.stderr
+    result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
+    assert result.returncode != 0 and "IDEMPOTENCY_KEY" in result.stderr, result.stderr
 
 
 def test_compose_requires_the_secrets_instead_of_defaulting_them():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     env = compose["x-app"]["environment"]
-    for name in ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "METRICS_TOKEN"):
+    for name in SECRETS:
         assert env[name].startswith("${" + name + ":?"), env[name]
 
 
@@ -99,7 +106,7 @@ def test_a_heartbeat_touches_the_file_the_healthcheck_reads(stack):
     import os
     import time
 
-    from observability import Heartbeat
+    from models.store.liveness import Heartbeat
     from workers.alive import alive_file
 
     path = alive_file("test-alive")

@@ -4,19 +4,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-import pytest
-
-from app import create_app
-from config import get_settings
 from models.store import queries
 from models.store.db import db
 from tests.helpers import load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    return create_app(get_settings())
 
 
 def run_at_once(n: int, call):

@@ -2,10 +2,6 @@
 the /cvc answers, the operation's order in money-movement events, cancel from LOCKED."""
 from decimal import Decimal
 
-import pytest
-
-from app import create_app
-from config import get_settings
 from models.domain import commands
 from models.service import messagebus
 from models.store.db import db
@@ -13,14 +9,9 @@ from models.store.tables import GiftCertificate
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, authorize, cvc_of
-from tests.integration.test_actors_correlation import deliver, events
+from tests.integration.corrkit import deliver, events
 
 D = Decimal
-
-
-@pytest.fixture
-def client(stack):
-    return create_app(get_settings()).test_client()
 
 
 def test_a_captured_payment_in_another_currency_gets_a_currency_mismatch_error(stack):

@@ -1,11 +1,14 @@
 """Writes sent together: ``Statements`` (one round trip for a unit of work's writes) and
-``unit_of_work.later`` (writes nothing reads back, sent with the transaction's end)."""
+``UnitOfWork.queue`` (writes nothing reads back at once, sent with the unit of work's end, or
+with the next statement it sends)."""
 import threading
 
 import pytest
 from peewee import IntegrityError
 
-from models.service import unit_of_work as work
+from models.domain import locks
+from models.domain.errors import DomainError
+from models.service.unit_of_work import UnitOfWork
 from models.store.db import Statements, db
 from models.store.tables import GiftCertificate, OrderEffect
 from tests.helpers import load, uid
@@ -17,44 +20,46 @@ def conn(stack):
         yield
 
 
+_EFFECTS = "SELECT effect_key FROM order_effect WHERE order_id = %s ORDER BY effect_key"
+
+
 def effects(order_id):
-    return [e for (e,) in db.execute_sql(
-        "SELECT effect_key FROM order_effect WHERE order_id = %s ORDER BY effect_key", (order_id,)).fetchall()]
+    return [e for (e,) in db.execute_sql(_EFFECTS, (order_id,)).fetchall()]
 
 
-def later_effect(order_id, key):
-    work.later("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, %s, 'APPLIED')",
-               (order_id, key))
+def later_effect(uow, order_id, key):
+    uow.queue("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, %s, 'APPLIED')",
+              (order_id, key))
 
 
 def test_a_later_write_waits_for_the_end_of_the_transaction_and_commits_with_it():
     order = uid("o-")
-    with work.transaction():
-        later_effect(order, "a")
+    with UnitOfWork() as uow:
+        later_effect(uow, order, "a")
         assert effects(order) == []  # not sent yet
-        later_effect(order, "b")
+        later_effect(uow, order, "b")
     assert effects(order) == ["a", "b"]
 
 
 def test_a_later_write_that_fails_fails_the_transaction_and_rolls_everything_back():
     order = uid("o-")
     with pytest.raises(IntegrityError):
-        with work.transaction():
+        with UnitOfWork() as uow:
             db.execute_sql("INSERT INTO order_effect (order_id, effect_key, outcome) VALUES (%s, 'x', 'APPLIED')",
                            (order,))
-            later_effect(order, "a")
-            later_effect(order, "a")  # unique (order_id, effect_key): fails at the end
+            later_effect(uow, order, "a")
+            later_effect(uow, order, "a")  # unique (order_id, effect_key): fails at the end
     assert effects(order) == []
-    with work.transaction():  # and the connection is usable afterwards
-        later_effect(order, "c")
+    with UnitOfWork() as uow:  # and the connection is usable afterwards
+        later_effect(uow, order, "c")
     assert effects(order) == ["c"]
 
 
 def test_a_transaction_that_fails_sends_none_of_its_later_writes():
     order = uid("o-")
     with pytest.raises(RuntimeError):
-        with work.transaction():
-            later_effect(order, "a")
+        with UnitOfWork() as uow:
+            later_effect(uow, order, "a")
             raise RuntimeError("refused")
     assert effects(order) == []
 
@@ -63,31 +68,64 @@ def test_a_later_write_inside_a_savepoint_goes_with_the_savepoint():
     """An earlier inbox message handled in a savepoint that fails must take its recorded
     effects with it: a queued write would outlive the rollback and mark an undone effect done."""
     order = uid("o-")
-    with work.transaction():
-        later_effect(order, "outer")
+    with UnitOfWork() as uow:
+        later_effect(uow, order, "outer")
         with pytest.raises(RuntimeError):
-            with work.transaction():  # nested: a savepoint
-                later_effect(order, "rolled-back")
+            with UnitOfWork() as savepoint:  # nested: a savepoint
+                later_effect(savepoint, order, "rolled-back")
                 raise RuntimeError("the earlier message fails")
-        with work.transaction():
-            later_effect(order, "kept")
+        with UnitOfWork() as savepoint:
+            later_effect(savepoint, order, "kept")
     assert effects(order) == ["kept", "outer"]
 
 
-def test_a_reader_flushes_the_later_writes_first():
+def test_a_read_through_the_unit_of_work_sends_its_later_writes_first():
     order = uid("o-")
-    with work.transaction():
-        later_effect(order, "a")
-        work.flush_later()
-        assert effects(order) == ["a"]
-        later_effect(order, "b")
+    with UnitOfWork() as uow:
+        later_effect(uow, order, "a")
+        assert [e for (e,) in uow.execute(_EFFECTS, (order,)).fetchall()] == ["a"]  # one round trip
+        later_effect(uow, order, "b")
     assert effects(order) == ["a", "b"]
 
 
-def test_a_later_write_outside_a_transaction_runs_at_once():
+def test_a_joined_unit_of_work_writes_with_the_enclosing_one():
     order = uid("o-")
-    later_effect(order, "now")
-    assert effects(order) == ["now"]
+    with UnitOfWork() as uow:
+        with UnitOfWork(savepoint=False) as joined:  # no savepoint: its writes are the enclosing one's
+            later_effect(joined, order, "joined")
+        assert effects(order) == []
+        with pytest.raises(RuntimeError):  # a statement through a unit a savepoint is nested in
+            with UnitOfWork():
+                uow.execute(_EFFECTS, (order,))
+    assert effects(order) == ["joined"]
+
+
+def test_a_unit_of_work_that_refuses_after_commit_keeps_its_writes():
+    order = uid("o-")
+    with pytest.raises(DomainError) as refused:
+        with UnitOfWork() as uow:
+            later_effect(uow, order, "kept")
+            uow.commit_then_refuse(DomainError("POOL_EMPTY", "no certificate available"))
+    assert refused.value.code == "POOL_EMPTY" and effects(order) == ["kept"]
+
+
+def test_a_lock_is_taken_once_per_transaction_and_again_after_its_savepoint_failed():
+    order = uid("o-")
+    sent = []
+    with UnitOfWork() as uow:
+        real = uow.execute
+        uow.execute = lambda sql, params=(), **kw: sent.append(sql) or real(sql, params, **kw)
+        uow.lock_order(order)
+        uow.lock_order(order)  # held: not asked again
+        assert len(sent) == 1
+        with pytest.raises(RuntimeError):
+            with UnitOfWork() as savepoint:
+                savepoint.lock(locks.client_key(order))
+                raise RuntimeError("rolled back, and its lock with it")
+        assert not uow._scope.holds(locks.client_key(order))  # PostgreSQL released it too
+        with UnitOfWork() as savepoint:
+            savepoint.lock(locks.client_key(order))
+        assert uow._scope.holds(locks.client_key(order))  # kept by the transaction from now on
 
 
 def test_statements_update_only_the_loaded_columns():
@@ -139,8 +177,8 @@ def test_threads_keep_their_own_later_writes():
         try:
             with db.connection_context():
                 for i in range(20):
-                    with work.transaction():
-                        later_effect(order, f"k{i:02d}")
+                    with UnitOfWork() as uow:
+                        later_effect(uow, order, f"k{i:02d}")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

@@ -8,16 +8,14 @@ import time
 from decimal import Decimal
 
 import jwt
-import pytest
 
-from app import create_app
 from config import get_settings, reset_settings
 from models.store.db import db
 from models.store.tables import BalanceAdjustment, CertificateTransfer, OutboxEvent, TransferRequest
 from tests.e2e import flow
 from tests.helpers import issued, load, uid, unique_currency
 from tests.integration.apikit import auth, issued_with_cvc
-from tests.integration.test_support_tools import (
+from tests.integration.supportkit import (
     adjust,
     admin,
     assert_ledger_is_the_balance,
@@ -30,16 +28,6 @@ from tests.integration.test_support_tools import (
 )
 
 D = Decimal
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    return create_app(get_settings())
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def big(client, amount="9000.00", currency=None):

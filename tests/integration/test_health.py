@@ -1,13 +1,4 @@
 """Health, metrics, docs and the error model at the HTTP edge."""
-import pytest
-
-from app import create_app
-from config import get_settings
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    return create_app(get_settings()).test_client()
 
 
 def test_live_and_ready_answer_200_with_every_part_checked(client):

@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-token-for-the-suite-0123456789"
 
 
-@pytest.fixture(scope="module")
-def client(stack):
-    return create_app(get_settings()).test_client()
-
-
 def http_series() -> set[tuple]:
     """Every labelled series of the HTTP metrics in this process's registry."""
     return {(sample.name, tuple(sorted(sample.labels.items())))
@@ -81,9 +76,9 @@ def test_the_processes_refuse_to_start_without_metrics_token(command):
 
 
 def test_the_bi_metrics_port_needs_the_same_bearer_token(monkeypatch):
-    from bi import metrics  # noqa: F401  (registers the mart's metrics)
+    from workers.bi import metrics  # noqa: F401  (registers the mart's metrics)
     from devstack import free_port
-    from workers.bi import start_metrics_server
+    from workers.bi.metrics import start_metrics_server
 
     monkeypatch.setenv("METRICS_TOKEN", TOKEN)
     monkeypatch.setenv("BI_METRICS_PORT", str(free_port()))

@@ -21,7 +21,7 @@ EMAIL = "ivan.petrov." + "x" * 250 + "@example.ru"  # over the contract's 254 ch
 def test_a_schema_violation_names_the_field_never_the_phone_or_the_e_mail(mart, monkeypatch, caplog,  # noqa: F811
                                                                           tmp_path):
     from app import cli as app_cli
-    from bi.cli import bi_cli
+    from workers.bi.cli import bi_cli
     from config import get_settings, reset_settings
     from observability import JsonFormatter
     from workers.pump import Pump

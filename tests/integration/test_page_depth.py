@@ -4,16 +4,9 @@ so ``?page=10000&page_size=100`` made one request skip a million rows. ``page`` 
 ``VALIDATION_ERROR`` naming the limit."""
 import pytest
 
-from api.schemas import MAX_PAGE, MAX_PAGE_DEPTH, MAX_PAGE_SIZE
-from app import create_app
-from config import get_settings
+from api.fields import MAX_PAGE, MAX_PAGE_DEPTH, MAX_PAGE_SIZE
 from tests.helpers import issued
 from tests.integration.apikit import auth
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    return create_app(get_settings()).test_client()
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,15 @@
 keeps only its keyed hash, and the card sold at a POS authorizes with the printed CVC."""
 import pytest
 
-from app import create_app
-from config import get_settings
 from models.store import cvc as cvc_secret
 from models.store.db import db
 from models.store.tables import AuditLog, GiftCertificate, IdempotencyKey, OutboxEvent
 from tests.e2e import flow
 from tests.helpers import uid, unique_code, unique_currency
 from tests.integration.apikit import auth
-from tests.integration.test_actors_correlation import deliver
+from tests.integration.corrkit import deliver
 
 PRINTED = "739164"
-
-
-@pytest.fixture
-def client(stack):
-    return create_app(get_settings()).test_client()
 
 
 def load_physical(client, currency, code, cvc=PRINTED, **extra):

@@ -13,7 +13,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.domain import commands
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import db
 from models.store.tables import OutboxEvent
 from tests.e2e import flow
@@ -46,7 +45,7 @@ def test_events_go_out_in_order_with_key_headers_and_right_after_commit(relay):
     for n, amount in enumerate(("100.00", "200.00", "300.00", "400.00"), start=4):
         with db.connection_context():
             committed = time.time()
-            messagebus.handle(commands.Redeem(code, D(amount)), work.Context(causation_id=flow.eid()))
+            messagebus.handle(commands.Redeem(code, D(amount)), commands.Context(causation_id=flow.eid()))
         reader.wait_for(lambda r: len(r.for_key(code)) >= n, what="redeem event")
         lags.append([r for r in reader.records if r.key == code][-1].timestamp_ms / 1000 - committed)
     # then the stream carries them keyed by code, in sequence, with the contract's headers
@@ -179,7 +178,7 @@ def test_kafka_outage_events_wait_and_go_out_in_order_none_lost(own_kafka, monke
         code = issued("500.00")
         with db.connection_context():
             for amount in ("100.00", "150.00", "250.00"):
-                messagebus.handle(commands.Redeem(code, D(amount)), work.Context(causation_id=flow.eid()))
+                messagebus.handle(commands.Redeem(code, D(amount)), commands.Context(causation_id=flow.eid()))
         done = threading.Event()
         worker = threading.Thread(target=lambda: (relay.publish_pending(), done.set()), daemon=True)
         worker.start()

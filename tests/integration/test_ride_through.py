@@ -22,9 +22,9 @@ from confluent_kafka import KafkaError, KafkaException
 from config import get_settings
 from models.domain import commands
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import connect_params, db
-from observability import DEPENDENCY_OUTAGES, OUTAGES_KEY, Outages, dependency_of
+from models.store.liveness import OUTAGES_KEY, Outages
+from observability import DEPENDENCY_OUTAGES, dependency_of
 from tests.e2e import flow
 from tests.helpers import issued, uid
 
@@ -104,7 +104,7 @@ def test_the_relay_reconnects_after_losing_its_connection_and_publishes_once(sta
         # when its connection is cut (the leadership, a session lock, goes with it)
         assert terminate("gcp-relay") >= 1
         with db.connection_context():
-            messagebus.handle(commands.Redeem(code, D("100.00")), work.Context(causation_id=flow.eid()))
+            messagebus.handle(commands.Redeem(code, D("100.00")), commands.Context(causation_id=flow.eid()))
         # then it connects again, leads again, and the new event goes out, once, in sequence
         reader.wait_for(lambda r: len(r.for_key(code)) >= 4, 30, "the redemption after the cut")
         reader.poll(1.0)

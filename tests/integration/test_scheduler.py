@@ -8,8 +8,7 @@ import pytest
 
 from models.domain import commands, timeutil
 from models.service import messagebus
-from models.service import unit_of_work as work
-from models.service.handlers import orders
+from models.service.unit_of_work import UnitOfWork
 from models.store import cvc
 from models.store.db import db
 from models.store.tables import AuthorizationHold, BlockedIssue, GiftCertificate, OutboxEvent
@@ -58,7 +57,8 @@ def test_lapsed_reservation_is_released_unless_its_order_saw_a_payment():
     unpaid, paid = uid("order-"), uid("order-")
     messagebus.handle(commands.Reserve("ONLINE_STORE", unpaid, "1", D("500.00"), currency, code=free))
     messagebus.handle(commands.Reserve("ONLINE_STORE", paid, "1", D("500.00"), currency, code=kept))
-    orders.record_payment_message(flow.payment(paid, "500.00", currency=currency), timeutil.utcnow())
+    with UnitOfWork() as uow:
+        uow.orders.record_payment_message(flow.payment(paid, "500.00", currency=currency), timeutil.utcnow())
     db.execute_sql("UPDATE gift_certificate SET reserved_until = now() - interval '1 second' "
                    "WHERE code IN (%s, %s)", (free, kept))
     # when the scheduler ticks
@@ -85,8 +85,8 @@ def test_a_batch_refilling_the_pool_issues_the_blocked_order_at_once():
 
     currency = unique_currency()
     order_id = uid("order-")
-    with work.transaction():
-        orders.lock_order(order_id)
+    with messagebus.transaction() as uow:
+        uow.lock_order(order_id)
         BlockedIssue.create(order_id=order_id, line_id="1", channel="ONLINE_STORE", nominal=D("900.00"),
                             currency=currency, kind="ELECTRONIC", status="BLOCKED", created_at=timeutil.utcnow())
     scheduler, stop = Scheduler(), threading.Event()

@@ -3,7 +3,6 @@ authorization operation never get a 5xx, and every answer matches its own docume
 (status, content type, headers, body)."""
 import dataclasses
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -11,7 +10,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                response_schema_conformance, status_code_conformance)
 
 from app import create_app
-from config import get_settings, load_settings
+from config import load_settings
 from tests.integration.apikit import auth
 
 #: The routes this suite owns (the loader's /batches and /pool are tested with their module).
@@ -31,11 +30,6 @@ def _spec() -> dict:
 
 
 schema = schemathesis.openapi.from_dict(_spec()).include(path_regex=OWN_PATHS)
-
-
-@pytest.fixture(scope="module")
-def app(stack):
-    return create_app(get_settings())
 
 
 @schema.parametrize()

@@ -6,7 +6,6 @@ import pytest
 from models.domain import commands
 from models.domain.errors import DomainError
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store import queries
 from models.store.db import db
 from models.store.tables import AuditLog, GiftCertificate, Operation, OutboxEvent
@@ -42,7 +41,7 @@ def test_reserve_issue_authorize_capture_keeps_ledger_and_stream_in_step():
     row = GiftCertificate.get(GiftCertificate.code == code)
     from models.store import cvc
     secret = cvc.decrypt(row.cvc_encrypted)
-    hold = messagebus.handle(commands.Authorize(code, "POS", "o-2", D("600.00"), secret), work.Context(actor="pos-1", channel="POS"))
+    hold = messagebus.handle(commands.Authorize(code, "POS", "o-2", D("600.00"), secret), commands.Context(actor="pos-1", channel="POS"))
     assert hold["available"] == "900.00"
     cap = messagebus.handle(commands.Capture(hold["authorizationId"], D("500.00")))
     # then the balance, the ledger and the stream agree

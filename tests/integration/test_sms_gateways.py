@@ -22,7 +22,6 @@ import pytest
 from config import ConfigError, get_settings, load_settings, require_safe_settings, reset_settings
 from models.domain import commands, timeutil
 from models.service import messagebus
-from models.service import unit_of_work as work
 from models.store.db import db
 from models.store.tables import GiftCertificate, OutboxEvent, SmsMessage
 from tests.integration.test_actors_sms import last_types, sold_with_phone
@@ -138,7 +137,7 @@ def test_a_gateway_that_always_fails_gives_failed_and_an_alert_then_a_rerequest_
         assert alert.envelope["payload"]["code"] == "NOTIFICATION_FAILED"
         assert secret not in json.dumps(alert.envelope)
         # when support asks again (POST /certificates/{code}/notifications)
-        messagebus.handle(commands.RequestNotification(code), work.Context(actor="support"))
+        messagebus.handle(commands.RequestNotification(code), commands.Context(actor="support"))
         again = (OutboxEvent.select().where((OutboxEvent.message_key == code)
                                             & (OutboxEvent.event_type == "notification.requested"))
                  .order_by(OutboxEvent.id.desc()).get())

@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from decimal import Decimal
 
-from bi.report import (ANOMALY_COLUMNS, DAILY_COLUMNS, LEVEL_COLUMNS, LIABILITY_COLUMNS, POOL_COLUMNS, Table,
+from workers.bi.report import (ANOMALY_COLUMNS, DAILY_COLUMNS, LEVEL_COLUMNS, LIABILITY_COLUMNS, POOL_COLUMNS, Table,
                        cell, charts, render_html, write_csv)
 
 DAY = dt.date(2026, 12, 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from bi import rules
-from bi.reconcile import Difference, backed_sales, compare, paid_orders
+from workers.bi import rules
+from workers.bi.reconcile import Difference, backed_sales, compare, paid_orders
 
 D = Decimal
 DAY = dt.date(2026, 12, 1)

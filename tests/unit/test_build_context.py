@@ -22,13 +22,13 @@ DANGEROUS = [
     ".coverage.host.1", "htmlcov/index.html", "coverage.xml", "bench/runs/20261203T073534Z.md",
     "bench/results/x.json", "tests/conftest.py", "tests/data/compose_spec.json", "dump.rdb",
     ".local-newcomer.log", ".schemathesis/x", ".env", "api/__pycache__/auth.cpython-311.pyc",
-    "models/.local/sms.log", "workers/batch1.csv", "bi/report-1.json", "loader/cards.csv",
+    "models/.local/sms.log", "workers/batch1.csv", "workers/bi/report-1.json", "loader/cards.csv",
     "docs/bi.md", "chaos/run.py", ".ci/run", "kafka/run.sh", "secrets/jwt.key",
 ]
 #: What the image needs to run every Procfile process and the operator commands.
-NEEDED = ["app.py", "config.py", "observability.py", "gunicorn.conf.py", "devstack.py", "Procfile",
+NEEDED = ["app.py", "config/settings.py", "observability.py", "gunicorn.conf.py", "devstack.py", "Procfile",
           "requirements.txt", "api/health.py", "models/store/db.py", "models/store/migrations", "actors/sms.py",
-          "workers/pump.py", "workers/alive.py", "bi/consumer.py", "loader/__init__.py",
+          "workers/pump.py", "workers/alive.py", "workers/bi/consumer.py", "loader/__init__.py",
           "contracts/all_salesorder.schema.json", "contracts/giftcertificates_stream.schema.json"]
 
 

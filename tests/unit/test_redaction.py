@@ -1,7 +1,6 @@
 """What may be said of a secret-bearing value on a console, in a log or in the DLQ (no I/O)."""
 from config import redact_url
-from models.domain.errors import DomainError
-from models.service.inbox import failure_summary
+from models.domain.errors import DomainError, failure_summary
 
 
 def test_a_url_is_shown_without_its_password():

@@ -3,7 +3,7 @@ check must refuse "ABCDEF\\n" or "RUB\\n" instead of letting it reach the databa
 import marshmallow as ma
 import pytest
 
-from api.schemas import FullMatch
+from api.fields import FullMatch
 from models.domain.errors import DomainError
 from models.domain.money import CODE_PATTERN, CURRENCY_PATTERN, parse_money, valid_code
 

@@ -22,6 +22,7 @@ from models.domain.commands import (
     ApproveAdjustment,
     ApproveTransfer,
     Cancel,
+    Context,
     Lock,
     RejectAdjustment,
     RejectTransfer,
@@ -32,30 +33,30 @@ from models.domain.errors import DomainError
 from models.domain.money import ZERO, fmt_money, valid_code
 from models.domain.timeutil import iso
 from models.service.handlers.pool import check_low_water, sale_cvc
-from models.service.unit_of_work import Context, Deferred, UnitOfWork, change_certificate, run
-from models.store.db import one
+from models.service.unit_of_work import UnitOfWork, change_certificate
+from models.store.db import row_by
 from models.store.queries import adjustment_view, transfer_request_view
 from models.store.repository import (
     adjustment_from,
+    certificate_view_of,
     moved_without_second_approval,
     pending_transfer_from,
     pick_available,
-    snapshot,
     to_domain,
 )
 from models.store.tables import BalanceAdjustment, CertificateTransfer, GiftCertificate, TransferRequest
 
 
 def lock(cmd: Lock, ctx: Context) -> dict:
-    return change_certificate(cmd.code, ctx, lambda uow, c: c.lock(cmd.reason))
+    return change_certificate(cmd.code, ctx, lambda uow, cert: cert.lock(cmd.reason))
 
 
 def unlock(cmd: Unlock, ctx: Context) -> dict:
-    return change_certificate(cmd.code, ctx, lambda uow, c: c.unlock())
+    return change_certificate(cmd.code, ctx, lambda uow, cert: cert.unlock())
 
 
 def cancel(cmd: Cancel, ctx: Context) -> dict:
-    return change_certificate(cmd.code, ctx, lambda uow, c: c.cancel(cmd.reason), end_holds=True,
+    return change_certificate(cmd.code, ctx, lambda uow, cert: cert.cancel(cmd.reason), end_holds=True,
                               cancel_reason=cmd.reason)
 
 
@@ -63,10 +64,9 @@ def cancel(cmd: Cancel, ctx: Context) -> dict:
 POOL_KIND = "ELECTRONIC"
 
 
-def _result(record: BalanceAdjustment, row: GiftCertificate, now: dt.datetime, held: Decimal) -> dict:
+def _result(record: BalanceAdjustment, row: GiftCertificate, now: dt.datetime, available: Decimal) -> dict:
     view = adjustment_view(record, row.code, now)
-    view.update(remainingBalance=fmt_money(row.remaining_balance),
-                available=fmt_money(max(row.remaining_balance - held, ZERO)),
+    view.update(remainingBalance=fmt_money(row.remaining_balance), available=fmt_money(available),
                 certificateStatus=row.status)
     return view
 
@@ -84,7 +84,7 @@ def adjust(cmd: Adjust, ctx: Context) -> dict:
     second admin approves)."""
     settings = get_settings()
 
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         row, cert, before = uow.certificate(cmd.code)
         uow.end_holds(row, cert, overdue_only=True)
         cert.check_adjustment(cmd.direction, cmd.amount, uow.now)
@@ -108,8 +108,7 @@ def adjust(cmd: Adjust, ctx: Context) -> dict:
                 "adjustmentId": adjustment.id, "direction": adjustment.direction,
                 "amount": fmt_money(adjustment.amount), "reason": adjustment.reason,
                 "expiresAt": iso(adjustment.expires_at)})
-        return _result(record, row, uow.now, cert.held)
-    return run(ctx, body)
+        return _result(record, row, uow.now, cert.available)
 
 
 def _lock_adjustment(uow: UnitOfWork, adjustment_id: str) -> tuple[BalanceAdjustment, GiftCertificate]:
@@ -125,10 +124,10 @@ def _lock_adjustment(uow: UnitOfWork, adjustment_id: str) -> tuple[BalanceAdjust
     return record, row
 
 
-def _decide(uow: UnitOfWork, record, row: GiftCertificate, approval: Approval, decide) -> None:
+def _decide(uow: UnitOfWork, record, row: GiftCertificate, approval: Approval, decide) -> bool:
     """Run the domain's decision on ``approval`` (an adjustment or a pending transfer, loaded
-    from ``record``) and record who decided; one found past its time is recorded EXPIRED (and
-    refused)."""
+    from ``record``) and record who decided. One found past its time is recorded EXPIRED and
+    refused once that is committed: returns False, and the use case returns at once."""
     action = "adjust" if approval.KIND == "ADJUSTMENT" else "transfer"
     try:
         decide(approval)
@@ -138,41 +137,44 @@ def _decide(uow: UnitOfWork, record, row: GiftCertificate, approval: Approval, d
             record.save()
             uow.audit(f"{action}.expired", row, details={f"{action}Id": record.id,
                                                          "expiresAt": iso(record.expires_at)})
-            raise Deferred(refused) from None
+            uow.commit_then_refuse(refused)
+            return False
         raise
     record.status, record.decided_at = approval.status, uow.now
     record.decided_by, record.decided_identity = uow.ctx.actor, uow.ctx.person
+    return True
 
 
 def approve_adjustment(cmd: ApproveAdjustment, ctx: Context) -> dict:
     """Four eyes: never by its author; the bounds are checked again against today's balance
     (a refusal leaves it pending, to be rejected or approved later)."""
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         record, row = _lock_adjustment(uow, cmd.adjustment_id)
         adjustment = adjustment_from(record)
-        _decide(uow, record, row, adjustment, lambda a: a.approve(ctx.person, uow.now))
-        before = snapshot(row)
+        if not _decide(uow, record, row, adjustment, lambda pending: pending.approve(ctx.person, uow.now)):
+            return None
+        before = certificate_view_of(row)
         cert = to_domain(row)
         uow.end_holds(row, cert, overdue_only=True)
         cert.adjust(adjustment, uow.now)
         record.decision_comment = cmd.comment
         record.save()
         uow.save(row, cert, before)
-        return _result(record, row, uow.now, cert.held)
-    return run(ctx, body)
+        return _result(record, row, uow.now, cert.available)
 
 
 def reject_adjustment(cmd: RejectAdjustment, ctx: Context) -> dict:
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         record, row = _lock_adjustment(uow, cmd.adjustment_id)
-        _decide(uow, record, row, adjustment_from(record), lambda a: a.reject(ctx.person, uow.now))
+        if not _decide(uow, record, row, adjustment_from(record),
+                       lambda pending: pending.reject(ctx.person, uow.now)):
+            return None
         record.decision_comment = cmd.comment
         record.save()
-        view = snapshot(row)
+        view = certificate_view_of(row)
         uow.audit("adjust.rejected", row, before=view, after=view, details={
             "adjustmentId": record.id, "requestedBy": record.requested_by})
-        return _result(record, row, uow.now, to_domain(row).held)
-    return run(ctx, body)
+        return _result(record, row, uow.now, to_domain(row).available)
 
 
 def _certificate_id(code: str, role: str) -> int:
@@ -184,7 +186,7 @@ def _certificate_id(code: str, role: str) -> int:
 
 
 def _lock_by_id(certificate_id: int) -> GiftCertificate:
-    row = one(GiftCertificate, "id", certificate_id, lock=True)
+    row = row_by(GiftCertificate, "id", certificate_id, lock=True)
     if row is None:  # an id this transaction just read: gone only if the schema's rules broke
         raise LookupError(f"certificate {certificate_id} vanished")
     return row
@@ -207,13 +209,13 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
     needs a second admin: then it waits as a PENDING_APPROVAL ``transfer_request``."""
     settings = get_settings()
 
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         source_id = _certificate_id(cmd.code, "from")
         if cmd.to == cmd.code:  # a valid request about a certificate that exists: a conflict
             raise DomainError("TARGET_NOT_AVAILABLE", "a certificate cannot be transferred onto itself",
                               to=cmd.to)
         source, target = _lock_transfer(source_id, cmd.to)
-        source_before = snapshot(source)
+        source_before = certificate_view_of(source)
         cert = to_domain(source)
         uow.end_holds(source, cert, overdue_only=True)
         amount = cert.transferable(uow.now)  # refusals about the source come first
@@ -230,12 +232,11 @@ def transfer(cmd: Transfer, ctx: Context) -> dict:
             requested_by=ctx.actor, requested_identity=ctx.person, request_id=ctx.request_id,
             requested_at=uow.now,
             expires_at=uow.now + dt.timedelta(seconds=settings.adjust_approval_ttl_seconds))
-        view = snapshot(source)
+        view = certificate_view_of(source)
         uow.audit("transfer.requested", source, before=view, after=view, details={
             "transferId": record.id, "to": cmd.to, "amount": fmt_money(amount), "reason": cmd.reason,
             "expiresAt": iso(record.expires_at)})
         return transfer_request_view(record, source.code, uow.now)
-    return run(ctx, body)
 
 
 def _carry_out(uow: UnitOfWork, source: GiftCertificate, cert, source_before: dict,
@@ -249,7 +250,7 @@ def _carry_out(uow: UnitOfWork, source: GiftCertificate, cert, source_before: di
         if target is None:
             raise DomainError("POOL_EMPTY", "no certificate available to transfer onto",
                               nominal=fmt_money(amount), currency=cert.currency)
-    target_before = snapshot(target)
+    target_before = certificate_view_of(target)
     received = to_domain(target, ZERO)
     received.transfer_in(source.code, cert.currency, amount, reason, transfer_id,
                          transfer_expiry(cert.expires_at, target.batch_expires_at), uow.now)
@@ -263,11 +264,11 @@ def _carry_out(uow: UnitOfWork, source: GiftCertificate, cert, source_before: di
     uow.save(target, received, target_before, issued_at=uow.now, channel=source.channel,
              order_id=source.order_id, line_id=None, reserved_at=None, reserved_until=None,
              **sale_cvc(target, received))
-    target_view = snapshot(target)
+    target_view = certificate_view_of(target)
     check_low_water(uow, target)  # the target left the pool, as a reservation would
     return {"transferId": transfer_id, "status": "APPLIED", "fromCode": source.code,
             "toCode": target.code, "amount": fmt_money(amount), "currency": source.currency.strip(),
-            "reason": reason, "approvedBy": approved_by, "source": snapshot(source, ZERO),
+            "reason": reason, "approvedBy": approved_by, "source": certificate_view_of(source, ZERO),
             "target": dict(target_view, available=target_view["remainingBalance"])}
 
 
@@ -284,11 +285,12 @@ def _lock_transfer_request(transfer_id: str) -> tuple[TransferRequest, GiftCerti
 def approve_transfer(cmd: ApproveTransfer, ctx: Context) -> dict:
     """Four eyes: another admin than its author carries the transfer out, if the source's
     balance is still the amount asked for (a refusal leaves it pending)."""
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         record, source, target = _lock_transfer_request(cmd.transfer_id)
-        _decide(uow, record, source, pending_transfer_from(record),
-                lambda t: t.approve(ctx.person, uow.now))
-        source_before = snapshot(source)
+        if not _decide(uow, record, source, pending_transfer_from(record),
+                       lambda pending: pending.approve(ctx.person, uow.now)):
+            return None
+        source_before = certificate_view_of(source)
         cert = to_domain(source)
         uow.end_holds(source, cert, overdue_only=True)
         amount = cert.transferable(uow.now, approved=record.amount)
@@ -297,18 +299,17 @@ def approve_transfer(cmd: ApproveTransfer, ctx: Context) -> dict:
         record.decision_comment = cmd.comment
         record.save()
         return dict(result, requestedBy=record.requested_by)
-    return run(ctx, body)
 
 
 def reject_transfer(cmd: RejectTransfer, ctx: Context) -> dict:
-    def body(uow: UnitOfWork) -> dict:
+    with UnitOfWork(ctx) as uow:
         record, source, _target = _lock_transfer_request(cmd.transfer_id)
-        _decide(uow, record, source, pending_transfer_from(record),
-                lambda t: t.reject(ctx.person, uow.now))
+        if not _decide(uow, record, source, pending_transfer_from(record),
+                       lambda pending: pending.reject(ctx.person, uow.now)):
+            return None
         record.decision_comment = cmd.comment
         record.save()
-        view = snapshot(source)
+        view = certificate_view_of(source)
         uow.audit("transfer.rejected", source, before=view, after=view, details={
             "transferId": record.id, "requestedBy": record.requested_by})
         return transfer_request_view(record, source.code, uow.now)
-    return run(ctx, body)
