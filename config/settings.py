@@ -182,6 +182,8 @@ class Settings:
     topic_clients: str = "All_Clients"
     topic_stream: str = "GiftCertificates.Stream"
     topic_dlq: str = "GiftCertificates.DLQ"
+    #: The CloudEvents ``source`` of every stream record (a URI reference naming this service).
+    cloudevents_source: str = "urn:retailer:gcp"
     topic_partitions: int = 6
     consumer_group: str = "gcp-pump"
     kafka_fetch_wait_ms: int = 20
@@ -297,6 +299,7 @@ def load_settings() -> Settings:
         topic_clients=_str("TOPIC_CLIENTS", "All_Clients"),
         topic_stream=_str("TOPIC_STREAM", "GiftCertificates.Stream"),
         topic_dlq=_str("TOPIC_DLQ", "GiftCertificates.DLQ"),
+        cloudevents_source=_str("CLOUDEVENTS_SOURCE", "urn:retailer:gcp"),
         topic_partitions=_int("TOPIC_PARTITIONS", 6),
         consumer_group=_str("KAFKA_CONSUMER_GROUP", "gcp-pump"),
         kafka_fetch_wait_ms=_int("KAFKA_FETCH_WAIT_MS", 20),

@@ -44,6 +44,22 @@ BATCH = 500
 IDLE_POLL = 1.0
 
 
+
+#: A stream event's CloudEvents ``type``: this reverse-DNS prefix and its ``eventType``.
+CLOUDEVENTS_TYPE_PREFIX = "com.retailer.giftcertificates."
+
+
+def cloudevent_headers(source: str, event_id: str, event_type: str, occurred_at: str,
+                       key: str) -> list[tuple[str, bytes]]:
+    """The CloudEvents 1.0 Kafka protocol binding in binary content mode (contract section 4,
+    revision 3): the envelope stays the record's value; its ``eventId``, ``eventType``,
+    ``occurredAt`` and the record's key become ``ce_id``, ``ce_type`` (reverse-DNS:
+    ``com.retailer.giftcertificates.issue``), ``ce_time`` and ``ce_subject``; ``ce_source`` is
+    ``CLOUDEVENTS_SOURCE``."""
+    return [("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_source", source.encode()),
+            ("ce_type", (CLOUDEVENTS_TYPE_PREFIX + event_type).encode()), ("ce_time", occurred_at.encode()),
+            ("ce_subject", key.encode()), ("content-type", b"application/json")]
+
 class Relay:
     """One relay process. ``publish_pending()`` publishes everything unpublished (tests drive it)."""
 
@@ -92,13 +108,15 @@ class Relay:
         rows = [r for r in outbox.unpublished(self.conn, room + len(self.inflight))
                 if r[0] not in self.inflight][:room]
         topic = self.settings.topic_stream
+        source = self.settings.cloudevents_source
         for row in rows:
-            row_id, key, event_type, channel, envelope = row
-            self.inflight[row_id] = row
+            row_id, key, event_type, channel, envelope, event_id, occurred_at = row
+            self.inflight[row_id] = row[:5]  # what the acknowledgement's hooks read
             self.producer.produce(topic, key=key.encode(), value=envelope.encode(),
                                   on_delivery=lambda err, _msg, rid=row_id: self._acked(rid, err),
                                   headers=[("eventType", event_type.encode()), ("channel", channel.encode()),
-                                           ("outboxId", str(row_id).encode())])
+                                           ("outboxId", str(row_id).encode()),
+                                           *cloudevent_headers(source, event_id, event_type, occurred_at, key)])
         self.producer.poll(0)
         return len(rows)
 

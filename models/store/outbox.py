@@ -14,11 +14,12 @@ OUTBOX_CHANNEL = "gcp_outbox"
 POOL_CHANNEL = "gcp_pool_refilled"
 
 
-def unpublished(conn, limit: int) -> list[tuple[int, str, str, str, str]]:
+def unpublished(conn, limit: int) -> list[tuple[int, str, str, str, str, str, str]]:
     """The first ``limit`` rows not yet published, in id order: (id, message key, event type,
-    channel, envelope as JSON text)."""
+    channel, envelope as JSON text, eventId, occurredAt)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT id, message_key, event_type, channel, envelope::text FROM outbox_event"
+        cur.execute("SELECT id, message_key, event_type, channel, envelope::text, event_id::text,"
+                    " envelope->>'occurredAt' FROM outbox_event"
                     " WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
         return cur.fetchall()
 

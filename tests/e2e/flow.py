@@ -125,6 +125,7 @@ class TopicReader:
     """Reads a topic from its current end (or the beginning), collecting every record."""
 
     def __init__(self, kind: str = "stream", from_beginning: bool = False):
+        self.kind = kind
         self.topic = topic_of(kind)
         self.consumer = Consumer(consumer_config("test-reader-" + uuid.uuid4().hex[:8]))
         meta = self.consumer.list_topics(self.topic, timeout=15).topics[self.topic]
@@ -146,6 +147,9 @@ class TopicReader:
                     value = json.loads(raw)
                 except ValueError:
                     value = raw
+                headers = dict(msg.headers() or ())
+                if self.kind == "stream" and "eventType" in headers:  # every stream event is a
+                    assert_cloudevent(msg.key(), raw, headers)        # CloudEvent (binary mode)
                 self.records.append(Record(
                     msg.key().decode() if msg.key() else None, value,
                     {k: (v or b"").decode() for k, v in msg.headers() or ()}, msg.partition(),
@@ -186,6 +190,23 @@ def assert_sequence(events: list[dict]) -> None:
     """Sequenced events of one certificate count from their first with no gap or repeat."""
     seqs = [e["sequence"] for e in events if "sequence" in e]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+def assert_cloudevent(key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
+    """A stream record read back with the CloudEvents SDK's Kafka binding (``from_binary``):
+    its id, type, source, time and subject are the envelope's, its data the envelope itself."""
+    from cloudevents.v1.kafka import KafkaMessage, from_binary
+
+    from workers.relay import CLOUDEVENTS_TYPE_PREFIX
+
+    event = from_binary(KafkaMessage(headers, key, value))
+    envelope = json.loads(value)
+    assert event["specversion"] == "1.0" and event["id"] == envelope["eventId"], event
+    assert event["type"] == CLOUDEVENTS_TYPE_PREFIX + envelope["eventType"], event
+    assert event["source"] == get_settings().cloudevents_source, event
+    assert event["time"] == envelope["occurredAt"] and event["subject"] == key.decode(), event
+    assert event["datacontenttype"] == "application/json" and event.data == envelope, event
+    assert headers["eventType"].decode() == envelope["eventType"], headers
 
 
 def assert_valid_stream(events: list[dict]) -> None:
