@@ -46,6 +46,7 @@ class Authorizations(MethodView):
                      "INSUFFICIENT_FUNDS", "NOT_REDEEMABLE", "CURRENCY_MISMATCH", "CVC_ATTEMPTS_EXCEEDED",
                      body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_AUTHORIZE, 201))
+    @blp.doc(operationId="authorizeCertificate")
     def post(self, args, code):
         """Authorize: check the CVC and hold an amount (certificates:redeem)
 
@@ -71,8 +72,14 @@ class Capture(MethodView):
                      "NOT_REDEEMABLE", "AMOUNT_EXCEEDS_HOLD", "CURRENCY_MISMATCH", body=True,
                      idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="captureAuthorization")
     def post(self, args, authorization_id):
-        """Capture: debit up to the held amount (default all) and release the rest (certificates:redeem)"""
+        """Capture: debit up to the held amount (default all) and release the rest (certificates:redeem)
+
+        `amount` absent: the whole hold is debited. More than the hold is refused
+        (AMOUNT_EXCEEDS_HOLD); a hold already captured or voided is not active
+        (AUTHORIZATION_NOT_ACTIVE), and one past its expiry is AUTHORIZATION_EXPIRED.
+        """
         command = commands.Capture(_hold_id(authorization_id), args["amount"],
                               channel=current_principal().channel, currency=args["currency"])
         return messagebus.handle(command, service_context())
@@ -86,7 +93,12 @@ class Void(MethodView):
     @blp.response(200, schemas.VoidSchema)
     @error_responses(blp, "AUTHORIZATION_NOT_FOUND", "AUTHORIZATION_NOT_ACTIVE", body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="voidAuthorization")
     def post(self, args, authorization_id):
-        """Void: release the hold (certificates:redeem)"""
+        """Void: release the hold (certificates:redeem)
+
+        Nothing is debited: the whole held amount becomes available again. A hold already
+        captured or voided is not active (AUTHORIZATION_NOT_ACTIVE).
+        """
         command = commands.Void(_hold_id(authorization_id), channel=current_principal().channel)
         return messagebus.handle(command, service_context())

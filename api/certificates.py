@@ -52,6 +52,7 @@ class NextCertificate(MethodView):
                       description="this order line was reserved before: the same certificate")
     @error_responses(blp, *RESERVE_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.ON_CERTIFICATE, 201, 200))
+    @blp.doc(operationId="reserveCertificate")
     def post(self, args):
         """Reserve the next certificate for an order line (scope certificates:reserve)
 
@@ -73,6 +74,7 @@ class NextCertificate(MethodView):
     # (a manual parameter list replaces the generated one: the query's fields are named here too)
     @blp.doc(parameters=[IDEMPOTENCY_KEY, {"in": "query", "schema": schemas.ReserveQuery}], deprecated=True,
              **links.after(links.ON_CERTIFICATE, 201, 200))
+    @blp.doc(operationId="reserveCertificateByQuery")
     def get(self, args):
         """Reserve (deprecated query-string form of POST /certificates/next)
 
@@ -87,6 +89,7 @@ class Certificates(MethodView):
     @blp.arguments(schemas.SearchQuery, location="query")
     @blp.response(200, schemas.CertificatePageSchema)
     @error_responses(blp, "CHANNEL_FORBIDDEN", "VALIDATION_ERROR")
+    @blp.doc(operationId="searchCertificates")
     def get(self, args):
         """Search certificates, newest first, one page at a time (certificates:read or admin)
 
@@ -109,6 +112,7 @@ class Certificate(MethodView):
     @require(*READ)
     @blp.response(200, schemas.CertificateSchema)
     @error_responses(blp, "CERTIFICATE_NOT_FOUND")
+    @blp.doc(operationId="getCertificate")
     def get(self, code):
         """The certificate: status, balance, available (certificates:read or admin)
 
@@ -124,6 +128,7 @@ class Operations(MethodView):
     @blp.arguments(schemas.PageQuery, location="query")
     @blp.response(200, schemas.OperationPageSchema)
     @error_responses(blp, "CERTIFICATE_NOT_FOUND", "VALIDATION_ERROR")
+    @blp.doc(operationId="listCertificateOperations")
     def get(self, args, code):
         """The balance ledger, oldest first (certificates:read or admin)
 
@@ -138,6 +143,7 @@ class Audit(MethodView):
     @blp.arguments(schemas.PageQuery, location="query")
     @blp.response(200, schemas.AuditPageSchema)
     @error_responses(blp, "CERTIFICATE_NOT_FOUND", "VALIDATION_ERROR")
+    @blp.doc(operationId="listCertificateAudit")
     def get(self, args, code):
         """The audit trail, oldest first (certificates:admin)
 
@@ -153,6 +159,7 @@ class Cvc(MethodView):
                                                                 "description": "no-store"}})
     @error_responses(blp, "CERTIFICATE_NOT_FOUND", "CVC_ALREADY_DISCLOSED", "NO_NOTIFICATION_PENDING",
                      "INVALID_STATE")
+    @blp.doc(operationId="discloseCertificateCvc")
     def get(self, code):
         """Disclose the CVC to send it to the buyer, once per notification request (certificates:cvc)
 
@@ -181,6 +188,7 @@ class Lock(MethodView):
     @blp.response(200, schemas.CertificateSchema)
     @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_LOCK, 200))
+    @blp.doc(operationId="lockCertificate")
     def post(self, args, code):
         """Lock a working certificate with a reason (certificates:admin)
 
@@ -197,8 +205,13 @@ class Unlock(MethodView):
     @blp.response(200, schemas.CertificateSchema)
     @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="unlockCertificate")
     def post(self, args, code):
-        """Unlock: back to the status before the lock (certificates:admin)"""
+        """Unlock: back to the status before the lock (certificates:admin)
+
+        Only a LOCKED certificate can be unlocked (409 INVALID_STATE otherwise); its count of
+        failed CVC attempts starts again.
+        """
         return _action(commands.Unlock(code))
 
 
@@ -210,6 +223,7 @@ class Cancel(MethodView):
     @blp.response(200, schemas.CertificateSchema)
     @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="cancelCertificate")
     def post(self, args, code):
         """Cancel (annul) a certificate for good, with a reason (certificates:admin)
 
@@ -227,6 +241,7 @@ class Notifications(MethodView):
                   description="a new notification (of the same CVC) is requested")
     @error_responses(blp, *ACTION_ERRORS, body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="resendCertificateNotification")
     def post(self, args, code):
         """Request the CVC notification again after NOTIFICATION_FAILED (certificates:admin)
 

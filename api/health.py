@@ -93,8 +93,13 @@ class ReadySchema(ma.Schema):
 class Live(MethodView):
     @blp.response(200, LiveSchema)
     @blp.doc(**OPEN)
+    @blp.doc(operationId="getLiveness")
     def get(self):
-        """Liveness: the process answers."""
+        """Liveness: the process answers.
+
+        200 while the process serves requests; it checks no dependency (`/health/ready` does).
+        Open, and never counted by the rate limit.
+        """
         return {"status": "ok"}
 
 
@@ -103,6 +108,7 @@ class Ready(MethodView):
     @blp.response(200, ReadySchema, description="ready")
     @blp.alt_response(503, schema=ReadySchema, description="not ready: `failing` names what is down")
     @blp.doc(**OPEN)
+    @blp.doc(operationId="getReadiness")
     def get(self):
         """Readiness: PostgreSQL, Redis and Kafka answer (503 names the failing part)
 
@@ -142,8 +148,13 @@ class Metrics(MethodView):
             "schema": {"type": "string"}}}},
         "401": {"description": "METRICS_TOKEN is set and was not given",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}})
+    @blp.doc(operationId="getMetrics")
     def get(self):
-        """Prometheus metrics (text format); `Authorization: Bearer <METRICS_TOKEN>` when set"""
+        """Prometheus metrics (text format)
+
+        Where the deployment sets METRICS_TOKEN, send `Authorization: Bearer <METRICS_TOKEN>`
+        (401 without it); otherwise the metrics are open. Never counted by the rate limit.
+        """
         if not metrics_token_ok(request.headers.get("Authorization"), get_settings().metrics_token):
             raise ApiError(401, "UNAUTHORIZED", "the metrics need the METRICS_TOKEN bearer token",
                            headers={"WWW-Authenticate": "Bearer"})

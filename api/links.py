@@ -3,45 +3,38 @@ calls, and schemathesis' stateful phase follows them (reserve → look up, lock,
 authorize → capture or void; lock → unlock or cancel; adjust or transfer → approve or reject).
 
 Each view names its links with ``@blp.doc(**links.after(...))``; this module is their one table.
+A link names its target by ``operationId`` (stable, as generated clients need them).
 """
 from __future__ import annotations
 
 
-def _operation(path: str, method: str = "post") -> str:
-    """A JSON pointer to an operation of this document (RFC 6901 escapes ``~`` and ``/``)."""
-    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
-
-
-def _link(path: str, parameter: str, value: str, method: str = "post", description: str = "") -> dict:
-    return {"operationRef": _operation(path, method), "parameters": {parameter: value},
-            "description": description}
+def _link(operation_id: str, parameter: str, value: str, description: str) -> dict:
+    """A link to the operation with this ``operationId`` (stable: see ``api/__init__.py``)."""
+    return {"operationId": operation_id, "parameters": {parameter: value}, "description": description}
 
 
 CODE = "$response.body#/code"
 ON_CERTIFICATE = {
-    "GetCertificate": _link("/certificates/{code}", "code", CODE, "get", "the certificate"),
-    "Authorize": _link("/certificates/{code}/authorizations", "code", CODE, description="hold an amount"),
-    "Lock": _link("/certificates/{code}/actions/lock", "code", CODE, description="lock it"),
+    "GetCertificate": _link("getCertificate", "code", CODE, "the certificate"),
+    "Authorize": _link("authorizeCertificate", "code", CODE, "hold an amount"),
+    "Lock": _link("lockCertificate", "code", CODE, "lock it"),
 }
 AFTER_LOCK = {
-    "Unlock": _link("/certificates/{code}/actions/unlock", "code", CODE, description="unlock it"),
-    "Cancel": _link("/certificates/{code}/actions/cancel", "code", CODE, description="cancel it"),
+    "Unlock": _link("unlockCertificate", "code", CODE, "unlock it"),
+    "Cancel": _link("cancelCertificate", "code", CODE, "cancel it"),
     "GetCertificate": ON_CERTIFICATE["GetCertificate"],
 }
 AUTHORIZATION = "$response.body#/authorizationId"
 AFTER_AUTHORIZE = {
-    "Capture": _link("/authorizations/{authorization_id}/capture", "authorization_id", AUTHORIZATION,
-                     description="capture the hold"),
-    "Void": _link("/authorizations/{authorization_id}/void", "authorization_id", AUTHORIZATION,
-                  description="release the hold"),
+    "Capture": _link("captureAuthorization", "authorization_id", AUTHORIZATION, "capture the hold"),
+    "Void": _link("voidAuthorization", "authorization_id", AUTHORIZATION, "release the hold"),
     "GetCertificate": ON_CERTIFICATE["GetCertificate"],
 }
 
 
 def _decisions(ref: str, which: str, suffix: str = "", kind: str = "adjustment") -> dict:
     """A second admin's approve and reject of the adjustment (or transfer) at ``ref``."""
-    return {f"{verb.title()}{suffix}": _link(f"/{kind}s/{{{kind}_id}}/{verb}", f"{kind}_id",
-                                             ref, description=f"{verb} {which}")
+    return {f"{verb.title()}{suffix}": _link(f"{verb}{kind.title()}", f"{kind}_id", ref, f"{verb} {which}")
             for verb in ("approve", "reject")}
 
 

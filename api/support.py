@@ -48,6 +48,7 @@ class Adjust(MethodView):
     @error_responses(blp, "CERTIFICATE_NOT_FOUND", "INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
                      body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_ADJUST, 201))
+    @blp.doc(operationId="adjustCertificate")
     def post(self, args, code):
         """Adjust a working certificate's balance (certificates:admin)
 
@@ -72,6 +73,7 @@ class Adjustments(MethodView):
     @blp.response(200, schemas.AdjustmentPageSchema)
     @error_responses(blp, "VALIDATION_ERROR")
     @blp.doc(**links.after(links.AFTER_LIST_ADJUSTMENTS, 200))
+    @blp.doc(operationId="listAdjustments")
     def get(self, args):
         """List the adjustments, newest first, by status or certificate (certificates:admin)
 
@@ -90,6 +92,7 @@ class Approve(MethodView):
                      "ADJUSTMENT_EXPIRED", "INVALID_STATE", "EXCEEDS_NOMINAL", "INSUFFICIENT_FUNDS",
                      body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="approveAdjustment")
     def post(self, args, adjustment_id):
         """Approve a pending adjustment: it is applied (certificates:admin, never its author)
 
@@ -110,8 +113,13 @@ class Reject(MethodView):
     @error_responses(blp, "ADJUSTMENT_NOT_FOUND", "ADJUSTMENT_NOT_PENDING", "ADJUSTMENT_EXPIRED", body=True,
                      idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="rejectAdjustment")
     def post(self, args, adjustment_id):
-        """Reject a pending adjustment (certificates:admin; its author may withdraw it)"""
+        """Reject a pending adjustment (certificates:admin; its author may withdraw it)
+
+        The balance does not move. Already decided: 409 ADJUSTMENT_NOT_PENDING; past
+        ADJUST_APPROVAL_TTL: ADJUSTMENT_EXPIRED.
+        """
         command = commands.RejectAdjustment(_adjustment_id(adjustment_id), args.get("comment"))
         return messagebus.handle(command, service_context())
 
@@ -127,6 +135,7 @@ class Transfer(MethodView):
     @error_responses(blp, "CERTIFICATE_NOT_FOUND", "INVALID_STATE", "HOLDS_ACTIVE", "TARGET_NOT_AVAILABLE",
                      "NOMINAL_MISMATCH", "POOL_EMPTY", "CURRENCY_MISMATCH", body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY], **links.after(links.AFTER_TRANSFER, 202))
+    @blp.doc(operationId="transferCertificate")
     def post(self, args, code):
         """Transfer the whole balance onto another certificate (certificates:admin)
 
@@ -168,6 +177,7 @@ class Transfers(MethodView):
     @blp.response(200, schemas.PendingTransferPageSchema)
     @error_responses(blp, "VALIDATION_ERROR")
     @blp.doc(**links.after(links.AFTER_LIST_TRANSFERS, 200))
+    @blp.doc(operationId="listTransfers")
     def get(self, args):
         """List the transfers that needed a second admin, newest first (certificates:admin)
 
@@ -187,6 +197,7 @@ class ApproveTransfer(MethodView):
                      "TARGET_NOT_AVAILABLE", "NOMINAL_MISMATCH", "POOL_EMPTY", "CURRENCY_MISMATCH",
                      body=True, idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="approveTransfer")
     def post(self, args, transfer_id):
         """Approve a pending transfer: it is carried out (certificates:admin, never its author)
 
@@ -208,7 +219,12 @@ class RejectTransfer(MethodView):
     @error_responses(blp, "TRANSFER_NOT_FOUND", "TRANSFER_NOT_PENDING", "TRANSFER_EXPIRED", body=True,
                      idempotent=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])
+    @blp.doc(operationId="rejectTransfer")
     def post(self, args, transfer_id):
-        """Reject a pending transfer (certificates:admin; its author may withdraw it)"""
+        """Reject a pending transfer (certificates:admin; its author may withdraw it)
+
+        No balance moves. Already decided: 409 TRANSFER_NOT_PENDING; past ADJUST_APPROVAL_TTL:
+        TRANSFER_EXPIRED.
+        """
         command = commands.RejectTransfer(_transfer_id(transfer_id), args.get("comment"))
         return messagebus.handle(command, service_context())

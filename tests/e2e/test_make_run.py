@@ -88,8 +88,9 @@ def test_make_run_comes_up_stops_cleanly_and_keeps_its_data(tmp_path):
         assert len(live) >= 5, [p.info["cmdline"] for p in live]
     finally:
         ctrl_c(proc)
-    # then Ctrl-C leaves no process behind
-    deadline = time.monotonic() + 20
+    # then Ctrl-C leaves no process behind (PostgreSQL's shutdown checkpoint may take a while on
+    # a loaded 2-core machine: it once outlasted 20 s)
+    deadline = time.monotonic() + 60
     while processes_of(local, port) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_of(local, port) == []
