@@ -49,16 +49,19 @@ IDLE_POLL = 1.0
 CLOUDEVENTS_TYPE_PREFIX = "com.retailer.giftcertificates."
 
 
-def cloudevent_headers(source: str, event_id: str, event_type: str, occurred_at: str,
+def cloudevent_headers(source: str, event_id: str, event_type: str, occurred_at: str | None,
                        key: str) -> list[tuple[str, bytes]]:
     """The CloudEvents 1.0 Kafka protocol binding in binary content mode (contract section 4,
     revision 3): the envelope stays the record's value; its ``eventId``, ``eventType``,
     ``occurredAt`` and the record's key become ``ce_id``, ``ce_type`` (reverse-DNS:
     ``com.retailer.giftcertificates.issue``), ``ce_time`` and ``ce_subject``; ``ce_source`` is
-    ``CLOUDEVENTS_SOURCE``."""
-    return [("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_source", source.encode()),
-            ("ce_type", (CLOUDEVENTS_TYPE_PREFIX + event_type).encode()), ("ce_time", occurred_at.encode()),
-            ("ce_subject", key.encode()), ("content-type", b"application/json")]
+    ``CLOUDEVENTS_SOURCE``. (``time`` is optional in CloudEvents: an envelope without
+    ``occurredAt``, which the unit of work never writes, is published without it.)"""
+    headers = [("ce_specversion", b"1.0"), ("ce_id", event_id.encode()), ("ce_source", source.encode()),
+               ("ce_type", (CLOUDEVENTS_TYPE_PREFIX + event_type).encode())]
+    if occurred_at is not None:
+        headers.append(("ce_time", occurred_at.encode()))
+    return headers + [("ce_subject", key.encode()), ("content-type", b"application/json")]
 
 class Relay:
     """One relay process. ``publish_pending()`` publishes everything unpublished (tests drive it)."""

@@ -42,3 +42,8 @@ def test_the_type_is_reverse_dns_and_the_source_configurable(monkeypatch):
     finally:
         monkeypatch.delenv("CLOUDEVENTS_SOURCE")
         reset_settings()
+
+
+def test_an_envelope_without_occurred_at_is_published_without_time():
+    headers = dict(cloudevent_headers("urn:x", str(uuid.uuid4()), "issue", None, "GC-1"))
+    assert "ce_time" not in headers and headers["ce_id"] and headers["ce_subject"] == b"GC-1"
