@@ -28,9 +28,21 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
                                    NewTopic, ResourcePatternType, ResourceType)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import prove  # noqa: E402  (start/stop helpers, check, say)
-from prove import Failed, check, say  # noqa: E402
+
+def _sibling(name: str):
+    """kafka/<name>.py, loaded by path: these scripts are not a package of the service."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+prove = _sibling("prove")  # start/stop helpers, check, say
+Failed, check, say = prove.Failed, prove.check, prove.say
 
 DATA = os.path.join(prove.KAFKA_HOME, "prove-secure-data")
 prove.DATA = DATA                       # prove.env()/start_broker() use this data dir
