@@ -15,6 +15,7 @@ reaching the foreground process group does not kill it before we stop it in orde
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -91,6 +92,7 @@ def embedded_broker() -> str:
     return broker
 
 
+@functools.lru_cache(maxsize=1)
 def java_missing() -> str | None:
     """Why Apache Kafka cannot run here (None: Java 17+ and Maven are present)."""
     if shutil.which("java") is None or shutil.which("mvn") is None:

@@ -1,7 +1,9 @@
 """Fixtures of the integration tests (the servers, database and topics are ``tests/conftest.py``'s):
 the web app, built once per test module on the suite's settings, a client of it per test, and
-``env`` to change settings for one test."""
+``env`` to change settings for one test, and the outbox ``relay`` running in a thread."""
 from __future__ import annotations
+
+import threading
 
 import pytest
 
@@ -34,3 +36,19 @@ def env(monkeypatch):
     yield change
     monkeypatch.undo()
     reset_settings()
+
+
+@pytest.fixture
+def relay(stack):
+    """The outbox relay running in a thread of the test process, until the test ends."""
+    from workers.kafka import ensure_topics
+    from workers.relay import Relay
+
+    ensure_topics()
+    r = Relay()
+    stop = threading.Event()
+    thread = threading.Thread(target=r.run, args=(stop,), daemon=True)
+    thread.start()
+    yield r
+    stop.set()
+    thread.join(15)

@@ -21,21 +21,6 @@ from tests.helpers import issued
 D = Decimal
 
 
-@pytest.fixture
-def relay(stack):
-    from workers.kafka import ensure_topics
-    from workers.relay import Relay
-
-    ensure_topics()
-    r = Relay()
-    stop = threading.Event()
-    thread = threading.Thread(target=r.run, args=(stop,), daemon=True)
-    thread.start()
-    yield r
-    stop.set()
-    thread.join(15)
-
-
 def test_events_go_out_in_order_with_key_headers_and_right_after_commit(relay):
     reader = flow.TopicReader()
     # when a certificate is issued (the relay warms up on it) and then redeemed four times

@@ -4,7 +4,6 @@ a missing or unknown event and one out of order are reported)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from decimal import Decimal
 
@@ -50,21 +49,6 @@ def test_the_command_exits_0_when_clean_and_1_with_the_violation(clean_db):
 
 
 # ---- the stream ---------------------------------------------------------------------------
-
-@pytest.fixture
-def relay(stack):
-    from workers.kafka import ensure_topics
-    from workers.relay import Relay
-
-    ensure_topics()
-    r = Relay()
-    stop = threading.Event()
-    thread = threading.Thread(target=r.run, args=(stop,), daemon=True)
-    thread.start()
-    yield r
-    stop.set()
-    thread.join(15)
-
 
 def published(codes: list[str], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
