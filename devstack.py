@@ -92,6 +92,14 @@ def embedded_broker() -> str:
     return broker
 
 
+def suite_broker() -> str:
+    """The broker ``make test`` and ``make chaos`` run on: ``KAFKA_EMBEDDED`` if set, else Apache
+    Kafka wherever Java 17+ and Maven are present (the broker the retailer runs), else Tansu."""
+    if os.environ.get("KAFKA_EMBEDDED"):
+        return embedded_broker()
+    return "tansu" if java_missing() else "apache"
+
+
 @functools.lru_cache(maxsize=1)
 def java_missing() -> str | None:
     """Why Apache Kafka cannot run here (None: Java 17+ and Maven are present)."""
@@ -330,7 +338,10 @@ class EmbeddedStack:
 
     def env(self) -> dict[str, str]:
         return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
-                "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap}
+                "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+                "KAFKA_PROFILE": self.kafka,  # the consumer timings this broker wants
+                # plaintext, on 127.0.0.1, to a broker this stack started: it vouches for that
+                "KAFKA_ALLOW_PLAINTEXT": "true"}
 
     def stop(self) -> None:
         """Stop every server we started (Redis saves its append-only file on SIGTERM)."""

@@ -77,7 +77,7 @@ def main(seconds: float = 15) -> None:
     try:
         import psycopg2
 
-        from bench.latency import start_procs
+        from bench._pipeline import start_procs
         from devstack import EmbeddedStack
 
         url = _pg15(tmp)
@@ -154,7 +154,7 @@ def main(seconds: float = 15) -> None:
             print(f"  {calls / req:6.2f}  {mean:7.3f} ms  {' '.join(q.split())[:140]}")
         (Path(tempfile.gettempdir()) / "gcp-profile-spy.txt").write_text(out.read_text())
     finally:
-        from bench.latency import stop_procs
+        from bench._pipeline import stop_procs
 
         if "web" in procs:
             api._stop(procs.pop("web"))

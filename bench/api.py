@@ -111,7 +111,7 @@ def main() -> dict:
     try:
         import psycopg2
 
-        from bench.latency import start_procs
+        from bench._pipeline import start_procs
         from devstack import EmbeddedStack
 
         for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
@@ -281,7 +281,7 @@ def main() -> dict:
         for name in ("web", "bare"):
             if name in procs:
                 _stop(procs.pop(name))
-        from bench.latency import stop_procs
+        from bench._pipeline import stop_procs
 
         stop_procs(procs)
         if stack is not None:

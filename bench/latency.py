@@ -1,7 +1,8 @@
 """Input → stream latency at 100 messages/s, against a floor measured in the same run.
 
-Starts its own embedded PostgreSQL, Redis and Tansu (a temp dir), the Procfile's worker, pump
-and relay as subprocesses, and then:
+Starts its own embedded PostgreSQL, Redis and Kafka (a temp dir), the Procfile's worker, pump
+and relay as subprocesses, and then, on each broker (Apache Kafka where Java 17+ is present, and
+Tansu; ``BENCH_BROKERS=apache`` for one), each beside its own floor:
 
 1. **floor**: a minimal echo in this process: consume from a topic, one PostgreSQL transaction
    (insert + commit), produce to another topic. Latency from producing the input to reading the
@@ -23,23 +24,19 @@ Run: ``make bench`` or ``python -m bench.latency [messages]``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
+from bench._pipeline import PROCS, brokers, cpu_seconds, on_each_broker, own_pipeline  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 RATE = int(os.environ.get("BENCH_RATE", "100"))  # messages per second
-PROCS = ("worker", "pump", "relay")
 IDLE_SECONDS = 10.0  # the idle measurement after the bursts
 
 
@@ -50,95 +47,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] * 1000
 
     return {"n": len(s), "p50": p(0.50), "p90": p(0.90), "p99": p(0.99), "max": s[-1] * 1000}
-
-
-def start_procs(env: dict, logdir: Path) -> dict[str, subprocess.Popen]:
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and name.strip() in PROCS:
-            commands[name.strip()] = command.strip()
-    procs = {}
-    for name, command in commands.items():
-        log = open(logdir / f"{name}.log", "ab")
-        procs[name] = subprocess.Popen(["bash", "-c", "exec " + command], cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-    return procs
-
-
-def cpu_seconds(procs: dict[str, subprocess.Popen], servers: dict[str, int] | None = None) -> dict[str, float]:
-    """CPU time (user + system) used so far by each process and its children (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    pids_of = {name: proc.pid for name, proc in procs.items()}
-    pids_of.update(servers or {})
-    for name, pid0 in pids_of.items():
-        pids, total = [pid0], 0.0
-        children = Path(f"/proc/{pid0}/task/{pid0}/children")
-        if name != "bench" and children.exists():  # the bench's children are the others
-            pids += [int(x) for x in children.read_text().split()]
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
-        out[name] = total
-    return out
-
-
-def stop_procs(procs: dict[str, subprocess.Popen]) -> None:
-    for p in procs.values():
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs.values():
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def own_pipeline(prefix: str, **settings: str):
-    """Embedded servers of the benchmark's own (a temp dir), migrated, with the Procfile's worker,
-    pump and relay on them (``settings``: more environment for every process). Yields
-    ``(stack, procs)``; everything is stopped and the environment restored afterwards."""
-    from devstack import EmbeddedStack
-
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    saved = dict(os.environ)
-    stack, procs = None, {}
-    try:
-        for var in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-            os.environ.pop(var, None)
-        stack = EmbeddedStack(tmp, database="gcp")
-        os.environ.update(stack.start())
-        os.environ.update(LOG_LEVEL="WARNING", POOL_LOW_WATER_MARK="0", GCP_ENV="development", **settings)
-        from config import get_settings, reset_settings
-
-        reset_settings()
-        __import__("models.store.cache").store.cache.reset()  # a client of an earlier benchmark's Redis
-        from models.store.db import init_db, migrate
-        from workers.kafka import ensure_topics
-
-        init_db(get_settings().database_url)
-        migrate()
-        ensure_topics()
-        env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-                   PYTHONUNBUFFERED="1")
-        procs.update(start_procs(env, tmp))
-        time.sleep(2)
-        yield stack, procs
-    finally:
-        stop_procs(procs)
-        if stack is not None:
-            try:
-                stack.stop()
-            except Exception:
-                pass
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def paced(items, rate: int):
@@ -155,12 +63,13 @@ def paced(items, rate: int):
 def measure_floor(n: int) -> list[float]:
     """Two Kafka hops and one PostgreSQL transaction, in the simplest possible echo."""
     from confluent_kafka import Consumer, Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
     from models.store.db import db
+    from workers.kafka import admin as kafka_admin
     from workers.kafka import consumer_config, producer_config
 
-    admin = AdminClient({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
+    admin = kafka_admin()
     tin, tout = "bench.floor.in", "bench.floor.out"
     for fut in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1) for t in (tin, tout)]).values():
         fut.result(15)
@@ -337,7 +246,11 @@ STAGES: dict = {}
 
 def main(n: int | None = None) -> dict:
     n = n or int(os.environ.get("BENCH_MESSAGES", "300" if os.environ.get("BENCH_QUICK") == "1" else "1000"))
-    with own_pipeline("gcp-bench-") as (stack, procs):
+    return on_each_broker(lambda broker: run(n, broker))
+
+
+def run(n: int, broker: str) -> dict:
+    with own_pipeline("gcp-bench-", broker) as (stack, procs):
         floor = percentiles(measure_floor(n))
         servers = dict(stack.pids(), bench=os.getpid())  # the load generator and reader too
         pg_pid = (stack.pgdata / "postmaster.pid")
@@ -386,7 +299,8 @@ def main(n: int | None = None) -> dict:
               + ", ".join(f"{name} {v:.1f}" for name, v in idle.items())
               + f"; at {sales_per_s:.0f} sales/s that is, per sale: "
               + ", ".join(f"{name} {v:.2f}" for name, v in idle_per_sale.items()))
-        return {"floor": floor, "mixed": mixed, "service": service, "lost": lost, "rate": RATE, "messages": n,
+        return {"broker": broker, "floor": floor, "mixed": mixed, "service": service, "lost": lost, "rate": RATE,
+                "messages": n,
                 "cert_share": share, "cpu_ms_per_sale": cpu, "sales_per_s": sales_per_s,
                 "idle_seconds": IDLE_SECONDS, "idle_cpu_ms_per_s": idle, "idle_cpu_ms_per_sale": idle_per_sale,
                 "stages_ms": {k: [v[0] * 1000, v[1] * 1000] for k, v in STAGES.items()}}

@@ -1,8 +1,9 @@
 """``make chaos``: each scenario drives a burst of the channels' traffic at the Procfile's
 processes while it breaks something, then checks that nothing was lost or doubled.
 
-Every scenario gets servers of its own (PostgreSQL with durable commits, Redis, Tansu) and the
-Procfile's processes on them. Its faults are drawn from ``random.Random(f"{seed}-{name}")``: the
+Every scenario gets servers of its own (PostgreSQL with durable commits, Redis, and Apache Kafka
+wherever Java 17+ is present, else Tansu; ``KAFKA_EMBEDDED`` chooses) and the Procfile's
+processes on them. Its faults are drawn from ``random.Random(f"{seed}-{name}")``: the
 seed is printed, and ``--seed N --scenario NAME`` plays the same faults again (their moments
 against the traffic depend on the machine's timing, so a failure is re-run, not replayed).
 
@@ -11,7 +12,9 @@ Scenarios:
 - ``pairs``: two pumps, two workers and two relays at once; one of each killed mid-burst.
 - ``postgres``: PostgreSQL stopped as by a crash (``-m immediate``) mid-burst, then started.
 - ``redis``: Redis restarted mid-burst.
-- ``kafka``: the broker frozen (SIGSTOP) for longer than the consumer session timeout.
+- ``kafka``: the broker frozen (SIGSTOP) for longer than the consumer session timeout; on Apache
+  Kafka also killed (SIGKILL) and restarted on the same log directory, which Tansu's memory
+  store could not survive.
 
 The outbox's disk filling up is out of scope: PostgreSQL then refuses every write, which is the
 ``postgres`` scenario as the service sees it, and the disk is the platform's to watch.
@@ -62,12 +65,12 @@ class Scenario:
     # ---- set-up
     def start(self) -> None:
         from config import reset_settings
-        from devstack import EmbeddedStack, free_port
+        from devstack import EmbeddedStack, free_port, suite_broker
         from models.store.db import init_db
         from tests.e2e.conftest import E2E_ENV, Api, Procs
 
         os.environ.pop("GCP_PG_FAST", None)  # durable commits: a crash must not lose what was acknowledged
-        self.stack = EmbeddedStack(self.root / "servers", database="gcp")
+        self.stack = EmbeddedStack(self.root / "servers", database="gcp", kafka=suite_broker())
         urls = self.stack.start()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
         env.update(urls)
@@ -155,6 +158,13 @@ class Scenario:
             self.say(f"broker frozen (SIGSTOP) for {frozen:.1f} s")
             self.stack.pause_kafka(frozen)
             self.restarts += 1
+            if self.stack.kafka != "apache":
+                self.say("broker not killed: Tansu keeps its topics in memory only")
+                continue
+            down = self.rng.uniform(0.5, 2.0)
+            self.say(f"broker killed (SIGKILL), restarted on its log directory after {down:.1f} s")
+            self.stack.restart_kafka(down_for=down)
+            self.restarts += 1
 
     # ---- counts from the processes' logs
     def pump_log_sum(self, msg: str, field: str) -> int:
@@ -235,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep every scenario's logs")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
-    print(f"chaos: seed {seed}{' (short)' if args.short else ''}  -- re-run with --seed {seed}", flush=True)
+    from devstack import suite_broker
+
+    print(f"chaos: seed {seed}{' (short)' if args.short else ''} on {suite_broker()} kafka"
+          f"  -- re-run with --seed {seed}", flush=True)
     results, failed = [], Counter()
     for name in args.scenario or SCENARIOS:
         counts, problems = play(name, seed, args.short, args.keep)

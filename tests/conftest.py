@@ -1,4 +1,7 @@
-"""Test harness: real PostgreSQL, Redis and Kafka (Tansu) for every test run.
+"""Test harness: real PostgreSQL, Redis and Kafka for every test run.
+
+Kafka is Apache Kafka itself wherever Java 17+ and Maven are present (else Tansu, or whichever
+``KAFKA_EMBEDDED`` names); the run's header and summary say which broker it used.
 
 With none of DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP_SERVERS set, the controller process
 starts the embedded servers once (free ports, a temp dir) and the xdist workers inherit their
@@ -34,13 +37,35 @@ def pytest_configure(config):
         missing = [v for v in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS") if not os.environ.get(v)]
         if missing:
             raise pytest.UsageError(f"set all of the server URLs or none; missing: {', '.join(missing)}")
+        # the suite vouches for the test servers it is given (a secured cluster sets its protocol)
+        os.environ.setdefault("KAFKA_ALLOW_PLAINTEXT", "true")
         return
-    from devstack import EmbeddedStack
+    from devstack import EmbeddedStack, suite_broker
 
+    # every stack a test starts of its own (ride-through, chaos) runs on the same broker
+    os.environ["KAFKA_EMBEDDED"] = suite_broker()
     _TMP = Path(tempfile.mkdtemp(prefix="gcp-test-"))
     os.environ["GCP_PG_FAST"] = "1"  # fsync off: a throwaway cluster
     _STACK = EmbeddedStack(_TMP, database="postgres")
     os.environ.update(_STACK.start())
+
+
+def _broker_line() -> str:
+    if _STACK is None and os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and not os.environ.get("KAFKA_EMBEDDED"):
+        return f"kafka: the broker at KAFKA_BOOTSTRAP_SERVERS={os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+    from devstack import java_missing
+
+    broker = os.environ.get("KAFKA_EMBEDDED", "tansu")
+    why = f" ({java_missing()})" if broker == "tansu" and java_missing() else ""
+    return f"kafka: embedded {'Apache Kafka' if broker == 'apache' else 'Tansu'}{why}"
+
+
+def pytest_report_header(config):
+    return _broker_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"this run's {_broker_line()}")
 
 
 def pytest_unconfigure(config):

@@ -46,3 +46,24 @@ def issued(nominal: str = "1000.00", currency: str = "RUB", channel: str = "ONLI
         messagebus.handle(commands.Reserve(channel, uid("order-"), "1", Decimal(nominal), currency, code=code))
         messagebus.handle(commands.Issue(code))
     return code
+
+
+def allow_large_messages(*topics: str) -> None:
+    """Apache Kafka refuses a record over a topic's ``max.message.bytes`` (1 MB by default):
+    raise it to 10 MiB for these topics, as a platform team would for input topics that take big
+    orders, so that the service's own limit (``KAFKA_MAX_MESSAGE_BYTES``) is what is tested.
+    Tansu has no such limit, nor these configs."""
+    import os
+
+    if os.environ.get("KAFKA_EMBEDDED") != "apache":
+        return
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from workers.kafka import admin
+
+    client = admin()  # kept referenced until the futures resolve
+    resources = [ConfigResource("TOPIC", topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", "10485760", incremental_operation=AlterConfigOpType.SET)])
+        for topic in topics]
+    for future in client.incremental_alter_configs(resources).values():
+        future.result(15)

@@ -7,10 +7,10 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from devstack import EmbeddedStack, StackError, embedded_broker, java_missing
+from devstack import EmbeddedStack, StackError, embedded_broker, java_missing, suite_broker
 from workers.kafka import consumer_config, producer_config
 
 pytestmark = [pytest.mark.skipif(java_missing() is not None, reason=str(java_missing())),
@@ -40,7 +40,17 @@ def consume(bootstrap: str, topic: str, group: str, want: int, timeout: float = 
             consumer.store_offsets(msg)
     if got:
         consumer.commit(asynchronous=False)
-    committed = consumer.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+    deadline = time.monotonic() + 30
+    while True:  # a restarted broker is NOT_COORDINATOR until it has loaded the group's offsets
+        try:
+            committed = consumer.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+            break
+        except KafkaException as exc:
+            loading = exc.args[0].code() in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                             KafkaError.COORDINATOR_NOT_AVAILABLE)
+            if not (loading or exc.args[0].retriable()) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     consumer.close()
     return got, {tp.partition: tp.offset for tp in committed}
 
@@ -78,3 +88,44 @@ def test_the_broker_is_chosen_by_kafka_embedded(monkeypatch):
     monkeypatch.setenv("KAFKA_EMBEDDED", "redpanda")
     with pytest.raises(StackError, match="KAFKA_EMBEDDED must be one of tansu, apache"):
         embedded_broker()
+
+
+def test_the_suite_runs_on_apache_kafka_wherever_java_is_present(monkeypatch):
+    # given no choice made, the suite's broker follows Java: Apache Kafka where it can run
+    monkeypatch.delenv("KAFKA_EMBEDDED", raising=False)
+    assert suite_broker() == ("tansu" if java_missing() else "apache")
+    # and an explicit choice wins
+    monkeypatch.setenv("KAFKA_EMBEDDED", "tansu")
+    assert suite_broker() == "tansu"
+
+
+def test_the_stack_tells_its_processes_which_broker_timings_to_use(tmp_path):
+    # the embedded stack's environment names the profile of its broker
+    assert EmbeddedStack(tmp_path, kafka="tansu").env()["KAFKA_PROFILE"] == "tansu"
+    assert EmbeddedStack(tmp_path, kafka="apache").env()["KAFKA_PROFILE"] == "apache"
+
+
+@pytest.mark.parametrize("profile, wait", [(None, 500), ("apache", 500), ("Tansu", 20)])
+def test_fetch_wait_follows_the_profile(monkeypatch, profile, wait):
+    from config import load_settings
+    from workers.kafka import consumer_config
+
+    monkeypatch.delenv("KAFKA_FETCH_WAIT_MS", raising=False)
+    if profile is None:
+        monkeypatch.delenv("KAFKA_PROFILE", raising=False)
+    else:
+        monkeypatch.setenv("KAFKA_PROFILE", profile)
+    settings = load_settings()
+    assert settings.kafka_fetch_wait_ms == wait
+    monkeypatch.setattr("workers.kafka.get_settings", lambda: settings)
+    assert consumer_config("g")["fetch.wait.max.ms"] == wait
+    # an explicit KAFKA_FETCH_WAIT_MS still wins
+    monkeypatch.setenv("KAFKA_FETCH_WAIT_MS", "50")
+    assert load_settings().kafka_fetch_wait_ms == 50
+
+
+def test_an_unknown_profile_is_refused_by_name(monkeypatch):
+    from config import check_settings, load_settings
+
+    monkeypatch.setenv("KAFKA_PROFILE", "redpanda")
+    assert any(p.startswith("KAFKA_PROFILE must be one of apache, tansu") for p in check_settings(load_settings()))

@@ -11,7 +11,7 @@ from models.service import messagebus
 from models.store.db import db
 from models.store.tables import GiftCertificate, InboxMessage
 from tests.e2e import flow
-from tests.helpers import load, uid
+from tests.helpers import allow_large_messages, load, uid
 
 D = Decimal
 
@@ -118,9 +118,12 @@ def test_a_value_over_the_size_limit_is_dead_lettered_cut_and_not_replayed(pipel
     key = uid("huge-")
     order = flow.order(uid("huge-order-"), [flow.product_line("10.00", "1")], "10.00")
     huge = json.dumps(dict(order, filler="y" * (8 * 1024 * 1024))).encode()
+    allow_large_messages(flow.topic_of("order"))
     producer = Producer(producer_config(**{"message.max.bytes": 10_000_000}))
-    producer.produce(flow.topic_of("order"), key=key.encode(), value=huge)
-    assert producer.flush(30) == 0
+    delivered = []
+    producer.produce(flow.topic_of("order"), key=key.encode(), value=huge,
+                     on_delivery=lambda err, msg: delivered.append(err))
+    assert producer.flush(30) == 0 and delivered == [None], delivered
     rec = dlq.wait_for(lambda r: [x for x in r.records if x.key == key], what="the 8 MB value in the DLQ")[0]
     # its copy is cut to 64 KiB and says how big it was; the source is named
     assert rec.headers["error"] == (f"TOO_LARGE: {len(huge)} bytes, the limit is 1048576 "

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from config import get_settings
 from models.store.db import db
 from workers import contracts
+from tests.helpers import allow_large_messages
 from workers.kafka import producer_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +116,7 @@ def pump(stack):
     from workers.pump import Pump
 
     ensure_topics()
+    allow_large_messages(*(topic_of(c) for c in ("All_SalesOrder", "All_Payments", "All_Clients")))
     p = Pump(dispatch=lambda ids: None)  # routing only: the actors have tests of their own
     yield p
     p.close()
