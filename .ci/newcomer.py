@@ -85,6 +85,18 @@ def token() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def kafka_conf(kafka: str) -> dict:
+    """The service's own Kafka connection settings (``config.kafka``: the one builder every
+    client uses), pointed at the broker of `make run`."""
+    import dataclasses
+
+    sys.path.insert(0, str(ROOT))
+    from config import load_settings
+    from config.kafka import connection_config
+
+    return connection_config(dataclasses.replace(load_settings(), kafka_bootstrap_servers=kafka))
+
+
 def sell_one(base: str, kafka: str) -> dict:
     """Reserve over HTTP, order + payment on Kafka, and wait for the `issue` on the stream."""
     headers = {"Authorization": f"Bearer {token()}"}
@@ -94,13 +106,13 @@ def sell_one(base: str, kafka: str) -> dict:
     if resp.status_code != 201:
         raise Failed(f"reserve answered {resp.status_code}: {resp.text}")
     code = resp.json()["code"]
-    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "ci-newcomer-" + order_id,
+    consumer = Consumer({**kafka_conf(kafka), "group.id": "ci-newcomer-" + order_id,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.wait.max.ms": 20, "session.timeout.ms": 6000,
                          "heartbeat.interval.ms": 1500})
     consumer.subscribe(["GiftCertificates.Stream"])
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    producer = Producer({"bootstrap.servers": kafka, "enable.idempotence": True, "linger.ms": 2})
+    producer = Producer({**kafka_conf(kafka), "enable.idempotence": True, "linger.ms": 2})
     order = {"eventId": str(uuid.uuid4()), "eventType": "ORDER_CREATED", "occurredAt": now,
              "orderId": order_id, "channel": "ONLINE_STORE", "currency": "RUB", "total": "1000.00",
              "lines": [{"lineId": "1", "type": "GIFT_CERTIFICATE", "amount": "1000.00",

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.errors import ApiError
 from config import get_settings
+from config.kafka import access_granted, access_refused, connection_config
 from models.store.queries import metrics_text, ping_redis, process_heartbeats
 from observability import metrics_token_ok
 
@@ -34,16 +35,28 @@ def check_redis() -> None:
 
 
 def check_kafka(timeout: float = 2.0) -> None:
+    """Kafka answers metadata. A refused login or certificate (seen by this process's clients,
+    :mod:`config.kafka`) is raised as its own class, which the answer names (e.g.
+    ``KafkaAuthenticationFailed``)."""
     global _admin
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     with _admin_lock:
         if _admin is None:
-            _admin = AdminClient({"bootstrap.servers": get_settings().kafka_bootstrap_servers,
-                                  "socket.timeout.ms": 2000})
-    md = _admin.list_topics(timeout=timeout)
+            _admin = AdminClient(connection_config(**{"socket.timeout.ms": 2000}))
+    _admin.poll(0)  # serves the error callback: a refusal is recorded before it is asked about
+    try:
+        md = _admin.list_topics(timeout=timeout)
+    except KafkaException:
+        _admin.poll(0)
+        refused = access_refused()
+        if refused is not None:
+            raise refused(refused.__doc__) from None
+        raise
     if not md.brokers:
         raise RuntimeError("no broker in metadata")
+    access_granted()
 
 
 CHECKS = (("postgres", check_postgres), ("redis", check_redis), ("kafka", check_kafka))

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from urllib.parse import urlparse
 
+from config.kafka import kafka_problems
 from config.settings import (
     CVC_LENGTH_RANGE,
     DEFAULT_SMS_HTTP_BODY,
     DEV_IDEMPOTENCY_KEY,
     DEV_JWT_SECRET,
+    KAFKA_PROFILES,
     MIN_SECRET_BYTES,
     NOTIFY_PATHS,
     SMS_GATEWAYS,
@@ -40,8 +42,11 @@ def check_settings(settings: Settings) -> list[str]:
         except ValueError:
             problems.append(f"CVC_CLIENT_BUDGET must be a rate like '20/10 minutes' or 'off', "
                             f"not {settings.cvc_client_budget!r}")
+    if settings.kafka_profile not in KAFKA_PROFILES:
+        problems.append(f"KAFKA_PROFILE must be one of {', '.join(KAFKA_PROFILES)}, not {settings.kafka_profile!r}")
     problems += _delivery_problems(settings)
     problems += _auth_problems(settings)
+    problems += kafka_problems(settings)  # what can never work, and plaintext outside development
     if settings.development:
         return problems
     return problems + _production_problems(settings)

@@ -2,7 +2,8 @@
 
 librdkafka's defaults are wrong for a low-latency service: a new consumer group waits about
 ``session.timeout.ms``/2 for its assignment and a fetch sleeps up to ``fetch.wait.max.ms``,
-so both are set explicitly; producers are idempotent with ``acks=all``.
+so both are set explicitly; producers are idempotent with ``acks=all``. Every client starts from
+:func:`config.kafka.connection_config` (servers, TLS, SASL, how a refused login is reported).
 """
 from __future__ import annotations
 
@@ -17,21 +18,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from config import get_settings
+from config.kafka import KafkaAccessDenied, access_granted, classify, connection_config, report_error
 from observability import dependency_of
 
 log = logging.getLogger("gcp.kafka")
 
 
-def _bootstrap() -> str:
-    servers = get_settings().kafka_bootstrap_servers
-    if not servers:
-        raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set")
-    return servers
-
-
 def producer_config(**overrides) -> dict:
     conf = {
-        "bootstrap.servers": _bootstrap(),
+        **connection_config(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
@@ -41,12 +36,19 @@ def producer_config(**overrides) -> dict:
         "socket.keepalive.enable": True,
     }
     conf.update(overrides)
+    return _no_debug_with_sasl(conf)
+
+
+def _no_debug_with_sasl(conf: dict) -> dict:
+    """librdkafka's ``debug`` traces the protocol: never while SASL is on (see config.kafka)."""
+    if str(conf.get("security.protocol", "")).upper().startswith("SASL_"):
+        conf.pop("debug", None)
     return conf
 
 
 def consumer_config(group_id: str, **overrides) -> dict:
     conf = {
-        "bootstrap.servers": _bootstrap(),
+        **connection_config(),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -59,7 +61,7 @@ def consumer_config(group_id: str, **overrides) -> dict:
         "isolation.level": "read_committed",
     }
     conf.update(overrides)
-    return conf
+    return _no_debug_with_sasl(conf)
 
 
 def producer(**overrides) -> Producer:
@@ -79,6 +81,15 @@ def poll_batch(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
     if first is None:
         return []
     return [first] + consumer.consume(limit - 1, 0)
+
+
+def consumer_error(logger: logging.Logger, error: KafkaError) -> None:
+    """An error a consumer's poll returned: a refusal (a missing group ACL...) is reported once
+    (:func:`config.kafka.report_error`), anything else logged as it comes."""
+    if classify(error) is not None:
+        report_error(error)
+    else:
+        logger.warning("consumer error: %s", error)
 
 
 def retry_from_committed(consumer: Consumer, error: BaseException, stop: threading.Event, outages,
@@ -150,7 +161,7 @@ def read_to_end(topic: str, start: str | int = "beginning", timeout: float = 30.
             return
         begin = {}
         for p in sorted(meta.partitions):
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = _watermarks(reader, TopicPartition(topic, p), timeout)
             begin[p] = low if start == "beginning" else max(low, high - int(start))
             progress.position[p], progress.high[p] = begin[p], high
         if not begin:
@@ -175,8 +186,27 @@ def read_to_end(topic: str, start: str | int = "beginning", timeout: float = 30.
         reader.close()
 
 
-def admin() -> AdminClient:
-    return AdminClient({"bootstrap.servers": _bootstrap()})
+#: What a partition answers until its leader is in place (librdkafka does not flag them retriable).
+_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def _watermarks(reader: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """A partition's low and high watermarks. Right after a topic is created Apache Kafka answers
+    NOT_LEADER_FOR_PARTITION until the partition's leader is in place: retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return reader.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            settling = error is not None and (error.retriable() or error.code() in _SETTLING)
+            if not settling or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def admin(**overrides) -> AdminClient:
+    return AdminClient(connection_config(**overrides))
 
 
 def contract_topics() -> list[str]:
@@ -184,13 +214,39 @@ def contract_topics() -> list[str]:
     return [s.topic_sales_order, s.topic_payments, s.topic_clients, s.topic_stream, s.topic_dlq]
 
 
-def ensure_topics(timeout: float = 15.0) -> dict[str, tuple[int, bool]]:
+def ensure_topics(timeout: float = 15.0, stop: threading.Event | None = None) -> dict[str, tuple[int, bool]]:
     """Create the contract's missing topics with ``TOPIC_PARTITIONS`` partitions.
 
     Topics that exist (made by the platform team) keep their partition counts. Returns
-    ``{topic: (partitions, created)}`` and asserts every topic exists afterwards.
+    ``{topic: (partitions, created)}`` and asserts every topic exists afterwards. With ``stop``
+    (a process starting), Kafka away or refusing the login is waited out with backoff (logged
+    once), and so are the broker's ACLs denying a topic, until ``stop`` is set (then ``{}``);
+    without it, the first failure raises.
     """
-    client = admin()
+    delay, logged = 1.0, False
+    while True:
+        client = admin()
+        try:
+            result = _ensure_topics(client, timeout)
+            access_granted()
+            return result
+        except KafkaException as exc:
+            client.poll(0)  # its error callback reports a refused login or certificate, once
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            denied = error is not None and classify(error) is KafkaAccessDenied
+            if denied:  # a missing ACL: an operator's fix, not a restart's (logged once)
+                report_error(error)
+            if stop is None or (dependency_of(exc) != "kafka" and not denied):
+                raise
+            if not logged and not denied:
+                log.warning("Kafka not answering at start: retrying with backoff", extra={"error": str(exc)[:300]})
+                logged = True
+        if stop.wait(delay):
+            return {}
+        delay = min(delay * 2, 30.0)
+
+
+def _ensure_topics(client: AdminClient, timeout: float) -> dict[str, tuple[int, bool]]:
     wanted = contract_topics()
     existing = client.list_topics(timeout=timeout).topics
     missing = [t for t in wanted if t not in existing]
@@ -207,7 +263,7 @@ def ensure_topics(timeout: float = 15.0) -> dict[str, tuple[int, bool]]:
             except Exception as exc:  # created concurrently by another process is fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                     raise
-    topics = client.list_topics(timeout=timeout).topics
+    topics = _settled(client, wanted, timeout)
     result = {}
     for name in wanted:
         meta = topics.get(name)
@@ -218,3 +274,17 @@ def ensure_topics(timeout: float = 15.0) -> dict[str, tuple[int, bool]]:
             raise RuntimeError(f"topic {name} has {len(meta.partitions)} partitions, "
                                f"expected {get_settings().topic_partitions}")
     return result
+
+
+def _settled(client: AdminClient, wanted: list[str], timeout: float) -> dict:
+    """The topics' metadata once each of ``wanted`` has its partitions, every one with a leader.
+    Apache Kafka acknowledges a creation when its controller has it; the broker's metadata, which
+    ``list_topics`` reads, follows a moment later (measured: up to a few hundred ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=timeout).topics
+        ready = all(name in topics and topics[name].error is None and topics[name].partitions
+                    and all(p.leader >= 0 for p in topics[name].partitions.values()) for name in wanted)
+        if ready or time.monotonic() >= deadline:
+            return topics
+        time.sleep(0.1)

@@ -1,5 +1,6 @@
 """docker-compose.yml is valid compose (JSON Schema of the compose spec) and runs every Procfile process."""
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,19 +29,22 @@ def test_compose_names_every_procfile_process_and_the_servers():
     assert {"web", "worker", "pump"} <= set(procfile_processes())
     assert set(procfile_processes()) <= services
     assert {"postgres", "redis", "kafka"} <= services
-    assert "broker,controller" in compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert "process.roles=broker,controller" in compose["services"]["kafka"]["command"][-1]
 
 
 #: What docker-compose.yml requires to be set (it refuses to start without each).
 SECRETS = ("JWT_SECRET", "CVC_ENCRYPTION_KEY", "IDEMPOTENCY_KEY", "METRICS_TOKEN")
+#: ... and the Kafka users' passwords (the super user's, the service's, the online-store channel's).
+KAFKA_SECRETS = {"KAFKA_ADMIN_PASSWORD": "a" * 24, "KAFKA_GCP_PASSWORD": "g" * 24, "KAFKA_CHANNEL_PASSWORD": "c" * 24}
 
 
 def compose_config(**env):
     import os
 
-    base = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS and k not in KAFKA_SECRETS}
+    env = {**KAFKA_SECRETS, **env}
     return subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                          capture_output=True, text=True, env={**base, **env})
+                          capture_output=True, text=True, env={**base, **{k: v for k, v in env.items() if v}})
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
@@ -58,6 +62,10 @@ def test_docker_compose_refuses_to_start_without_the_secrets():
     assert result.returncode != 0 and "METRICS_TOKEN" in result.stderr, result.stderr
     result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, METRICS_TOKEN="m" * 40)
     assert result.returncode != 0 and "IDEMPOTENCY_KEY" in result.stderr, result.stderr
+    for name in KAFKA_SECRETS:
+        result = compose_config(JWT_SECRET="s" * 40, CVC_ENCRYPTION_KEY="k" * 40, IDEMPOTENCY_KEY="i" * 40,
+                                METRICS_TOKEN="m" * 40, **{name: ""})
+        assert result.returncode != 0 and name in result.stderr, (name, result.stderr)
 
 
 def test_compose_requires_the_secrets_instead_of_defaulting_them():
@@ -121,3 +129,38 @@ def test_a_heartbeat_touches_the_file_the_healthcheck_reads(stack):
     finally:
         beat.stop()
         os.remove(path)
+
+
+def test_the_service_connects_to_kafka_over_sasl_ssl_and_the_broker_closes_every_topic():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["x-app"]["environment"]
+    assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"], env["KAFKA_SASL_USERNAME"]) == (
+        "SASL_SSL", "SCRAM-SHA-512", "gcp")
+    assert env["KAFKA_SASL_PASSWORD"].startswith("${KAFKA_GCP_PASSWORD:?") and "KAFKA_ALLOW_PLAINTEXT" not in env
+    assert env["KAFKA_SSL_CA_LOCATION"] == "/certs/ca.pem" and "kafka-certs:/certs:ro" in compose["x-app"]["volumes"]
+    for name, value in compose["x-kafka-env"].items():
+        assert value.startswith("${KAFKA_"), (name, value)  # required, never defaulted
+    broker = compose["services"]["kafka"]["command"][-1]
+    listeners = next(l for l in broker.splitlines() if l.strip().startswith("listeners="))
+    assert "PLAINTEXT" not in listeners and "CONTROLLER://127.0.0.1:" in listeners, listeners
+    for line in ("allow.everyone.if.no.acl.found=false",
+                 "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                 "listener.name.controller.ssl.client.auth=required", "super.users=User:admin;User:kafka"):
+        assert line in broker, line
+    assert compose["services"]["migrate"]["depends_on"]["kafka-acls"]["condition"] == "service_completed_successfully"
+
+
+def acl_commands(text: str) -> list[str]:
+    """The ``kafka-acls.sh ... --add`` commands of a shell script, one line each, blanks squeezed."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [" ".join(line.split()) for line in joined.splitlines()
+            if line.strip().startswith("kafka-acls.sh") and "--add" in line]
+
+
+def test_the_compose_grants_exactly_the_acls_of_the_docs():
+    doc = (ROOT / "docs" / "kafka-security.md").read_text()
+    block = doc.split("<!-- the same commands as docker-compose.yml's kafka-acls service -->\n```sh\n", 1)[1]
+    documented = acl_commands(block.split("```", 1)[0])
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    granted = acl_commands(compose["services"]["kafka-acls"]["command"][-1].replace("$$", "$"))
+    assert len(documented) == 7 and granted == documented

@@ -25,7 +25,7 @@ def main() -> None:
 
 
 def _serve(stop: threading.Event) -> None:
-    ensure_topics()
+    ensure_topics(stop=stop)  # Kafka away or refusing: backoff
     consumer, outages = None, Outages("bi")
     while consumer is None and not stop.is_set():  # the mart's database away at start-up
         try:

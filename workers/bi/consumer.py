@@ -26,7 +26,7 @@ from workers.bi import metrics
 from workers.bi.mart import STREAM, Mart, StepResult, utcnow
 from workers.bi.schema import connect, ensure_schema
 from workers.kafka import consumer as make_consumer
-from workers.kafka import poll_batch, retry_from_committed
+from workers.kafka import consumer_error, poll_batch, retry_from_committed
 
 log = logging.getLogger("gcp.bi")
 #: Messages taken from Kafka at most per batch.
@@ -67,7 +67,7 @@ class BiConsumer:
         for msg in messages:
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", msg.error())
+                    consumer_error(log, msg.error())
                 continue
             received += 1
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
