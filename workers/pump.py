@@ -25,15 +25,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, TopicPartition
 
 from config import get_settings
 from models.store.db import connection, db
 from models.store.liveness import Outages
-from observability import MESSAGES_CONSUMED, dependency_of
+from observability import DLQ_MESSAGES, DLQ_REASONS, MESSAGES_CONSUMED, dependency_of
 from workers import contracts
 from workers.kafka import consumer as make_consumer
-from workers.kafka import ensure_topics, poll_batch, retry_from_committed
+from workers.kafka import consumer_error, ensure_topics, poll_batch, retry_from_committed
 from workers.kafka import producer as make_producer
 from workers.process import run_process
 
@@ -139,6 +139,8 @@ class Pump:
         remaining = self.producer.flush(60)
         if remaining or failures:
             raise RuntimeError(f"DLQ produce failed: {failures or remaining}")
+        for _key, _value, headers in items:
+            DLQ_MESSAGES.labels(dlq_reason(dict(headers).get("error", b""))).inc()
 
     # -- one batch
     def step(self, timeout: float = 0.2) -> BatchResult:
@@ -149,7 +151,7 @@ class Pump:
         for msg in messages:
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", msg.error())
+                    consumer_error(log, msg.error())
                 continue
             result.received += 1
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -189,19 +191,20 @@ class Pump:
         for msg, parsed in valid:
             rows.append((parsed.event_id, msg.topic(), msg.partition(), msg.offset(),
                          msg.key().decode("utf-8", "replace") if msg.key() else None,
-                         _json(parsed.message)))
+                         _json(parsed.message), broker_time(msg)))
             if REPLAY_HEADER in _headers(msg):
                 replays.append(parsed.event_id)
         with connection(), db.atomic():
-            values = ",".join(["(%s,%s,%s,%s,%s,%s::jsonb,now(),now())"] * len(rows))
+            values = ",".join(["(%s,%s,%s,%s,%s,%s::jsonb,to_timestamp(%s),now(),now())"] * len(rows))
             cursor = db.execute_sql(
                 'INSERT INTO inbox_message (event_id, topic, partition, "offset", message_key, payload,'
-                f" received_at, dispatched_at) VALUES {values} ON CONFLICT (event_id) DO NOTHING"
+                f" broker_at, received_at, dispatched_at) VALUES {values} ON CONFLICT (event_id) DO NOTHING"
                 " RETURNING id", [v for row in rows for v in row])
             inserted = [r[0] for r in cursor.fetchall()]
             if replays:  # sent back from the DLQ: a failed row gets another chance
                 cursor = db.execute_sql(
                     "UPDATE inbox_message SET status = 'PENDING', attempts = 0, dead_lettered_at = NULL,"
+                    " broker_at = NULL,"  # a replay's latency is no measure of the service
                     " dispatched_at = now() WHERE event_id = ANY(%s) AND status = 'FAILED' RETURNING id",
                     (replays,))
                 inserted += [r[0] for r in cursor.fetchall()]
@@ -287,6 +290,20 @@ class Pump:
             self.producer.flush(10)
 
 
+def dlq_reason(error: bytes) -> str:
+    """The code that opens a DLQ ``error`` header (``SCHEMA_VIOLATION: ...``) as a metric label;
+    ``OTHER`` for any other, so no message text becomes a series."""
+    code = error.decode("utf-8", "replace").split(":", 1)[0]
+    return code if code in DLQ_REASONS else "OTHER"
+
+
+def broker_time(msg) -> float | None:
+    """The message's Kafka timestamp (epoch seconds), where the broker gives one: the start of
+    ``gcp_input_to_stream_seconds``, which the relay ends (see ``inbox_message.broker_at``)."""
+    kind, millis = msg.timestamp()
+    return millis / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else None
+
+
 def _json(message: dict) -> str:
     import json
 
@@ -298,7 +315,7 @@ def main() -> None:
 
 
 def _serve(stop: threading.Event) -> None:
-    ensure_topics()
+    ensure_topics(stop=stop)  # Kafka away or refusing: backoff
     import actors  # noqa: F401  (configures the broker before the hand-over)
 
     Pump().run(stop)

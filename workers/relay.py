@@ -32,7 +32,7 @@ from models.domain import locks
 from models.store import outbox
 from models.store.db import listening_connection, wait_for_notify
 from models.store.liveness import Outages
-from observability import EVENTS_PUBLISHED, dependency_of
+from observability import EVENTS_PUBLISHED, PROCESSING_LATENCY, dependency_of
 from workers.kafka import EndOfTopic, ensure_topics, read_to_end
 from workers.kafka import producer as make_producer
 from workers.process import run_process
@@ -73,6 +73,7 @@ class Relay:
         self.leader = False
         self.stop = threading.Event()
         self.inflight: dict[int, tuple] = {}   # produced, not acknowledged yet
+        self.input_at: dict[int, float] = {}   # row id -> its input's broker time (in flight)
         self.acknowledged: list[int] = []
         self.errors: list = []
         self.on_published = on_published or _hand_over_sms
@@ -113,8 +114,10 @@ class Relay:
         topic = self.settings.topic_stream
         source = self.settings.cloudevents_source
         for row in rows:
-            row_id, key, event_type, channel, envelope, event_id, occurred_at = row
+            row_id, key, event_type, channel, envelope, event_id, occurred_at, input_at = row
             self.inflight[row_id] = row[:5]  # what the acknowledgement's hooks read
+            if input_at is not None:
+                self.input_at[row_id] = input_at
             self.producer.produce(topic, key=key.encode(), value=envelope.encode(),
                                   on_delivery=lambda err, _msg, rid=row_id: self._acked(rid, err),
                                   headers=[("eventType", event_type.encode()), ("channel", channel.encode()),
@@ -139,6 +142,10 @@ class Relay:
             return 0
         ids, self.acknowledged = self.acknowledged, []
         outbox.mark_published(self.conn, ids)
+        published = time.time()
+        for i in ids:  # input message (broker timestamp) to its event on the stream
+            if i in self.input_at:
+                PROCESSING_LATENCY.observe(max(0.0, published - self.input_at.pop(i)))
         self._observe([self.inflight.pop(i) for i in ids])
         return len(ids)
 
@@ -166,8 +173,8 @@ class Relay:
             cur.execute("SELECT 1")
 
     def _observe(self, rows) -> None:
-        for _id, _key, event_type, _channel, _envelope in rows:
-            EVENTS_PUBLISHED.labels(event_type).inc()
+        for _id, _key, event_type, channel, _envelope in rows:
+            EVENTS_PUBLISHED.labels(event_type, channel or "NONE").inc()
         try:
             self.on_published(rows)
         except Exception:  # the SMS hand-over must never hold the stream back
@@ -215,6 +222,7 @@ class Relay:
         while self.producer.flush(1.0) and not self.stop.is_set():
             pass  # Kafka down as well: the rows in flight wait for it
         self.inflight.clear()
+        self.input_at.clear()
         self.acknowledged.clear()
         self.conn.close()
         while not self.stop.is_set():
@@ -280,7 +288,7 @@ def main() -> None:
 
 
 def _serve(stop: threading.Event) -> None:
-    ensure_topics()
+    ensure_topics(stop=stop)  # Kafka away or refusing: backoff
     if get_settings().notify_via == "sms":
         import actors  # noqa: F401  (the broker, for the SMS hand-over)
     Relay().run(stop)

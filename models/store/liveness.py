@@ -18,11 +18,15 @@ import time
 
 from config import get_settings
 from models.store import cache
-from observability import DEPENDENCY_DOWN, DEPENDENCY_OUTAGES, render_metrics
+from observability import DEPENDENCY_OUTAGES, render_metrics
 
 # ---- heartbeats of the long-running processes ---------------------------------------------
 #: Redis sorted set: member ``process|instance``, score = the time of its last beat.
 HEARTBEAT_KEY = "gcp:heartbeats"
+#: The member a graceful stop leaves in :data:`HEARTBEAT_KEY` (``process|stopped``, scored with
+#: its last beat): no instance, but the age on /metrics keeps growing while the process is
+#: away, however it went.
+STOPPED = "stopped"
 #: The long-running processes `/health/ready` reports on (the Procfile's names).
 PROCESSES = ("worker", "pump", "relay", "scheduler", "bi")
 #: A process whose newest beat is older than this many intervals counts as missing.
@@ -92,7 +96,10 @@ class Heartbeat:
         if self._stop is not None:
             self._stop.set()
         try:
-            cache.client().zrem(HEARTBEAT_KEY, self.member)
+            pipe = cache.client().pipeline(transaction=False)
+            pipe.zrem(HEARTBEAT_KEY, self.member)
+            pipe.zadd(HEARTBEAT_KEY, {f"{self.process}|{STOPPED}": time.time()})
+            pipe.execute()
         except Exception:  # going away anyway: the entry ages out
             pass
 
@@ -105,7 +112,9 @@ def heartbeats(now: float | None = None) -> dict[str, dict]:
     newest: dict[str, float] = {}
     live: dict[str, int] = {}
     for member, score in cache.client().zrange(HEARTBEAT_KEY, 0, -1, withscores=True):
-        process = member.decode().split("|", 1)[0]
+        process, _, instance = member.decode().partition("|")
+        if instance == STOPPED:
+            continue
         newest[process] = max(newest.get(process, 0.0), score)
         if now - score <= stale:
             live[process] = live.get(process, 0) + 1
@@ -118,28 +127,47 @@ def heartbeats(now: float | None = None) -> dict[str, dict]:
 
 
 class HeartbeatCollector:
-    """``gcp_process_heartbeat_age_seconds{process}``, read from Redis at scrape time (so every
-    web worker reports the same figure; -1 for a process never seen, none when Redis is down)."""
+    """Read from Redis at scrape time, so every process scraped says the same (no ``pid``):
+    ``gcp_process_heartbeat_age_seconds{process}`` (since any instance last beat; -1 for a
+    process never seen), ``gcp_process_instances{process}`` (instances beating now),
+    ``gcp_redis_up`` (0: Redis did not answer, and the two others are left out)."""
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily("gcp_process_heartbeat_age_seconds",
-                                   "Seconds since each long-running process last reported alive",
-                                   labels=["process"])
+        age = GaugeMetricFamily("gcp_process_heartbeat_age_seconds",
+                                "Seconds since each long-running process last reported alive",
+                                labels=["process"])
+        instances = GaugeMetricFamily("gcp_process_instances",
+                                      "Live instances of each long-running process", labels=["process"])
         try:
-            for process, info in heartbeats().items():
-                age = info["heartbeatAgeSeconds"]
-                family.add_metric([process], -1.0 if age is None else float(age))
-        except Exception:  # Redis down: readiness says so; the scrape still works
-            pass
-        yield family
+            now = time.time()
+            beats = heartbeats(now)
+            last = {m.decode().partition("|")[0]: score for m, score in
+                    cache.client().zrange(HEARTBEAT_KEY, 0, -1, withscores=True)}
+        except Exception:  # Redis down: gcp_redis_up says so; the scrape still works
+            yield GaugeMetricFamily("gcp_redis_up", "1 when Redis answered this scrape", value=0.0)
+            return
+        for process in sorted(set(beats) | set(last)):
+            info = beats.get(process, {"heartbeatAgeSeconds": None, "instances": 0})
+            seen = [a for a in (info["heartbeatAgeSeconds"],
+                                now - last[process] if process in last else None) if a is not None]
+            age.add_metric([process], round(max(0.0, min(seen)), 1) if seen else -1.0)
+            instances.add_metric([process], float(info["instances"]))
+        yield GaugeMetricFamily("gcp_redis_up", "1 when Redis answered this scrape", value=1.0)
+        yield age
+        yield instances
 
 
 # ---- riding through an outage of PostgreSQL, Redis or Kafka ---------------------------------
 #: Redis hash ``process|dependency`` -> outages that ended, so the web's /metrics shows the
 #: counts of every process (only the web and bi serve /metrics).
 OUTAGES_KEY = "gcp:outages"
+#: Redis hash ``process|dependency`` -> when the process last found it unreachable (refreshed
+#: while the outage lasts, removed when it ends): ``gcp_dependency_down`` on /metrics.
+DOWN_KEY = "gcp:down"
+#: A ``DOWN_KEY`` entry not refreshed for this long is ignored (its process went away).
+DOWN_FRESH_SECONDS = 30.0
 #: Bounded exponential backoff between reconnection attempts (seconds).
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 
@@ -154,6 +182,21 @@ class Outages:
         self.process = process
         self.down: dict[str, tuple[float, int]] = {}  # dependency -> (since, failed attempts)
         self.log = logging.getLogger("gcp." + process)
+        self._said_down: dict[str, float] = {}  # dependency -> when DOWN_KEY was last refreshed
+
+    def _tell(self, dependency: str, down: bool) -> None:
+        """Record in Redis that ``dependency`` is unreachable from this process (or no longer);
+        never for Redis itself, which could not hold it, and never failing the caller."""
+        if dependency == "redis":
+            return
+        field = f"{self.process}|{dependency}"
+        try:
+            if down:
+                cache.client().hset(DOWN_KEY, field, time.time())
+            else:
+                cache.client().hdel(DOWN_KEY, field)
+        except Exception:  # Redis away too: gcp_redis_up says so
+            pass
 
     def failed(self, dependency: str, error: BaseException) -> float:
         since, attempts = self.down.get(dependency, (time.monotonic(), 0))
@@ -161,7 +204,9 @@ class Outages:
             self.log.warning("%s unreachable: riding through (retrying with backoff)", dependency,
                              extra={"dependency": dependency, "error": f"{type(error).__name__}: {error}"[:300]})
             DEPENDENCY_OUTAGES.labels(self.process, dependency).inc()
-            DEPENDENCY_DOWN.labels(self.process, dependency).set(1)
+        if not attempts or time.monotonic() - self._said_down.get(dependency, 0.0) > DOWN_FRESH_SECONDS / 3:
+            self._said_down[dependency] = time.monotonic()
+            self._tell(dependency, down=True)
         self.down[dependency] = (since, attempts + 1)
         return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempts) * random.uniform(0.5, 1.0)
 
@@ -176,7 +221,8 @@ class Outages:
             seconds = round(time.monotonic() - since, 2)
             self.log.warning("%s reachable again after %.2f s", dependency, seconds,
                              extra={"dependency": dependency, "outageSeconds": seconds, "attempts": attempts})
-            DEPENDENCY_DOWN.labels(self.process, dependency).set(0)
+            self._said_down.pop(dependency, None)
+            self._tell(dependency, down=False)
             try:
                 cache.client().hincrby(OUTAGES_KEY, f"{self.process}|{dependency}", 1)
             except Exception:  # Redis itself still away: this process's own counter has it
@@ -204,7 +250,27 @@ class OutageCollector:
         yield family
 
 
-def metrics_payload() -> tuple[bytes, str]:
-    """The web's ``/metrics``: its own metrics, and every process's heartbeat age and outages
-    read from Redis (see :func:`observability.render_metrics`)."""
-    return render_metrics(HeartbeatCollector(), OutageCollector())
+class DownCollector:
+    """``gcp_dependency_down{process,dependency}``: 1 while a process finds PostgreSQL or Kafka
+    unreachable (0 for each pair that answered lately), read from Redis at scrape time."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("gcp_dependency_down", "1 while a long-running process cannot "
+                                   "reach a dependency", labels=["process", "dependency"])
+        try:
+            now = time.time()
+            for field, at in cache.client().hgetall(DOWN_KEY).items():
+                process, _, dependency = field.decode().partition("|")
+                family.add_metric([process, dependency], 1.0 if now - float(at) < DOWN_FRESH_SECONDS else 0.0)
+        except Exception:  # Redis down: gcp_redis_up says so
+            pass
+        yield family
+
+
+def metrics_payload(*collectors) -> tuple[bytes, str]:
+    """The web's ``/metrics``: its own metrics (every process's, in multiprocess mode), and the
+    shared state read at scrape time: heartbeats, outages and dependencies from Redis, and
+    ``collectors`` (the pool, backlogs and approvals from PostgreSQL: :mod:`models.store.gauges`)."""
+    return render_metrics(HeartbeatCollector(), OutageCollector(), DownCollector(), *collectors)

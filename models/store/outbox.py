@@ -14,13 +14,18 @@ OUTBOX_CHANNEL = "gcp_outbox"
 POOL_CHANNEL = "gcp_pool_refilled"
 
 
-def unpublished(conn, limit: int) -> list[tuple[int, str, str, str, str, str, str]]:
+def unpublished(conn, limit: int) -> list[tuple[int, str, str, str, str, str, str, float | None]]:
     """The first ``limit`` rows not yet published, in id order: (id, message key, event type,
-    channel, envelope as JSON text, eventId, occurredAt)."""
+    channel, envelope as JSON text, eventId, occurredAt, input time). The input time is the
+    Kafka broker timestamp (epoch seconds) of the input message that caused the event (its
+    ``causationId`` is that message's ``eventId``), None for an event an HTTP call or the
+    scheduler caused: where ``gcp_input_to_stream_seconds`` starts."""
     with conn.cursor() as cur:
-        cur.execute("SELECT id, message_key, event_type, channel, envelope::text, event_id::text,"
-                    " envelope->>'occurredAt' FROM outbox_event"
-                    " WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
+        cur.execute("SELECT o.id, o.message_key, o.event_type, o.channel, o.envelope::text,"
+                    " o.event_id::text, o.envelope->>'occurredAt',"
+                    " (SELECT extract(epoch FROM i.broker_at)::float8 FROM inbox_message i"
+                    "   WHERE i.event_id = o.envelope->>'causationId')"
+                    " FROM outbox_event o WHERE o.published_at IS NULL ORDER BY o.id LIMIT %s", (limit,))
         return cur.fetchall()
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-import time
 from decimal import Decimal
 
 from peewee import fn
@@ -18,7 +16,7 @@ from models.domain.errors import DomainError
 from models.domain.money import ZERO, fmt_money, valid_code
 from models.domain.states import HoldStatus, Status
 from models.domain.timeutil import iso, utcnow
-from models.store import cache, liveness
+from models.store import cache, gauges, liveness
 from models.store.db import db
 from models.store.repository import active_held, adjustment_from, certificate_view_of, pending_transfer_from
 from models.store.tables import (
@@ -29,7 +27,6 @@ from models.store.tables import (
     Operation,
     TransferRequest,
 )
-from observability import POOL_AVAILABLE
 
 log = logging.getLogger("gcp.queries")
 
@@ -212,35 +209,15 @@ def any_certificate() -> bool:
 
 def pool_view() -> dict:
     """``GET /pool``: the AVAILABLE certificates by nominal, currency and kind, and the
-    low-water mark (sets the ``gcp_pool_available`` gauge on the way)."""
+    low-water mark (``gcp_pool_available`` on /metrics counts the same at scrape time)."""
     summary = pool_summary()
-    set_pool_gauge(summary["available"])
     return {**summary, "lowWaterMark": get_settings().pool_low_water_mark}
 
 
-_gauge_lock = threading.Lock()
-#: When the gauge was last set (``time.monotonic``), so a refresh can be skipped while fresh.
-_gauge_at = 0.0
-
-
-def set_pool_gauge(available: int) -> None:
-    global _gauge_at
-    POOL_AVAILABLE.set(available)
-    _gauge_at = time.monotonic()
-
-
 def refresh_pool_gauge(max_age: float = 0.0) -> None:
-    """Count the AVAILABLE certificates into ``gcp_pool_available`` (at most every ``max_age`` s)."""
-    if time.monotonic() - _gauge_at < max_age or not _gauge_lock.acquire(blocking=False):
-        return
-    try:
-        count = db.execute_sql("SELECT count(*) FROM gift_certificate WHERE status = %s",
-                               (Status.AVAILABLE.value,)).fetchone()[0]
-        set_pool_gauge(count)
-    except Exception:  # a gauge never fails the load it follows
-        log.warning("pool gauge refresh failed", exc_info=True)
-    finally:
-        _gauge_lock.release()
+    """The pool changed (a batch was loaded): the next scrape counts ``gcp_pool_available``
+    again instead of serving its cached count (``max_age`` is kept for the callers; unused)."""
+    gauges.forget()
 
 
 def ping_redis() -> None:
@@ -257,4 +234,4 @@ def process_heartbeats() -> dict[str, dict]:
 def metrics_text() -> tuple[bytes, str]:
     """``/metrics``: this process's metrics, and every process's heartbeat age and outages read
     from Redis, with their content type."""
-    return liveness.metrics_payload()
+    return liveness.metrics_payload(gauges.SharedStateCollector())

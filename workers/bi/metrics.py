@@ -27,8 +27,9 @@ ANOMALIES = Counter("gcp_bi_anomalies_total", "Anomalies the mart found in its i
 #: Messages consumed, by topic and outcome (applied, duplicate, not_applied, invalid).
 MESSAGES = Counter("gcp_bi_messages_total", "Messages consumed by the mart", ["topic", "outcome"],
                    registry=REGISTRY)
-#: Daily snapshots closed.
-DAYS_CLOSED = Counter("gcp_bi_days_closed_total", "Daily snapshots closed", registry=REGISTRY)
+#: Daily snapshots closed (not ``..._days_...``: Prometheus reads a unit in a name, and its unit
+#: of time is the second; ``promtool check metrics`` refuses ``days``).
+DAYS_CLOSED = Counter("gcp_bi_snapshots_closed_total", "Daily snapshots closed", registry=REGISTRY)
 
 
 def start_metrics_server() -> int | None:
