@@ -91,7 +91,7 @@ def _add_api(app: Flask, settings: config.Settings) -> None:
     api = GcpApi(app)
     api.ma_plugin.converter.add_parameter_attribute_function(empty_means_absent)
     errors.register(app)
-    api_package.register_blueprints(api)
+    api_package.register_blueprints(app, api)
     batches.document(api.spec, settings)
     swagger_assets = Path(__import__("flask_swagger_ui").__file__).parent / "dist"
 

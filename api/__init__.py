@@ -24,11 +24,16 @@ BLUEPRINT_MODULES = (
     "api.batches",
     "api.support",
 )
+#: Plain Flask blueprints, outside the OpenAPI document: the AsyncAPI document and its page.
+PLAIN_BLUEPRINT_MODULES = ("api.asyncapi",)
 
 
 #: The document's own fields beside ``info.title`` and ``info.version``.
 DOCUMENT = {
     "info": {
+        "description": "Synchronous channel API of the gift certificate service. The Kafka side is "
+                       "described by the AsyncAPI document at `/asyncapi.json` (rendered at `/asyncapi`); "
+                       "the integration guide is `docs/integration.md`.",
         "contact": {"name": "GCP, the gift certificate service team"},
         "license": {"name": "Proprietary"},
     },
@@ -39,10 +44,12 @@ DOCUMENT = {
 }
 
 
-def register_blueprints(api) -> None:
-    """Every blueprint, and the document's servers, contact and license."""
+def register_blueprints(app, api) -> None:
+    """Every blueprint (the AsyncAPI ones too), and the document's description, servers, contact and license."""
     for name in BLUEPRINT_MODULES:
         api.register_blueprint(importlib.import_module(name).blp)
+    for name in PLAIN_BLUEPRINT_MODULES:
+        app.register_blueprint(importlib.import_module(name).blp)
     for key, value in DOCUMENT.items():
         current = api.spec.options.get(key)
         api.spec.options[key] = {**current, **value} if isinstance(current, dict) else value

@@ -20,7 +20,8 @@ from observability import HTTP_LATENCY, HTTP_REQUESTS, correlation_id_var, metho
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: Endpoints the rate limit never counts: health, metrics and the documentation.
 UNLIMITED_ENDPOINTS = ("health.Live", "health.Ready", "health.Metrics", "api-docs.openapi_json",
-                       "api-docs.openapi_swagger_ui", "swagger_asset")
+                       "api-docs.openapi_swagger_ui", "swagger_asset",
+                       "asyncapi.asyncapi_json", "asyncapi.asyncapi_page")
 
 
 def add_rate_limit(app: Flask, settings: Settings) -> None:

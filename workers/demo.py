@@ -2,13 +2,23 @@
 
 Start the service first (`make run`, or any deployment: set PORT and the server URLs). The demo
 finds the embedded stack of `make run` through ``.local/stack.env``, signs its tokens with
-``JWT_SECRET`` (as `python app.py token` does), then sends a realistic burst through HTTP and
+``JWT_SECRET`` (as `.venv/bin/python app.py token` does), then sends a realistic burst through HTTP and
 Kafka: online sales (paid after and before the order), partial and full redemptions at POS, an
 API authorization confirmed by the order, a purchase refund, a refund onto a certificate, a
 support lock, a damaged card replaced at a POS (balance transfer onto a new printed card), a large
 balance adjustment approved by a second admin, a cancelled order, CRM's delivery report, an empty
 pool, a poison message. It reads GiftCertificates.Stream and prints what happened to each
 certificate.
+
+Each step checks its own outcome (the HTTP answers, the stream's events, the ledger) before it
+prints it, and the run ends with a summary that states every figure beside its bound
+(``workers.demo_summary``). The API authorization needs the buyer's CVC, and the demo uses only
+one it may lawfully know, by the service's own ``NOTIFY_VIA`` (which ``GET /cvc``'s answer shows):
+under ``NOTIFY_VIA=sms`` (the default of `make run`) the development
+``log`` SMS gateway's file (``SMS_LOG_PATH``), which holds what the buyer's phone would show;
+under ``NOTIFY_VIA=crm`` the CVC that CRM fetches once through ``GET /certificates/{code}/cvc``.
+A printed card's CVC is the one its batch loaded. The demo never prints a CVC. Exit 1 when a step
+did not do what it said.
 """
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ import requests
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 import config
+from workers.demo_cards import CardSteps
+from workers.demo_summary import Steps, summary
 
 NOW = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -32,7 +44,7 @@ def eid() -> str:
     return str(uuid.uuid4())
 
 
-class Demo:
+class Demo(CardSteps):
     def __init__(self):
         config.load_stack_env()
         config.reset_settings()
@@ -55,6 +67,8 @@ class Demo:
         self.http = requests.Session()
         self.story: dict[str, str] = {}   # code -> what the demo did with it
         self.sent_at: dict[str, float] = {}
+        self.steps = Steps()
+        self.notify_via = "?"  # the service's, as GET /cvc shows it (notifications())
 
     # -- plumbing
     def call(self, method, path, who, headers_extra=None, **kw):
@@ -140,7 +154,9 @@ class Demo:
 
     def cvc_by_sms(self, code, seconds=15.0):
         """The CVC the buyer got by SMS, where the service sends it (NOTIFY_VIA=sms, as under
-        `make run`: /cvc then discloses nothing). The log gateway appends each SMS to SMS_LOG_PATH."""
+        `make run`: /cvc then discloses nothing) through the development ``log`` gateway, which
+        appends each SMS to SMS_LOG_PATH. None when the file does not show it (another gateway
+        sent it: the demo cannot know the CVC)."""
         path = Path(self.s.sms_log_path)
         deadline = time.time() + seconds
         while time.time() < deadline:
@@ -163,13 +179,18 @@ class Demo:
             print(f"The service on {self.base} is not ready: {ready.text}")
             return 1
         self.kafka()
+        dlq_before = self.dlq_size()
         print(f"GCP demo run {self.run} against {self.base} (Kafka {self.s.kafka_bootstrap_servers})\n")
+        ok = self.steps.check
         codes = [f"DM{self.run}{i:04d}" for i in range(30)]
         loaded = self.call("POST", "/batches", "LOADER", json={
             "batchId": f"demo-{self.run}", "currency": "RUB",
             "certificates": [{"code": c, "nominal": "1000.00"} for c in codes[:20]]
                             + [{"code": c, "nominal": "1500.00"} for c in codes[20:]]})
-        print(f"OnlineStore/loader: batch demo-{self.run} -> {loaded.status_code} {loaded.json().get('accepted')} codes")
+        print("Loader: a batch of 30 certificates")
+        ok(loaded.status_code == 201 and loaded.json().get("accepted") == 30,
+           f"batch demo-{self.run} loaded: 30 codes accepted",
+           f"batch demo-{self.run}: {loaded.status_code} {loaded.json().get('accepted')}")
 
         print("OnlineStore: 6 sales (one paid before its order arrives), POS: 2 sales")
         sold = [self.sale("ONLINE_STORE", "1000.00", label="online sale")[0] for _ in range(5)]
@@ -178,39 +199,14 @@ class Demo:
         sold = [c for c in sold if c]
         self.producer.flush(10)
         self.wait(lambda: all(self.has(c, "issue") for c in sold))
+        issued = [c for c in sold if self.has(c, "issue")]
+        if not ok(len(issued) == 8, "8 of 8 sales issued (an `issue` event each on the stream)",
+                  f"{len(issued)} of 8 sales issued"):
+            return self.finish(dlq_before)
 
-        print("POS: a printed card (PHYSICAL batch, CVC under the scratch panel) is scanned, sold, "
-              "then paid with: authorized with its printed CVC and captured")
-        card, printed = f"DMP{self.run}0001", f"{uuid.uuid4().int % 10 ** self.s.cvc_length:0{self.s.cvc_length}d}"
-        self.call("POST", "/batches", "LOADER", json={
-            "batchId": f"demo-{self.run}-cards", "kind": "PHYSICAL", "currency": "RUB",
-            "certificates": [{"code": card, "nominal": "2000.00", "cvc": printed}]})
-        card = self.sale("POS", "2000.00", label="printed card sold at a POS", code=card)[0]
-        if card:
-            self.producer.flush(10)
-            self.wait(lambda: self.has(card, "issue"))
-            hold = self.call("POST", f"/certificates/{card}/authorizations", "POS", json={
-                "channel": "POS", "orderId": f"demo-{self.run}-till", "amount": "700.00", "cvc": printed})
-            if hold.status_code == 201:
-                captured = self.call("POST", f"/authorizations/{hold.json()['authorizationId']}/capture", "POS", json={})
-                print(f"  {card}: authorized with the printed CVC, captured 700.00 -> "
-                      f"{captured.json().get('remainingBalance')} left")
-                self.story[card] = "printed card: sold at a POS, 700.00 captured with its printed CVC"
-            else:
-                print(f"  {card}: authorization failed: {hold.status_code} {hold.json().get('code')}")
-
+        self.printed_card()
         self.support_tools()
-
-        print("CRM: fetches the CVCs and reports the SMS delivered (with NOTIFY_VIA=sms, as under "
-              "`make run`, the service sends them itself and discloses none)")
-        cvcs = {}
-        for code in sold:
-            resp = self.call("GET", f"/certificates/{code}/cvc", "CRM")
-            if resp.status_code == 200:
-                cvcs[code] = resp.json()["cvc"]
-            self.send(self.s.topic_clients, "client-demo", {
-                "eventId": eid(), "eventType": "NOTIFICATION_RESULT", "occurredAt": NOW, "clientId": "client-demo",
-                "notification": {"certificateCode": code, "channel": "SMS", "status": "DELIVERED"}})
+        cvcs = self.notifications(sold)
 
         print("POS: partial redemption (600.00), then a full one (400.00) of the same certificate")
         a = sold[0]
@@ -222,25 +218,15 @@ class Demo:
                          gc={"code": a, "operation": "REDEMPTION", "amount": amount})
             self.producer.flush(5)
             self.sent_at[a] = time.time()
+            self.wait(lambda: self.has(a, "redeem.partial" if amount == "600.00" else "redeem.full"))
+        ok(self.has(a, "redeem.partial") and self.has(a, "redeem.full"),
+           f"{a}: redeem.partial (400.00 left), then redeem.full (0.00)", f"{a}: the redemptions did not show")
         self.story[a] = "redeemed 600.00 then 400.00 at POS"
 
-        print("OnlineStore: authorizes 250.00 through the API, captures it, and names it in the order")
-        b = sold[1]
-        if b not in cvcs and (sent := self.cvc_by_sms(b)):
-            cvcs[b] = sent  # the buyer types in the CVC of the SMS
-        if b in cvcs:
-            order_id = f"demo-{self.run}-web-{uuid.uuid4().hex[:6]}"
-            auth = self.call("POST", f"/certificates/{b}/authorizations", "ONLINE_STORE", json={
-                "channel": "ONLINE_STORE", "orderId": order_id, "amount": "250.00", "cvc": cvcs[b]}).json()
-            self.call("POST", f"/authorizations/{auth['authorizationId']}/capture", "ONLINE_STORE", json={})
-            self.order(order_id, "ONLINE_STORE", [{"lineId": "1", "type": "PRODUCT", "sku": "book", "amount": "250.00"}],
-                       "250.00", tenders=[{"type": "GIFT_CERTIFICATE", "certificateCode": b, "amount": "250.00",
-                                           "authorizationId": auth["authorizationId"]}])
-            self.story[b] = "API capture 250.00 confirmed by the order"
-
+        self.online_authorization(sold[1], cvcs)
+        c, d, e = sold[2], sold[3], sold[4]
         print("OnlineStore + Payments: the buyer returns an unused certificate (purchase refund)")
-        c = sold[2]
-        c_order = next(e["correlationId"] for e in self.events[c] if e["eventType"] == "issue")
+        c_order = next(ev["correlationId"] for ev in self.events[c] if ev["eventType"] == "issue")
         self.order(c_order, "ONLINE_STORE", [{"lineId": "1", "type": "GIFT_CERTIFICATE", "certificateCode": c,
                                               "amount": "1000.00"}], "1350.00", event_type="ORDER_REFUNDED",
                    refundLines=[{"lineId": "1", "amount": "1000.00"}])
@@ -249,7 +235,6 @@ class Demo:
         self.story[c] = "purchase refunded"
 
         print("POS + Payments: part of a purchase paid by certificate comes back onto it")
-        d = sold[3]
         order_id = f"demo-{self.run}-ret-{uuid.uuid4().hex[:6]}"
         self.order(order_id, "POS", [{"lineId": "1", "type": "PRODUCT", "sku": "lamp", "amount": "700.00"}], "700.00",
                    tenders=[{"type": "GIFT_CERTIFICATE", "certificateCode": d, "amount": "700.00"}])
@@ -261,102 +246,124 @@ class Demo:
         self.story[d] = "spent 700.00, 300.00 refunded onto it"
 
         print("Support: locks a certificate suspected of fraud")
-        e = sold[4]
-        self.call("POST", f"/certificates/{e}/actions/lock", "SUPPORT", json={"reason": "FRAUD_SUSPECTED"})
+        locked = self.call("POST", f"/certificates/{e}/actions/lock", "SUPPORT", json={"reason": "FRAUD_SUSPECTED"})
         self.story[e] = "locked by support"
 
         print("OnlineStore: an order is cancelled before payment (its reservation is released)")
-        order_id = f"demo-{self.run}-cxl"
-        resp = self.reserve("ONLINE_STORE", order_id, "1500.00")
-        if resp.status_code in (200, 201):
-            f = resp.json()["code"]
-            self.order(order_id, "ONLINE_STORE", [{"lineId": "1", "type": "GIFT_CERTIFICATE", "certificateCode": f,
-                                                   "amount": "1500.00"}], "1500.00", event_type="ORDER_CANCELLED")
+        resp = self.reserve("ONLINE_STORE", f"demo-{self.run}-cxl", "1500.00")
+        f = resp.json().get("code") if resp.status_code in (200, 201) else None
+        if f:
+            self.order(f"demo-{self.run}-cxl", "ONLINE_STORE", [{"lineId": "1", "type": "GIFT_CERTIFICATE",
+                       "certificateCode": f, "amount": "1500.00"}], "1500.00", event_type="ORDER_CANCELLED")
             self.story[f] = "order cancelled: released"
 
         print("OnlineStore: asks for a certificate in XTS, a currency no batch was loaded in (empty pool)")
         empty_order = f"demo-{self.run}-empty"
-        resp = self.reserve("ONLINE_STORE", empty_order, "777.00", currency="XTS")
-        print(f"  -> {resp.status_code} {resp.json().get('code')}")
+        empty = self.reserve("ONLINE_STORE", empty_order, "777.00", currency="XTS")
 
         print("A channel sends a broken message (it goes to the DLQ, nothing stalls)")
         self.send(self.s.topic_payments, "broken", None, raw=b'{"eventId": "oops", "amount": 12.5}')
         self.producer.flush(10)
+        self.wait(lambda: self.has(c, "refund", 2) and self.has(d, "refund") and self.has(e, "lock")
+                  and (f is None or self.has(f, "release")) and self.has(empty_order, "issue.blocked"), 20)
+        ok(self.has(c, "refund", 2) and self.events[c][-1]["status"] == "REFUNDED",
+           f"{c}: purchase refunded (REFUND_PENDING, then REFUNDED)", f"{c}: the purchase refund did not complete")
+        ok(self.has(d, "refund") and self.events[d][-1]["payload"].get("remainingBalance") == "600.00",
+           f"{d}: 700.00 spent, 300.00 back onto it (600.00 left)", f"{d}: the refund onto it did not show")
+        ok(locked.status_code == 200 and self.has(e, "lock"), f"{e}: LOCKED (FRAUD_SUSPECTED)",
+           f"{e}: lock answered {locked.status_code}")
+        ok(f is not None and self.has(f, "release"), f"{f}: reservation released with its cancelled order",
+           "the cancelled order's reservation was not released")
+        ok(empty.status_code == 409 and empty.json().get("code") == "POOL_EMPTY"
+           and self.has(empty_order, "issue.blocked"), "XTS: 409 POOL_EMPTY and an issue.blocked event",
+           f"XTS: {empty.status_code} {empty.json().get('code')}")
+        self.wait(lambda: self.dlq_size() > dlq_before, 10)
+        return self.finish(dlq_before, empty_order)
 
-        expected = {a: "redeem.full", c: "refund", d: "refund", e: "lock"}
-        self.wait(lambda: all(self.has(k, t, 2 if k == c else 1) for k, t in expected.items())
-                  and self.has(empty_order, "issue.blocked"), 20)
+    def dlq_size(self) -> int:
+        """The DLQ's records, all partitions (its high watermarks)."""
+        from confluent_kafka import TopicPartition
+
+        topic = self.s.topic_dlq
+        meta = self.reader.list_topics(topic, timeout=10).topics[topic]
+        return sum(self.reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+
+    def notifications(self, sold) -> dict[str, str]:
+        """The sold certificates' CVCs on their way to the buyers. The service's path is its own
+        setting, not the demo's: ``GET /cvc`` says it (under ``NOTIFY_VIA=sms`` it answers 409
+        with ``notifyVia: sms`` and discloses nothing). Under crm, CRM fetches each CVC once and
+        reports the delivery. Returns the CVCs CRM fetched."""
+        cvcs, first = {}, self.call("GET", f"/certificates/{sold[0]}/cvc", "CRM")
+        self.notify_via = "sms" if (first.status_code == 409 and (first.json().get("details") or {})
+                                    .get("notifyVia") == "sms") else "crm"
+        if self.notify_via == "crm":
+            print("CRM: fetches each CVC once (NOTIFY_VIA=crm), sends it, and reports the delivery on All_Clients")
+            for code in sold:
+                resp = first if code == sold[0] else self.call("GET", f"/certificates/{code}/cvc", "CRM")
+                if resp.status_code == 200:
+                    cvcs[code] = resp.json()["cvc"]
+                    self.send(self.s.topic_clients, "client-demo", {
+                        "eventId": eid(), "eventType": "NOTIFICATION_RESULT", "occurredAt": NOW,
+                        "clientId": "client-demo",
+                        "notification": {"certificateCode": code, "channel": "SMS", "status": "DELIVERED"}})
+            self.producer.flush(5)
+        else:
+            print("The service sends each buyer the CVC by SMS itself (NOTIFY_VIA=sms: GET /cvc discloses nothing)")
+        self.wait(lambda: all(self.has(c, "notification.sent") for c in sold), 20)
+        sent = sum(self.has(c, "notification.sent") for c in sold)
+        self.steps.check(sent == len(sold), f"{sent} of {len(sold)} CVC notifications sent (notification.sent)",
+                         f"{sent} of {len(sold)} CVC notifications sent")
+        return cvcs
+
+    def online_authorization(self, b, cvcs) -> None:
+        """OnlineStore authorizes 250.00 with the buyer's CVC, captures it, names it in the order."""
+        print("OnlineStore: authorizes 250.00 through the API with the buyer's CVC, captures it, names it in the order")
+        cvc = cvcs.get(b) or self.cvc_by_sms(b)
+        if cvc is None:
+            self.steps.check(False, "", f"{b}: no CVC the demo may know (NOTIFY_VIA={self.notify_via}; under sms "
+                                        f"only the log gateway's {self.s.sms_log_path} shows it): no authorization")
+            return
+        order_id = f"demo-{self.run}-web-{uuid.uuid4().hex[:6]}"
+        hold = self.call("POST", f"/certificates/{b}/authorizations", "ONLINE_STORE", json={
+            "channel": "ONLINE_STORE", "orderId": order_id, "amount": "250.00", "cvc": cvc})
+        if not self.steps.check(hold.status_code == 201, f"{b}: 250.00 authorized",
+                                f"{b}: authorization answered {hold.status_code} {hold.json().get('code')}"):
+            return
+        auth_id = hold.json()["authorizationId"]
+        captured = self.call("POST", f"/authorizations/{auth_id}/capture", "ONLINE_STORE", json={})
+        ledger = self.call("GET", f"/certificates/{b}/operations", "ONLINE_STORE").json().get("items", [])
+        row = [r for r in ledger if r["authorizationId"] == auth_id and r["amount"] == "-250.00"]
+        self.steps.check(captured.status_code == 200 and captured.json().get("captured") == "250.00" and row,
+                         f"{b}: 250.00 captured, the ledger shows it ({row[0]['kind'] if row else ''} "
+                         f"-250.00, {captured.json().get('remainingBalance')} left)",
+                         f"{b}: capture answered {captured.status_code}, ledger rows for it: {len(row)}")
+        self.order(order_id, "ONLINE_STORE", [{"lineId": "1", "type": "PRODUCT", "sku": "book", "amount": "250.00"}],
+                   "250.00", tenders=[{"type": "GIFT_CERTIFICATE", "certificateCode": b, "amount": "250.00",
+                                       "authorizationId": auth_id}])
+        self.story[b] = "API capture 250.00 confirmed by the order"
+
+    def finish(self, dlq_before: int, empty_order: str | None = None) -> int:
+        """The stream's story per certificate, then the summary; 1 when a step failed."""
         self.wait(lambda: False, 1.0)  # the last stragglers
-        self.report(empty_order)
-        return 0
-
-    def support_tools(self):
-        """A damaged card replaced at a POS, and a large adjustment approved by a second admin."""
-        print("POS: a damaged printed card is replaced: its balance moves onto a new card from the drawer")
-        damaged, spare = f"DMP{self.run}0002", f"DMP{self.run}0003"
-        printed = [f"{uuid.uuid4().int % 10 ** self.s.cvc_length:0{self.s.cvc_length}d}" for _ in range(2)]
-        self.call("POST", "/batches", "LOADER", json={
-            "batchId": f"demo-{self.run}-drawer", "kind": "PHYSICAL", "currency": "RUB",
-            "certificates": [{"code": damaged, "nominal": "1000.00", "cvc": printed[0]},
-                             {"code": spare, "cvc": printed[1]}]})  # the spare is open value
-        damaged = self.sale("POS", "1000.00", label="damaged card", code=damaged)[0]
-        if damaged:
-            self.producer.flush(10)
-            self.wait(lambda: self.has(damaged, "issue"))
-            moved = self.call("POST", f"/certificates/{damaged}/actions/transfer", "POS-SUPPORT",
-                              headers_extra={"Idempotency-Key": f"demo-{self.run}-transfer"},
-                              json={"to": spare, "reason": "DAMAGED_CARD"})
-            if moved.status_code == 200:
-                print(f"  {damaged} -> {spare}: {moved.json()['amount']} moved; the old card is "
-                      f"{moved.json()['source']['status']} ({moved.json()['source']['lockReason']})")
-                self.story[damaged] = f"damaged: its balance moved onto {spare}"
-                self.story[spare] = f"new card handed over at the POS, holding {damaged}'s balance"
-            else:
-                print(f"  transfer failed: {moved.status_code} {moved.json().get('code')}")
-
-        print("Support: a large correction (6000.00, above ADJUST_APPROVAL_LIMIT) waits for a second admin")
-        corporate = f"DMC{self.run}0001"
-        self.call("POST", "/batches", "LOADER", json={
-            "batchId": f"demo-{self.run}-corporate", "currency": "RUB",
-            "certificates": [{"code": corporate, "nominal": "8000.00"}]})
-        corporate = self.sale("ONLINE_STORE", "8000.00", label="corporate gift", code=corporate)[0]
-        if corporate:
-            self.producer.flush(10)
-            self.wait(lambda: self.has(corporate, "issue"))
-            asked = self.call("POST", f"/certificates/{corporate}/actions/adjust", "SUPPORT", json={
-                "direction": "DEBIT", "amount": "6000.00", "reason": "FRAUD_RECOVERY",
-                "comment": "chargeback on the card that paid for it"})
-            adjustment = asked.json().get("adjustmentId")
-            print(f"  asked by support: {asked.status_code} {asked.json().get('status')}")
-            own = self.call("POST", f"/adjustments/{adjustment}/approve", "SUPPORT")
-            print(f"  approved by its author: {own.status_code} {own.json().get('code')}")
-            approved = self.call("POST", f"/adjustments/{adjustment}/approve", "SUPPORT-2",
-                                 json={"comment": "checked with Payments"})
-            print(f"  approved by support-2: {approved.status_code} {approved.json().get('status')}, "
-                  f"{approved.json().get('remainingBalance')} left")
-            self.story[corporate] = "6000.00 debited (FRAUD_RECOVERY), approved by a second admin"
-
-    def report(self, empty_order):
         print("\nWhat GiftCertificates.Stream said, per certificate (eventType status balance #sequence):")
         for code, what in self.story.items():
-            events = self.events.get(code, [])
             line = ", ".join(f"{ev['eventType']} {ev['status']} {ev['payload'].get('remainingBalance', '')}"
-                             f"#{ev.get('sequence', '-')}" for ev in events)
-            print(f"  {code}  [{what}]\n      {line or '(nothing yet)'}")
-        blocked = self.events.get(empty_order, [])
-        print(f"  {empty_order}  [empty pool]\n      "
-              + (", ".join(f"{ev['eventType']} {ev['payload'].get('reason')}" for ev in blocked) or "(nothing yet)"))
-        alerts = [ev for evs in self.events.values() for ev in evs if ev["eventType"] in ("alert", "error")]
-        for ev in alerts:
+                             f"#{ev.get('sequence', '-')}" for ev in self.events.get(code, []))
+            print(f"  {code}  [{what}]\n      {line or '(nothing)'}")
+        if empty_order:
+            print(f"  {empty_order}  [empty pool]\n      " + (", ".join(
+                f"{ev['eventType']} {ev['payload'].get('reason')}" for ev in self.events.get(empty_order, []))
+                or "(nothing)"))
+        for ev in (ev for evs in self.events.values() for ev in evs if ev["eventType"] in ("alert", "error")):
             print(f"  {ev['eventType']}: {ev['payload'].get('code')} {ev['payload'].get('message')}")
-        total = sum(len(v) for v in self.events.values())
-        lat = sorted(ev["_at"] - self.sent_at[k] for k, evs in self.events.items() if k in self.sent_at
+        latencies = [(ev["_at"] - self.sent_at[k]) * 1000 for k, evs in self.events.items() if k in self.sent_at
                      for ev in evs if ev["eventType"] in ("issue", "redeem.partial", "redeem.full")
-                     and ev["_at"] >= self.sent_at[k])
-        print(f"\n{total} stream events for {len(self.story)} certificates.", end=" ")
-        if lat:
-            print(f"Message -> stream event: median {lat[len(lat) // 2] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms.")
-        print("See the DLQ: python app.py dlq list")
+                     and ev["_at"] >= self.sent_at[k]]
+        print("\nSummary (each figure beside its bound):")
+        for line in summary(self.steps, latencies, self.events, self.dlq_size() - dlq_before):
+            print("  " + line)
+        print("The DLQ's entries: .venv/bin/python app.py dlq list")
+        return 1 if self.steps.failed else 0
 
 
 def main() -> int:

@@ -95,6 +95,12 @@ def test_every_operation_has_its_stable_operation_id(spec):
     assert ids == OPERATION_IDS
 
 
+def test_info_names_contact_license_servers_and_the_kafka_side(spec):
+    info = spec["info"]
+    assert info["contact"]["name"] and info["license"]["name"] and spec["servers"][0]["url"]
+    assert "/asyncapi.json" in info["description"] and "docs/integration.md" in info["description"]
+
+
 def test_every_link_names_an_operation_of_the_document(spec):
     ids = set(OPERATION_IDS.values())
     links = [link for operation in _operations(spec).values()
