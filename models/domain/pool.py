@@ -50,3 +50,20 @@ def low_water_alert(currency: str, kind: str, nominal: Decimal | None, left: int
         "message": f"{left} certificate(s) left in the pool for {label}, below the low-water mark {mark}",
         "currency": currency, "kind": kind, "nominal": fmt_money(nominal),
         "available": left, "lowWaterMark": mark})
+
+
+def pool_level(currency: str, kind: str, nominal: Decimal | None, available: int,
+               counted_at: str | None = None) -> dict:
+    """The ``pool`` of a ``reserve``, ``release`` or ``issue.blocked`` payload (contract revision
+    3): the segment and its level after the change (``nominal`` None for open value).
+    ``countedAt``, an addition, is when the level was counted under the segment's lock: the
+    order of the counts of one segment, whatever the partitions their events travel on."""
+    level = {"kind": kind, "currency": currency, "nominal": fmt_money(nominal), "available": available}
+    if counted_at is not None:
+        level["countedAt"] = counted_at
+    return level
+
+
+def with_pool_level(event: Event, level: dict) -> Event:
+    """``event`` with its segment's level in the payload."""
+    return Event(event.type, event.status, {**event.payload, "pool": level}, event.correlation_id)

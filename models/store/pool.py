@@ -162,6 +162,18 @@ def available_up_to(currency: str, kind: str, nominal: Decimal | None, leaving_i
         params).fetchone()[0]
 
 
+def segment_level(currency: str, kind: str, nominal: Decimal | None, besides_id: int | None
+                  ) -> tuple[int, dt.datetime]:
+    """The certificates AVAILABLE in a segment besides ``besides_id`` (the one changing, whose
+    update is still queued), and the database's clock at the count. Call it under
+    :func:`lock_segment`, so the counts of one segment follow the order of their commits."""
+    where = "nominal IS NULL AND open_value" if nominal is None else "nominal = %s"
+    params = [currency, kind] + ([] if nominal is None else [nominal]) + [besides_id or 0]
+    return db.execute_sql(
+        "SELECT count(*), clock_timestamp() FROM gift_certificate WHERE status = 'AVAILABLE' "
+        f"AND currency = %s AND kind = %s AND {where} AND id <> %s", params).fetchone()
+
+
 def is_low(segment: str) -> bool:
     """The segment's low-water alert was raised and it was not armed again since."""
     row = db.execute_sql("SELECT low FROM pool_low_water WHERE segment = %s", (segment,)).fetchone()

@@ -61,6 +61,15 @@ class BiProcess:
                 metric(self.metrics_url, "gcp_bi_lag_seconds", topic=topic))
 
 
+def now() -> str:
+    """The time now, RFC 3339: the burst's messages say when they happen, as the channels' do
+    (``reconcile --sources`` compares by day)."""
+    import datetime as dt
+
+    ts = dt.datetime.now(dt.timezone.utc)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
 def q(conn, sql: str, *params) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(sql, params)
@@ -87,19 +96,21 @@ class Burst:
         order_id = uid("order-")
         assert self.api.reserve(order_id, nominal, channel, currency=self.currency)["code"] == code
         self.pub.send("order", flow.order(order_id, [flow.gc_line(code, nominal)], nominal, channel=channel,
-                                          currency=self.currency))
+                                          currency=self.currency, occurredAt=now()))
         self.pub.send("payment", flow.payment(order_id, nominal, channel=channel, currency=self.currency,
-                                              gc={"code": code, "operation": "PURCHASE"}))
+                                              gc={"code": code, "operation": "PURCHASE"}, occurredAt=now()))
         self.expected[code] = ["reserve", "issue", "notification.requested"]
         return code, order_id
 
     def redeem(self, code: str, amount: str, channel: str = "POS") -> str:
         order_id = uid("order-")
         self.pub.send("order", flow.order(order_id, [flow.product_line(amount, "1")], amount, channel=channel,
-                                          currency=self.currency, tenders=[flow.gc_tender(code, amount)]))
+                                          currency=self.currency, tenders=[flow.gc_tender(code, amount)],
+                                          occurredAt=now()))
         self.pub.send("payment", flow.payment(order_id, amount, channel=channel, currency=self.currency,
                                               method="GIFT_CERTIFICATE",
-                                              gc={"code": code, "operation": "REDEMPTION", "amount": amount}))
+                                              gc={"code": code, "operation": "REDEMPTION", "amount": amount},
+                                              occurredAt=now()))
         return order_id
 
     def run(self, stream) -> dict:
@@ -117,14 +128,16 @@ class Burst:
         stream.wait_for(lambda r: len(r.for_key(a)) >= 4 and len(r.for_key(b)) >= 4, 30, "redemptions")
         self.pub.send("order", flow.order(a_order, [flow.product_line("600.00", "1")], "600.00", channel="POS",
                                           currency=cur, event_type="ORDER_REFUNDED",
-                                          refund_lines=[{"lineId": "1", "amount": "200.00"}]))
+                                          refund_lines=[{"lineId": "1", "amount": "200.00"}], occurredAt=now()))
         self.pub.send("payment", flow.payment(a_order, "200.00", event_type="PAYMENT_REFUNDED", channel="POS",
                                               currency=cur, method="GIFT_CERTIFICATE",
-                                              gc={"code": a, "operation": "REFUND", "amount": "200.00"}))
+                                              gc={"code": a, "operation": "REFUND", "amount": "200.00"},
+                                              occurredAt=now()))
         self.pub.send("order", flow.order(c_order, [flow.gc_line(c, "700.00")], "700.00", currency=cur,
-                                          event_type="ORDER_REFUNDED", refund_lines=[{"lineId": "1", "amount": "700.00"}]))
+                                          event_type="ORDER_REFUNDED", refund_lines=[{"lineId": "1", "amount": "700.00"}],
+                                          occurredAt=now()))
         self.pub.send("payment", flow.payment(c_order, "700.00", event_type="PAYMENT_REFUNDED", currency=cur,
-                                              gc={"code": c, "operation": "PURCHASE"}))
+                                              gc={"code": c, "operation": "PURCHASE"}, occurredAt=now()))
         assert self.api.call("POST", f"/certificates/{d}/actions/lock", "admin",
                              json={"reason": "FRAUD_SUSPECTED"}).status_code == 200
         assert self.api.call("POST", f"/certificates/{e}/actions/cancel", "admin",

@@ -167,8 +167,12 @@ def test_lapsed_reservation_lost_to_another_order_then_empty_pool_then_refill(ap
     pub.send("payment", flow.payment(order_id, "700.00", currency=currency))
     blocked = stream.wait_types(order_id, ["issue.blocked"])[0]
     assert blocked["status"] == "ISSUE_BLOCKED" and "sequence" not in blocked
+    level = blocked["payload"].pop("pool")  # contract revision 3: the segment, and its level after
     assert blocked["payload"] == {"orderId": order_id, "lineId": "1", "nominal": "700.00", "currency": currency,
                                   "reason": "POOL_EMPTY"}
+    assert {k: level[k] for k in ("kind", "currency", "nominal", "available")} == {
+        "kind": "ELECTRONIC", "currency": currency, "nominal": "700.00", "available": 0}
+    blocked["payload"]["pool"] = level
     flow.assert_valid_stream([blocked])
     # when a batch refills the pool, then the order gets a fresh certificate at once
     fresh = unique_code()

@@ -43,9 +43,11 @@ def test_report_writes_the_page_and_a_csv_of_every_table(mart, tmp_path):  # noq
     page = tmp_path / "report.html"
     assert result.output.strip() == str(page.resolve())
     assert sorted(p.name for p in tmp_path.glob("*.csv")) == [
-        "anomalies.csv", "daily_snapshot.csv", "liability.csv", "pool_daily.csv", "pool_level.csv"]
+        "aging.csv", "anomalies.csv", "daily_snapshot.csv", "pool_daily.csv", "pool_levels.csv", "rollforward.csv"]
     daily = (tmp_path / "daily_snapshot.csv").read_text().splitlines()
     assert any(l.startswith(f"{today},ONLINE_STORE,XRP,1,1000.00,") for l in daily)
-    assert "1000.00" in page.read_text()
+    assert "1,000.00" in page.read_text()
+    assert any(l.startswith(f"{today},XRP,ONLINE_STORE,0.00,1000.00,") for l in
+               (tmp_path / "rollforward.csv").read_text().splitlines())
     bad = CliRunner().invoke(bi_cli, ["report", "--from", "yesterday"])
     assert bad.exit_code == 2 and "is not a date" in bad.output

@@ -115,8 +115,8 @@ class MartHarness:
                                " FROM bi.fact_event"),
             "certs": self.rows("SELECT code, status, balance, last_sequence FROM bi.certificate ORDER BY code"),
             "daily": self.rows("SELECT * FROM bi.daily_snapshot ORDER BY day, channel, currency"),
-            "pool": self.rows("SELECT currency, nominal, level FROM bi.pool_level ORDER BY 1, 2"),
-            "pool_daily": self.rows("SELECT * FROM bi.pool_daily ORDER BY 1, 2, 3"),
+            "pool": self.rows("SELECT currency, kind, nominal, level FROM bi.pool_segment ORDER BY 1, 2, 3"),
+            "pool_daily": self.rows("SELECT * FROM bi.pool_segment_daily ORDER BY 1, 2, 3, 4"),
             "anomalies": self.rows("SELECT anomaly_key, kind FROM bi.anomaly ORDER BY anomaly_key"),
             "orders": self.rows("SELECT count(*) FROM bi.order_event"),
             "payments": self.rows("SELECT count(*) FROM bi.payment_event"),
@@ -279,29 +279,40 @@ def test_a_late_event_is_booked_on_the_arrival_day_and_a_closed_day_never_change
                      today) == [(D("200.00"), D("300.00"))]
 
 
-def test_pool_levels_and_blocked_issues(mart):
+def _level(kind: str, cur: str, nominal: str | None, available: int, at: str) -> dict:
+    return {"kind": kind, "currency": cur, "nominal": nominal, "available": available, "countedAt": at}
+
+
+def test_pool_levels_are_taken_from_the_events_by_segment_and_blocked_issues(mart):
     cur = "XBI"
-    alert = {"eventId": str(uuid.uuid4()), "eventType": "alert", "occurredAt": now_iso(), "channel": "SYSTEM",
-             "status": "ALERT", "correlationId": None, "causationId": None,
-             "payload": {"code": "POOL_LOW_WATER", "message": "2 left", "source": "GCP", "currency": cur,
-                         "kind": "ELECTRONIC", "nominal": "500.00", "available": 2, "lowWaterMark": 100}}
     a, b = Cert("500.00", currency=cur), Cert("500.00", currency=cur)
+    o = Cert("250.00", currency=cur)  # an open-value code reserved for 250.00
     blocked = {"eventId": str(uuid.uuid4()), "eventType": "issue.blocked", "occurredAt": now_iso(),
                "channel": "ONLINE_STORE", "status": "ISSUE_BLOCKED", "correlationId": "o-1", "causationId": "r",
-               "payload": {"orderId": "o-1", "lineId": "1", "nominal": "500.00", "currency": cur,
-                           "reason": "POOL_EMPTY"}}
-    mart.send(alert, key="pool:x")
-    c = mart.consumer()
-    mart.drain(c, 1)
-    assert mart.rows("SELECT level FROM bi.pool_level WHERE currency = %s", cur) == [(2,)]
-    for e in [a.event("reserve", "RESERVED"), b.event("reserve", "RESERVED")]:
+               "payload": {"orderId": "o-1", "lineId": "1", "nominal": "700.00", "currency": cur,
+                           "reason": "POOL_EMPTY", "pool": _level("ELECTRONIC", cur, "700.00", 0, now_iso())}}
+    # a PHYSICAL card of the same nominal is a segment of its own; b's level was counted after
+    # a's but is sent first (another partition): the level counted last stands
+    physical = Cert("500.00", "POS", currency=cur)
+    first, second = now_iso(), now_iso(0.001)
+    events = [b.event("reserve", "RESERVED", pool=_level("ELECTRONIC", cur, "500.00", 40, second)),
+              a.event("reserve", "RESERVED", pool=_level("ELECTRONIC", cur, "500.00", 41, first)),
+              physical.event("reserve", "RESERVED", kind="PHYSICAL", pool=_level("PHYSICAL", cur, "500.00", 3, first)),
+              o.event("reserve", "RESERVED", pool=_level("ELECTRONIC", cur, None, 9, first))]
+    for e in events:
         mart.send(e)
-    mart.drain(c, 2)
-    assert mart.rows("SELECT level FROM bi.pool_level WHERE currency = %s", cur) == [(0,)]
-    mart.send(blocked)  # (keyed by order: another partition, so one after the other)
+    c = mart.consumer()
+    mart.drain(c, 4)
+    levels = dict(((k, n), lv) for k, n, lv in mart.rows(
+        "SELECT kind, nominal, level FROM bi.pool_segment WHERE currency = %s", cur))
+    assert levels == {("ELECTRONIC", "500.00"): 40, ("PHYSICAL", "500.00"): 3, ("ELECTRONIC", "OPEN"): 9}
+    mart.send(blocked)
     mart.drain(c, 1)
-    mart.send(a.event("release", "AVAILABLE", reason="ORDER_CANCELLED"))
+    mart.send(a.event("release", "AVAILABLE", reason="ORDER_CANCELLED",
+                      pool=_level("ELECTRONIC", cur, "500.00", 41, now_iso(0.01))))
     mart.drain(c, 1)
-    assert mart.rows("SELECT reserved, released, blocked, level_end FROM bi.pool_daily WHERE currency = %s", cur) == [
-        (2, 1, 1, 1)]
+    assert mart.rows("SELECT kind, nominal, reserved, released, blocked, level_end FROM bi.pool_segment_daily"
+                     " WHERE currency = %s ORDER BY 1, 2", cur) == [
+        ("ELECTRONIC", "500.00", 2, 1, 0, 41), ("ELECTRONIC", "700.00", 0, 0, 1, 0),
+        ("ELECTRONIC", "OPEN", 1, 0, 0, 9), ("PHYSICAL", "500.00", 1, 0, 0, 3)]
     assert mart.rows("SELECT sum(blocked_count) FROM bi.daily_snapshot WHERE currency = %s", cur) == [(1,)]

@@ -162,22 +162,28 @@ def test_roll_carries_the_stocks_from_the_last_closed_day():
 
 # ---- pool -----------------------------------------------------------------------------------
 
-def test_pool_level_as_far_as_the_stream_tells_it():
-    alert = {"eventType": "alert", "payload": {"code": "POOL_LOW_WATER", "currency": "RUB", "nominal": "500.00",
-                                               "available": 3}}
-    reserve = {"eventType": "reserve", "payload": {"currency": "RUB", "nominal": "500.00"}}
-    release = {"eventType": "release", "payload": {"currency": "RUB", "nominal": None}}
-    blocked = {"eventType": "issue.blocked", "payload": {"currency": "RUB", "nominal": "500.00"}}
-    assert rules.pool_key(alert) == rules.pool_key(reserve) == ("RUB", "500.00")
-    assert rules.pool_key(release) == ("RUB", rules.OPEN)
+def test_pool_levels_are_taken_as_told_by_segment_never_counted():
+    def ev(etype, kind, nominal, available, at, occurred="2026-12-07T10:00:00.000Z"):
+        return {"eventType": etype, "occurredAt": occurred,
+                "payload": {"currency": "RUB", "nominal": "250.00",
+                            "pool": {"kind": kind, "currency": "RUB", "nominal": nominal, "available": available,
+                                     "countedAt": at}}}
+    reserve = ev("reserve", "ELECTRONIC", None, 49, "2026-12-07T10:00:00.000200Z")
+    physical = ev("release", "PHYSICAL", "500.00", 7, "2026-12-07T10:00:00.000100Z")
+    # the open-value code reserved for 250.00 is the OPEN segment, and the kind keeps them apart
+    assert rules.pool_key(reserve) == ("RUB", "ELECTRONIC", rules.OPEN)
+    assert rules.pool_key(physical) == ("RUB", "PHYSICAL", "500.00")
     assert rules.pool_key({"eventType": "issue", "payload": {}}) is None
-    assert rules.pool_level_after(None, reserve) is None  # not known until an alert or a block
-    assert rules.pool_level_after(None, alert) == 3
-    assert rules.pool_level_after(3, reserve) == 2
-    assert rules.pool_level_after(0, reserve) == 0
-    assert rules.pool_level_after(2, release) == 3
-    assert rules.pool_level_after(5, blocked) == 0
-    assert rules.pool_flows(blocked) == {"reserved": 0, "released": 0, "blocked": 1}
+    assert rules.pool_key({"eventType": "alert", "payload": {"code": "POOL_LOW_WATER"}}) is None
+    # a level is the one told, and of two the one counted last wins, in whatever order they come
+    earlier = rules.pool_level_of(ev("reserve", "ELECTRONIC", None, 50, "2026-12-07T10:00:00.000100Z"))
+    later = rules.pool_level_of(reserve)
+    assert later[0] == 49
+    assert rules.newer_level(later, earlier) == later and rules.newer_level(earlier, later) == later
+    assert rules.newer_level(None, earlier) == earlier and rules.newer_level(later, None) == later
+    # an event of before revision 3 tells no level
+    assert rules.pool_level_of({"eventType": "reserve", "occurredAt": "x", "payload": {"nominal": "1.00"}}) is None
+    assert rules.pool_flows({"eventType": "issue.blocked"}) == {"reserved": 0, "released": 0, "blocked": 1}
 
 
 # ---- reconciliation ---------------------------------------------------------------------------

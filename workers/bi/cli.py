@@ -30,7 +30,9 @@ def bi_cli():
 @click.option("--to", "end", callback=_date, help="last day (YYYY-MM-DD; default: today)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="directory for report.html and the CSVs (default: .local/report)")
-def report(start, end, out_dir):
+@click.option("--with-test-currencies", "with_test", is_flag=True,
+              help="also show ISO 4217 test currencies (XTS), left out by default")
+def report(start, end, out_dir, with_test):
     """Write report.html (charts and tables of the mart) and a CSV of every table beside it."""
     import config
     from workers.bi.report import write_report
@@ -38,7 +40,7 @@ def report(start, end, out_dir):
     config.load_stack_env()
     if start and end and start > end:
         raise click.BadParameter("--from is after --to")
-    page = write_report(start, end, out_dir)
+    page = write_report(start, end, out_dir, with_test=with_test)
     click.echo(str(page.resolve()))
 
 
@@ -46,14 +48,16 @@ def report(start, end, out_dir):
 @click.option("--date", "date", callback=_date, help="compare that day's flows (default: everything, and "
                                                        "the current balances)")
 @click.option("--currency", default=None, help="only this currency")
-def reconcile(date, currency):
+@click.option("--sources", is_flag=True, help="compare sales, redemptions and refunds per day, channel, currency "
+                                               "and order with All_SalesOrder and All_Payments instead")
+def reconcile(date, currency, sources):
     """Compare the mart with the service's ledger and certificates, and with the orders and
     payments it has seen; print every difference to the kopeck; exit 1 if there is any."""
     import config
     from workers.bi.reconcile import reconcile as run
 
     config.load_stack_env()
-    diffs = run(date, currency)
+    diffs = run(date, currency, sources=sources)
     for d in diffs:
         click.echo(str(d))
     if diffs:

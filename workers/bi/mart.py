@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from psycopg2.extras import Json, execute_values
 
 from models.domain import locks
-from workers.bi import metrics, rules
+from workers.bi import finance, metrics, rules
 
 log = logging.getLogger("gcp.bi")
 STREAM = "GiftCertificates.Stream"
@@ -53,7 +53,7 @@ _FACT_COLUMNS = ("event_id", "topic", "kafka_partition", "kafka_offset", "event_
                  "sequence", "nominal", "amount", "balance", "currency", "occurred_at", "event_date",
                  "booked_date", "applied", "sold_amount", "redeemed_amount", "refunded_buyer_amount",
                  "refunded_cert_amount", "breakage_amount", "cancelled_amount", "adjusted_amount",
-                 "balance_delta", "liability_delta", "payload")
+                 "balance_delta", "liability_delta", "flow", "payload")
 _DAILY_ADD = tuple(rules.FLOW_FIELDS) + ("liability_change", "locked_change")
 _CERT_COLUMNS = ("code", "status", "balance", "nominal", "currency", "channel", "kind", "order_id",
                  "issued_at", "expires_at", "last_sequence", "last_event_id", "last_event_at")
@@ -123,11 +123,11 @@ class Mart:
         cur.execute("SELECT max(day) FROM bi.daily_snapshot WHERE closed")
         closed_through = cur.fetchone()[0]
         pool_keys = sorted({k for _m, e in fresh if (k := rules.pool_key(e))})
-        levels: dict[tuple[str, str], int | None] = {}
+        levels: dict[tuple[str, str, str], tuple | None] = {}
         if pool_keys:
-            cur.execute("SELECT currency, nominal, level FROM bi.pool_level WHERE (currency, nominal) IN %s"
-                        " FOR UPDATE", (tuple(pool_keys),))
-            levels = {(c, n): lv for c, n, lv in cur.fetchall()}
+            cur.execute("SELECT currency, kind, nominal, level, counted_at FROM bi.pool_segment"
+                        " WHERE (currency, kind, nominal) IN %s ORDER BY 1, 2, 3 FOR UPDATE", (tuple(pool_keys),))
+            levels = {(c, k, n): (lv, at) for c, k, n, lv, at in cur.fetchall() if lv is not None}
         facts, daily, pool_daily, dirty = [], {}, {}, set()
         for msg, event in fresh:
             prev = states.get(event["payload"].get("code")) if "code" in event["payload"] else None
@@ -158,11 +158,13 @@ class Mart:
                     rules.fold(daily, booked, event["channel"], cert_channel, currency, m)
                 key = rules.pool_key(event)
                 if key:
-                    levels[key] = rules.pool_level_after(levels.get(key), event)
-                    row = pool_daily.setdefault((booked,) + key, {"reserved": 0, "released": 0, "blocked": 0})
+                    told = rules.pool_level_of(event)
+                    levels[key] = rules.newer_level(levels.get(key), told)
+                    row = pool_daily.setdefault((booked,) + key, {"reserved": 0, "released": 0, "blocked": 0,
+                                                                  "level": None})
                     for name, value in rules.pool_flows(event).items():
                         row[name] += value
-                    row["level_end"] = levels[key]
+                    row["level"] = rules.newer_level(row["level"], told)
             else:
                 result.not_applied += 1
             if outcome.anomaly is not None:
@@ -176,7 +178,8 @@ class Mart:
                 event.get("sequence"), *amounts, currency, occurred, occurred.date(), booked,
                 outcome.applied, m.sold_amount, m.redeemed_amount, m.refunded_buyer_amount,
                 m.refunded_cert_amount, m.breakage_amount, m.cancelled_amount, m.adjusted_amount,
-                m.balance_delta, m.liability_delta, Json(event)))
+                m.balance_delta, m.liability_delta,
+                finance.flow_of(event["eventType"], m.liability_delta) if outcome.applied else None, Json(event)))
         execute_values(cur, f"INSERT INTO bi.fact_event ({', '.join(_FACT_COLUMNS)}) VALUES %s"
                             " ON CONFLICT (event_id) DO NOTHING", facts)
         if dirty:
@@ -203,31 +206,46 @@ class Mart:
 
     @staticmethod
     def roll(cur, channel: str, currency: str) -> None:
-        """Recompute the end-of-day stocks of the open days of one channel and currency."""
-        cur.execute("SELECT liability, locked_end FROM bi.daily_snapshot WHERE channel = %s AND currency = %s"
-                    " AND closed ORDER BY day DESC LIMIT 1", (channel, currency))
-        opening = cur.fetchone() or (rules.ZERO, 0)
-        cur.execute("SELECT day, liability_change, locked_change FROM bi.daily_snapshot WHERE channel = %s"
-                    " AND currency = %s AND NOT closed ORDER BY day FOR UPDATE", (channel, currency))
-        for day, liability, locked in rules.roll(cur.fetchall(), opening):
-            cur.execute("UPDATE bi.daily_snapshot SET liability = %s, locked_end = %s WHERE day = %s"
-                        " AND channel = %s AND currency = %s", (liability, locked, day, channel, currency))
+        """Recompute the end-of-day stocks of the open days of one channel and currency: from the
+        stocks at the end of the last closed day, a running sum of the days' changes
+        (:func:`workers.bi.rules.roll`, as one statement; only rows whose stocks change are
+        written, so a batch costs one pass over the open days, not an update per day)."""
+        cur.execute(
+            "WITH opening AS (SELECT coalesce((SELECT liability FROM bi.daily_snapshot WHERE channel = %(ch)s"
+            "   AND currency = %(cur)s AND closed ORDER BY day DESC LIMIT 1), 0) AS liability,"
+            "   coalesce((SELECT locked_end FROM bi.daily_snapshot WHERE channel = %(ch)s AND currency = %(cur)s"
+            "   AND closed ORDER BY day DESC LIMIT 1), 0) AS locked),"
+            " running AS (SELECT day, sum(liability_change) OVER (ORDER BY day) AS liability,"
+            "   sum(locked_change) OVER (ORDER BY day) AS locked FROM bi.daily_snapshot"
+            "   WHERE channel = %(ch)s AND currency = %(cur)s AND NOT closed)"
+            " UPDATE bi.daily_snapshot d SET liability = o.liability + r.liability, locked_end = o.locked + r.locked"
+            " FROM running r, opening o WHERE d.channel = %(ch)s AND d.currency = %(cur)s AND d.day = r.day"
+            " AND (d.liability, d.locked_end) IS DISTINCT FROM (o.liability + r.liability, o.locked + r.locked)",
+            {"ch": channel, "cur": currency})
 
     def _pool(self, cur, levels: dict, pool_daily: dict, arrival: dt.date) -> None:
-        if levels:
-            execute_values(cur, "INSERT INTO bi.pool_level (currency, nominal, level, as_of) VALUES %s"
-                                " ON CONFLICT (currency, nominal) DO UPDATE SET level = EXCLUDED.level,"
-                                " as_of = EXCLUDED.as_of",
-                           [(c, n, lv, utcnow()) for (c, n), lv in sorted(levels.items())])
+        """Levels as told, the one counted last winning (also against what is stored)."""
+        told = [(c, k, n, lv[0], lv[1], utcnow()) for (c, k, n), lv in sorted(levels.items()) if lv is not None]
+        if told:
+            execute_values(cur, "INSERT INTO bi.pool_segment (currency, kind, nominal, level, counted_at, as_of)"
+                                " VALUES %s ON CONFLICT (currency, kind, nominal) DO UPDATE SET"
+                                " level = EXCLUDED.level, counted_at = EXCLUDED.counted_at, as_of = EXCLUDED.as_of"
+                                " WHERE bi.pool_segment.counted_at IS NULL"
+                                " OR EXCLUDED.counted_at >= bi.pool_segment.counted_at", told)
         if pool_daily:
+            newer = ("EXCLUDED.level_at IS NOT NULL AND (bi.pool_segment_daily.level_at IS NULL"
+                     " OR EXCLUDED.level_at >= bi.pool_segment_daily.level_at)")
             execute_values(
-                cur, "INSERT INTO bi.pool_daily (day, currency, nominal, reserved, released, blocked, level_end)"
-                     " VALUES %s ON CONFLICT (day, currency, nominal) DO UPDATE SET"
-                     " reserved = bi.pool_daily.reserved + EXCLUDED.reserved,"
-                     " released = bi.pool_daily.released + EXCLUDED.released,"
-                     " blocked = bi.pool_daily.blocked + EXCLUDED.blocked, level_end = EXCLUDED.level_end",
-                [(d, c, n, r["reserved"], r["released"], r["blocked"], r["level_end"])
-                 for (d, c, n), r in sorted(pool_daily.items())])
+                cur, "INSERT INTO bi.pool_segment_daily (day, currency, kind, nominal, reserved, released, blocked,"
+                     " level_end, level_at) VALUES %s ON CONFLICT (day, currency, kind, nominal) DO UPDATE SET"
+                     " reserved = bi.pool_segment_daily.reserved + EXCLUDED.reserved,"
+                     " released = bi.pool_segment_daily.released + EXCLUDED.released,"
+                     " blocked = bi.pool_segment_daily.blocked + EXCLUDED.blocked,"
+                     f" level_end = CASE WHEN {newer} THEN EXCLUDED.level_end ELSE bi.pool_segment_daily.level_end END,"
+                     f" level_at = CASE WHEN {newer} THEN EXCLUDED.level_at ELSE bi.pool_segment_daily.level_at END",
+                [(d, c, k, n, r["reserved"], r["released"], r["blocked"],
+                  r["level"][0] if r["level"] else None, r["level"][1] if r["level"] else None)
+                 for (d, c, k, n), r in sorted(pool_daily.items())])
 
     # -- the input topics
     def _inputs(self, cur, inputs: list) -> None:
@@ -281,11 +299,17 @@ class Mart:
                     " ON CONFLICT (day, channel, currency) DO NOTHING", (day, day))
                 cur.execute("UPDATE bi.daily_snapshot SET closed = true, closed_at = now() WHERE day = %s", (day,))
                 cur.execute(
-                    "INSERT INTO bi.pool_daily (day, currency, nominal, level_end)"
-                    " SELECT DISTINCT ON (currency, nominal) %s, currency, nominal, level_end"
-                    " FROM bi.pool_daily WHERE day < %s ORDER BY currency, nominal, day DESC"
-                    " ON CONFLICT (day, currency, nominal) DO NOTHING", (day, day))
-                cur.execute("UPDATE bi.pool_daily SET closed = true WHERE day = %s", (day,))
+                    "INSERT INTO bi.pool_segment_daily (day, currency, kind, nominal, level_end, level_at)"
+                    " SELECT DISTINCT ON (currency, kind, nominal) %s, currency, kind, nominal, level_end, level_at"
+                    " FROM bi.pool_segment_daily WHERE day < %s AND level_end IS NOT NULL"
+                    " ORDER BY currency, kind, nominal, day DESC"
+                    " ON CONFLICT (day, currency, kind, nominal) DO NOTHING", (day, day))
+                cur.execute("UPDATE bi.pool_segment_daily d SET level_end = p.level_end, level_at = p.level_at"
+                            " FROM (SELECT DISTINCT ON (currency, kind, nominal) currency, kind, nominal,"
+                            " level_end, level_at FROM bi.pool_segment_daily WHERE day < %s AND level_end IS NOT NULL"
+                            " ORDER BY currency, kind, nominal, day DESC) p WHERE d.day = %s AND d.level_end IS NULL"
+                            " AND (d.currency, d.kind, d.nominal) = (p.currency, p.kind, p.nominal)", (day, day))
+                cur.execute("UPDATE bi.pool_segment_daily SET closed = true WHERE day = %s", (day,))
         metrics.DAYS_CLOSED.inc(len(days))
         log.info("days closed", extra={"days": [d.isoformat() for d in days]})
         return days

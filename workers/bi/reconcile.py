@@ -16,40 +16,23 @@ Checks (each per channel and currency; with a date, the flows of that day by eve
   gift-certificate line of that amount, paid in full by the captured payments it has seen.
 - ``payments.redeemed``: every captured gift-certificate redemption payment it has seen is
   matched by the redemptions on the stream of that certificate for that order.
+- ``rollforward.*``: the liability roll-forward balances on every closed day
+  (:func:`workers.bi.sources.check_roll_forward`).
+
+``--sources`` compares per day, channel, currency and order with ``All_SalesOrder`` and
+``All_Payments`` instead (:func:`workers.bi.sources.check_sources`).
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from decimal import Decimal
 
 from workers.bi import rules
+from workers.bi.diffs import Difference, _q  # noqa: F401  (Difference: part of this module's API)
 
 ZERO = rules.ZERO
-
-
-@dataclass(frozen=True)
-class Difference:
-    """One figure on which the mart and its source disagree."""
-
-    check: str
-    channel: str
-    currency: str
-    mart: Decimal
-    source: Decimal
-    detail: str = ""
-
-    @property
-    def delta(self) -> Decimal:
-        return self.mart - self.source
-
-    def __str__(self) -> str:
-        fmt = (lambda v: f"{v:.2f}") if isinstance(self.mart, Decimal) or isinstance(self.source, Decimal) else str
-        detail = f" ({self.detail})" if self.detail else ""
-        return (f"{self.check} {self.channel} {self.currency}{detail}: mart {fmt(self.mart)}, "
-                f"source {fmt(self.source)}, difference {fmt(self.delta)}")
 
 
 def compare(check: str, mart: dict, source: dict, detail: str = "") -> list[Difference]:
@@ -97,12 +80,6 @@ def backed_sales(issues: list[tuple], paid: dict) -> dict:
     return dict(out)
 
 
-def _q(conn, sql: str, params=()) -> list[tuple]:
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
-
-
 def _sums(rows) -> dict:
     return {tuple(r[:-1]): r[-1] for r in rows}
 
@@ -116,19 +93,28 @@ _FIGURES = (("sold", "sold_amount", "o.kind = 'ISSUE'", 1), ("redeemed", "redeem
 
 
 def reconcile(date: dt.date | None = None, currency: str | None = None, mart_conn=None,
-              service_conn=None) -> list[Difference]:
-    """Every difference between the mart and its sources (see the module's docstring)."""
+              service_conn=None, sources: bool = False) -> list[Difference]:
+    """Every difference between the mart and its sources (see the module's docstring); with
+    ``sources``, the mart against the orders and payments only (:mod:`workers.bi.sources`)."""
     from workers.bi.schema import connect
+    from workers.bi.sources import check_roll_forward, check_sources
 
     own = []
     if mart_conn is None:
         mart_conn = connect(application_name="gcp-bi-reconcile")
         own.append(mart_conn)
+    if sources:
+        try:
+            return check_sources(mart_conn, date, currency)
+        finally:
+            for conn in own:
+                conn.rollback()
+                conn.close()
     if service_conn is None:
         service_conn = connect(os.environ.get("DATABASE_URL"), application_name="gcp-bi-reconcile")
         own.append(service_conn)
     try:
-        return _reconcile(date, currency, mart_conn, service_conn)
+        return _reconcile(date, currency, mart_conn, service_conn) + check_roll_forward(mart_conn, currency)
     finally:
         for conn in own:
             conn.rollback()

@@ -102,24 +102,35 @@ CREATE TABLE IF NOT EXISTS bi.daily_snapshot (
     PRIMARY KEY (day, channel, currency)
 );
 
--- pool levels per nominal (as far as the stream tells them) and their daily history
-CREATE TABLE IF NOT EXISTS bi.pool_level (
+-- the liability roll-forward line of each fact (workers.bi.finance.flow_of)
+ALTER TABLE bi.fact_event ADD COLUMN IF NOT EXISTS flow text;
+CREATE INDEX IF NOT EXISTS fact_event_flows ON bi.fact_event (booked_date, currency) WHERE flow IS NOT NULL;
+
+-- pool levels per segment (currency, kind, nominal or OPEN) as the stream tells them
+-- (contract revision 3), and their daily history; they replace pool_level and pool_daily,
+-- which keyed a segment without its kind and counted changes
+DROP TABLE IF EXISTS bi.pool_level, bi.pool_daily;
+CREATE TABLE IF NOT EXISTS bi.pool_segment (
     currency   text NOT NULL,
+    kind       text NOT NULL,
     nominal    text NOT NULL,
     level      integer,
+    counted_at timestamptz,
     as_of      timestamptz,
-    PRIMARY KEY (currency, nominal)
+    PRIMARY KEY (currency, kind, nominal)
 );
-CREATE TABLE IF NOT EXISTS bi.pool_daily (
+CREATE TABLE IF NOT EXISTS bi.pool_segment_daily (
     day       date NOT NULL,
     currency  text NOT NULL,
+    kind      text NOT NULL,
     nominal   text NOT NULL,
     reserved  integer NOT NULL DEFAULT 0,
     released  integer NOT NULL DEFAULT 0,
     blocked   integer NOT NULL DEFAULT 0,
     level_end integer,
+    level_at  timestamptz,
     closed    boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (day, currency, nominal)
+    PRIMARY KEY (day, currency, kind, nominal)
 );
 
 -- what the mart saw on the input topics (no phone number, no CVC)

@@ -16,7 +16,7 @@ from models.domain.errors import DomainError
 from models.domain.events import Event
 from models.domain.money import ZERO, fmt_money
 from models.domain.policy import issue_expiry, reservation_lapsed
-from models.domain.pool import LowWater, low_water_alert, low_water_change, segment_key
+from models.domain.pool import LowWater, low_water_alert, low_water_change, pool_level, segment_key, with_pool_level
 from models.domain.states import EventType, Status
 from models.domain.timeutil import iso
 from models.service.unit_of_work import UnitOfWork, change_certificate
@@ -60,7 +60,8 @@ def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict | None:
     if row is None:
         uow.emit(Event(EventType.ISSUE_BLOCKED, "ISSUE_BLOCKED", {
             "orderId": cmd.order_id, "lineId": cmd.line_id, "nominal": fmt_money(cmd.nominal),
-            "currency": cmd.currency, "reason": "POOL_EMPTY"}), None, key=cmd.order_id)
+            "currency": cmd.currency, "reason": "POOL_EMPTY",
+            "pool": _level(cmd.currency, "ELECTRONIC", cmd.nominal, None)}), None, key=cmd.order_id)
         return uow.commit_then_refuse(DomainError(
             "POOL_EMPTY", "no certificate available for this nominal",
             nominal=fmt_money(cmd.nominal), currency=cmd.currency))
@@ -68,9 +69,27 @@ def _reserve(uow: UnitOfWork, cmd: Reserve) -> dict | None:
     cert = to_domain(row, ZERO)
     cert.reserve(cmd.nominal, cmd.currency, channel=cmd.channel, order_id=cmd.order_id, line_id=cmd.line_id,
                  now=uow.now, until=uow.now + dt.timedelta(seconds=get_settings().reservation_ttl_seconds))
+    _add_level(cert, row, leaving=True)
     uow.save(row, cert, before)
     check_low_water(uow, row)  # one `alert` when this takes the pool below the low-water mark
     return _reservation_view(row)
+
+
+def _level(currency: str, kind: str, nominal, changing_id: int | None, back: int = 0) -> dict:
+    """A segment's level after a change in this transaction (``changing_id`` leaves it, or
+    comes ``back`` into it), counted under the segment's lock (contract revision 3)."""
+    pool_store.lock_segment(segment_key(currency, kind, nominal))
+    left, at = pool_store.segment_level(currency, kind, nominal, changing_id)
+    counted = at.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return pool_level(currency, kind, nominal, left + back, counted)
+
+
+def _add_level(cert: Certificate, row: GiftCertificate, leaving: bool) -> None:
+    """Put the level of ``row``'s segment after its reservation (or release) into the event
+    just recorded."""
+    nominal = None if row.open_value else row.nominal
+    level = _level(row.currency.strip(), row.kind, nominal, row.id, back=0 if leaving else 1)
+    cert.events[-1] = with_pool_level(cert.events[-1], level)
 
 
 def _reservation_view(row: GiftCertificate) -> dict:
@@ -108,6 +127,7 @@ def release(cmd: Release, ctx: Context) -> dict:
     with UnitOfWork(ctx) as uow:
         row, cert, before = uow.certificate(cmd.code, ZERO)
         cert.release(cmd.reason)
+        _add_level(cert, row, leaving=False)
         uow.save(row, cert, before)
         return certificate_view_of(row)
 
@@ -125,6 +145,7 @@ def expire_reservation(cmd: ExpireReservation, ctx: Context) -> dict | None:
         before = certificate_view_of(row)
         cert = to_domain(row, ZERO)
         cert.release("RESERVATION_EXPIRED")
+        _add_level(cert, row, leaving=False)
         uow.save(row, cert, before)
         return certificate_view_of(row)
 
