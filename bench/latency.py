@@ -142,7 +142,7 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     from models.domain import commands
     from models.service import messagebus
     from models.store.db import db
-    from workers.kafka import consumer_config, producer_config
+    from workers.kafka import consumer_config, producer_config, watermarks
 
     s = get_settings()
     sales = int(n * cert_share) // 2 + 5
@@ -173,7 +173,7 @@ def measure_service(n: int, cert_share: float = 1.0, probe=None) -> tuple[list[f
     meta = reader.list_topics(s.topic_stream, timeout=10).topics[s.topic_stream]
     ends = []
     for p in meta.partitions:
-        _low, high = reader.get_watermark_offsets(TopicPartition(s.topic_stream, p), timeout=10)
+        _low, high = watermarks(reader, TopicPartition(s.topic_stream, p), 10)
         ends.append(TopicPartition(s.topic_stream, p, high))
     reader.assign(ends)
     sent, got = {}, {}

@@ -78,13 +78,13 @@ class Demo(CardSteps):
     def kafka(self):
         from confluent_kafka import Consumer, Producer, TopicPartition
 
-        from workers.kafka import consumer_config, producer_config
+        from workers.kafka import consumer_config, producer_config, watermarks
 
         self.producer = Producer(producer_config())
         self.reader = Consumer(consumer_config("gcp-demo-" + self.run))
         topic = self.s.topic_stream
         meta = self.reader.list_topics(topic, timeout=10).topics[topic]
-        ends = [TopicPartition(topic, p, self.reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+        ends = [TopicPartition(topic, p, watermarks(self.reader, TopicPartition(topic, p), 10)[1])
                 for p in meta.partitions]
         self.reader.assign(ends)
         self.events: dict[str, list[dict]] = defaultdict(list)
@@ -284,9 +284,11 @@ class Demo(CardSteps):
         """The DLQ's records, all partitions (its high watermarks)."""
         from confluent_kafka import TopicPartition
 
+        from workers.kafka import watermarks
+
         topic = self.s.topic_dlq
         meta = self.reader.list_topics(topic, timeout=10).topics[topic]
-        return sum(self.reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+        return sum(watermarks(self.reader, TopicPartition(topic, p), 10)[1] for p in meta.partitions)
 
     def notifications(self, sold) -> dict[str, str]:
         """The sold certificates' CVCs on their way to the buyers. The service's path is its own

@@ -161,7 +161,7 @@ def read_to_end(topic: str, start: str | int = "beginning", timeout: float = 30.
             return
         begin = {}
         for p in sorted(meta.partitions):
-            low, high = _watermarks(reader, TopicPartition(topic, p), timeout)
+            low, high = watermarks(reader, TopicPartition(topic, p), timeout)
             begin[p] = low if start == "beginning" else max(low, high - int(start))
             progress.position[p], progress.high[p] = begin[p], high
         if not begin:
@@ -190,7 +190,7 @@ def read_to_end(topic: str, start: str | int = "beginning", timeout: float = 30.
 _SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
-def _watermarks(reader: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+def watermarks(reader: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
     """A partition's low and high watermarks. Right after a topic is created Apache Kafka answers
     NOT_LEADER_FOR_PARTITION until the partition's leader is in place: retried until ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from config import get_settings
-from workers.kafka import consumer_config, producer_config
+from workers.kafka import consumer_config, producer_config, watermarks
 
 T0 = "2026-11-22T10:00:00Z"
 
@@ -132,7 +132,7 @@ class TopicReader:
         assert meta.partitions, f"topic {self.topic} has no partitions (never created?): nothing could be read"
         parts = []
         for p in meta.partitions:
-            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15)
+            low, high = watermarks(self.consumer, TopicPartition(self.topic, p), 15)
             parts.append(TopicPartition(self.topic, p, low if from_beginning else high))
         self.consumer.assign(parts)
         self.records: list[Record] = []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from workers.kafka import watermarks
+
 ROOT = Path(__file__).resolve().parents[2]
 #: The SCRAM users of the test broker (``admin``, the super user, is added by the broker kit).
 USERS = {name: f"{name}-{uuid.uuid4().hex[:12]}" for name in ("service", "channel", "mallory")}
@@ -112,7 +114,7 @@ class StreamReader:
         assert meta.error is None and meta.partitions, f"{topic}: {meta.error}"
         parts = []
         for p in meta.partitions:
-            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            _low, high = watermarks(self.consumer, TopicPartition(topic, p), 15)
             parts.append(TopicPartition(topic, p, high))
         self.consumer.assign(parts)
         self.records: list[tuple[str | None, dict]] = []
