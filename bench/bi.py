@@ -13,7 +13,12 @@ cancellations; 6 to 7 records per certificate), then times:
   offset 0 until it has applied every record; beside it the floor: the same records loaded with
   one ``COPY`` into a table of the same columns (no rules, no indexes but the key);
 - **report**: ``write_report`` over the whole year (roll-forward, aging, charts, page, CSVs);
-  beside it the floor: one plain ``GROUP BY`` query of the same figures from the mart's facts.
+  beside it the floor: one plain ``GROUP BY`` query of the same figures from the mart's facts;
+- **lag**: then, on that year's mart, live records produced at ``--lag-rate`` records/s (200 by
+  default: the events benchmark's sustained 50 paid orders/s, each a reserve, an issue and its
+  notification requested and sent) for ``--lag-seconds``, each stamped with the moment it is
+  produced, while the consumer applies them: the mart's lag is the time from that stamp to the
+  transaction that applied it (``received_at``), p50 / p99 / max.
 
 Printed as seconds, records per second and the ratio to the floor. ``BENCH_QUICK=1``: 5,000
 certificates.
@@ -76,6 +81,63 @@ def _apply(total: int) -> tuple[float, int]:
     return seconds, got
 
 
+def _lag(rate: int, seconds: float) -> dict:
+    """Live records at ``rate`` per second while the consumer applies them (see the docstring)."""
+    import threading
+
+    from confluent_kafka import Producer
+
+    from bench._bi_synth import stream
+    from config import get_settings
+    from workers.bi.consumer import BiConsumer
+    from workers.bi.schema import connect
+    from workers.kafka import producer_config
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    records = stream(1, rate * seconds / 6, today, seed=10_001, rich=True)[: int(rate * seconds)]
+    consumer, stop, joined = BiConsumer(group="gcp-bi-bench"), threading.Event(), threading.Event()
+
+    def apply_until_stopped() -> None:  # (the consumer is used by this thread only)
+        while not stop.is_set():
+            consumer.step(0.05)
+            if not joined.is_set() and consumer.consumer.assignment():
+                joined.set()
+
+    applying = threading.Thread(target=apply_until_stopped)
+    applying.start()
+    joined.wait(60)  # the group's join is not the mart's lag: measured once it holds its partitions
+    time.sleep(1.0)
+    producer = Producer({**producer_config(), "linger.ms": 2})
+    topic, started = get_settings().topic_stream, time.monotonic()
+    for i, e in enumerate(records):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        e["occurredAt"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        producer.produce(topic, key=e["payload"].get("code", "").encode(), value=json.dumps(e).encode())
+        producer.poll(0)
+    producer.flush(30)
+    ids = [e["eventId"] for e in records]
+    conn = connect()
+    deadline = time.monotonic() + 60
+    with conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute("SELECT extract(epoch FROM received_at - occurred_at) FROM bi.fact_event"
+                        " WHERE event_id = ANY(%s)", (ids,))
+            lags = sorted(float(r[0]) for r in cur.fetchall())
+            conn.rollback()
+            if len(lags) == len(ids):
+                break
+            time.sleep(0.5)
+    conn.close()
+    stop.set()
+    applying.join(30)
+    consumer.close()
+    pick = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 1)) if lags else (lambda q: None)
+    return {"lag_rate": rate, "lag_records": len(ids), "lag_applied": len(lags),
+            "lag_p50_ms": pick(0.5), "lag_p99_ms": pick(0.99), "lag_max_ms": pick(1.0)}
+
+
 def _copy_floor(conn) -> float:
     """The same records, COPYed once into a table of the fact's shape."""
     with conn.cursor() as cur:
@@ -113,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="bench.bi")
     parser.add_argument("--certs", type=int, default=5000 if QUICK else 100_000)
     parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--lag-rate", type=int, default=200)
+    parser.add_argument("--lag-seconds", type=float, default=5 if QUICK else 20)
     args = parser.parse_args(argv if argv is not None else [])
     from devstack import EmbeddedStack
 
@@ -147,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         report_s = time.monotonic() - started
         query_s = _query_floor(conn)
         conn.close()
-        return {"certificates": args.certs, "days": args.days, "records": records, "applied": applied,
+        lag = _lag(args.lag_rate, args.lag_seconds)
+        return {**lag, "certificates": args.certs, "days": args.days, "records": records, "applied": applied,
                 "produce_s": round(produce_s, 2), "apply_s": round(apply_s, 2),
                 "apply_per_s": round(applied / apply_s) if apply_s else None,
                 "copy_floor_s": round(copy_s, 2), "apply_vs_copy": round(apply_s / copy_s, 1) if copy_s else None,
@@ -170,6 +235,9 @@ def print_summary(r: dict) -> None:
           f"{r['copy_floor_s']} s; ratio {r['apply_vs_copy']}x")
     print(f"  report: {r['report_s']} s; floor plain query of the same figures {r['query_floor_s']} s; "
           f"ratio {r['report_vs_query']}x")
+    print(f"  lag:    {r['lag_applied']:,} of {r['lag_records']:,} live records at {r['lag_rate']}/s applied; "
+          f"lag p50 {r['lag_p50_ms']} ms, p99 {r['lag_p99_ms']} ms, max {r['lag_max_ms']} ms "
+          "(BI's freshness objective: 30 minutes)")
 
 
 if __name__ == "__main__":
